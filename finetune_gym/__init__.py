@@ -1,0 +1,23 @@
+"""finetune-gym: RL-Tune's layer-wise learning-rate control of fine-tuning as Gymnasium environments.
+
+Importing the package registers :data:`ENV_IDS` with gymnasium.
+"""
+
+from .actions import LearningRateMap, learning_rate_steps
+from .env import FineTuneEnv
+from .registration import ENV_IDS, default_config, make_env, register_envs
+from .wrappers import EMAEpisodeWrapper
+
+register_envs()
+
+__version__ = "0.1.0"
+__all__ = [
+    "ENV_IDS",
+    "EMAEpisodeWrapper",
+    "FineTuneEnv",
+    "LearningRateMap",
+    "default_config",
+    "learning_rate_steps",
+    "make_env",
+    "register_envs",
+]

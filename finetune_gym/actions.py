@@ -1,0 +1,67 @@
+"""From the agent's discrete action to one learning rate per layer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from gymnasium import spaces
+
+LrScale = Literal["linear", "log"]
+LR_SCALES = ("linear", "log")
+
+
+def learning_rate_steps(n_steps: int, lr_min: float, lr_max: float, scale: str) -> np.ndarray:
+    """The ``n_steps`` learning rates an action index selects, ascending.
+
+    - ``"linear"`` (the paper's): ``lr_min + k (lr_max - lr_min) / (n_steps - 1)``.
+    - ``"log"``: step 0 is learning rate 0 (freeze the layer) and steps 1.. are
+      log-spaced from ``lr_max / 1000`` to ``lr_max``; linear steps spend most of
+      the range on rates above 1e-3, where fine-tuning usually diverges.
+    """
+    if n_steps < 2:
+        raise ValueError(f"n_lr_steps must be at least 2, got {n_steps}")
+    if not (0.0 <= lr_min < lr_max):
+        raise ValueError(f"need 0 <= lr_min < lr_max, got lr_min={lr_min}, lr_max={lr_max}")
+    if scale == "linear":
+        return np.linspace(lr_min, lr_max, n_steps)
+    if scale == "log":
+        return np.concatenate([[0.0], np.geomspace(lr_max / 1000.0, lr_max, n_steps - 1)])
+    raise ValueError(f"unknown lr_scale {scale!r}: choose one of {', '.join(LR_SCALES)}")
+
+
+class LearningRateMap:
+    """Validates actions of ``MultiDiscrete([n_steps] * n_layers)`` and maps them to rates."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        n_steps: int = 20,
+        lr_min: float = 0.0,
+        lr_max: float = 0.01,
+        scale: str = "linear",
+    ) -> None:
+        self.rates = learning_rate_steps(n_steps, lr_min, lr_max, scale)
+        self.space = spaces.MultiDiscrete([n_steps] * n_layers)
+
+    def __call__(self, action: object) -> np.ndarray:
+        """Learning rate of each layer for ``action``; ValueError for anything outside the space."""
+        array = np.asarray(action)
+        n_layers, n_steps = len(self.space.nvec), len(self.rates)
+        if array.shape != (n_layers,):
+            raise ValueError(
+                f"action must have shape ({n_layers},), one index per layer; got shape {array.shape}"
+            )
+        if not np.issubdtype(array.dtype, np.integer):
+            if not (np.issubdtype(array.dtype, np.floating) and np.all(np.mod(array, 1) == 0)):
+                raise ValueError(f"action must hold integer step indices, got dtype {array.dtype}")
+            array = array.astype(np.int64)
+        if array.min() < 0 or array.max() >= n_steps:
+            raise ValueError(
+                f"action indices must be in [0, {n_steps - 1}], got min {array.min()}, max {array.max()}"
+            )
+        return self.rates[array]
+
+    def index_of(self, lr: float) -> int:
+        """The step whose learning rate is nearest ``lr`` (for baselines given as a rate)."""
+        return int(np.argmin(np.abs(self.rates - lr)))

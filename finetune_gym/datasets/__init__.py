@@ -1,0 +1,61 @@
+"""Target datasets by name: ``load_dataset("gtsrb", root, ...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .base import DatasetNotFoundError, ImageDataset, Split
+from .cub import load_cub
+from .digits import load_digits
+from .sampling import check_sampling_rate, check_val_fraction, sample_per_class, split_validation
+from .torchvision_sets import load_aircraft, load_cars, load_gtsrb, load_imagefolder
+
+DATASETS: dict[str, Callable[..., ImageDataset]] = {
+    "aircraft": load_aircraft,
+    "cub": load_cub,
+    "cars": load_cars,
+    "gtsrb": load_gtsrb,
+    "imagefolder": load_imagefolder,
+    "digits": load_digits,
+}
+NEEDS_ROOT = {"aircraft", "cub", "cars", "gtsrb", "imagefolder"}
+
+
+def load_dataset(
+    name: str, root: str | Path | None = None, download: bool = False, **options
+) -> ImageDataset:
+    """List a registered dataset; ``options`` are the dataset's own (e.g. ``one_frame_per_track``)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(sorted(DATASETS))}")
+    if name in NEEDS_ROOT:
+        if root is None:
+            raise ValueError(
+                f"dataset {name!r} needs data_root: the folder that holds (or will hold) its files"
+            )
+        if not download and not Path(root).is_dir():
+            raise DatasetNotFoundError(
+                f"data_root {str(Path(root).resolve())!r} does not exist: create it and place the "
+                f"{name!r} files there, or pass download=True"
+            )
+    try:
+        return DATASETS[name](root, download, **options)
+    except TypeError as error:
+        if "unexpected keyword" in str(error):
+            raise ValueError(
+                f"dataset {name!r} does not take option(s) {sorted(options)}: {error}"
+            ) from error
+        raise
+
+
+__all__ = [
+    "DATASETS",
+    "DatasetNotFoundError",
+    "ImageDataset",
+    "Split",
+    "check_sampling_rate",
+    "check_val_fraction",
+    "load_dataset",
+    "sample_per_class",
+    "split_validation",
+]

@@ -1,0 +1,62 @@
+"""The registered environment ids, their default configurations, and the factory behind them."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import gymnasium as gym
+
+from .env import FineTuneEnv
+from .wrappers import EMAEpisodeWrapper
+
+DEFAULT_EMA = 0.2
+
+_OVERRIDES: dict[str, dict[str, Any]] = {
+    # The paper: ImageNet ResNet-50 fine-tuned on FGVC Aircraft (or CUB, Cars) at 224 px.
+    "FineTune-ResNet50-v0": {},
+    # CIFAR-10 ResNets on GTSRB at 32 px; pass weights="cifar10" (downloads) or a checkpoint path.
+    "FineTune-CIFARResNet-v0": {
+        "model": "cifar_resnet20",
+        "weights": "cifar10",
+        "dataset": "gtsrb",
+        "dataset_kwargs": {"one_frame_per_track": True},
+        "image_size": 32,
+        "val_fraction": 0.2,
+    },
+    # Offline built-in default: digits 0-4 pretrained source, fine-tuned on digits 5-9.
+    "FineTune-Digits-v0": {
+        "model": "digits_resnet8",
+        "weights": "digits",
+        "dataset": "digits",
+        "data_root": None,
+        "image_size": 8,
+        "val_fraction": 0.2,
+        "obs_features": 4,
+        "device": "cpu",
+    },
+}
+ENV_IDS: list[str] = list(_OVERRIDES)
+
+
+def default_config(env_id: str) -> dict[str, Any]:
+    """Every constructor argument of ``env_id`` with its default, ``ema`` included."""
+    if env_id not in _OVERRIDES:
+        raise ValueError(f"unknown env id {env_id!r}: choose one of {', '.join(ENV_IDS)}")
+    return {**FineTuneEnv.default_config(), **copy.deepcopy(_OVERRIDES[env_id]), "ema": DEFAULT_EMA}
+
+
+def make_env(ema: float | None = DEFAULT_EMA, **kwargs: Any) -> gym.Env:
+    """A :class:`FineTuneEnv`, wrapped in :class:`EMAEpisodeWrapper` unless ``ema`` is None."""
+    env = FineTuneEnv(**kwargs)
+    return env if ema is None else EMAEpisodeWrapper(env, ema=ema)
+
+
+def register_envs() -> None:
+    for env_id in ENV_IDS:
+        if env_id in gym.registry:
+            continue
+        kwargs = default_config(env_id)
+        gym.register(
+            id=env_id, entry_point="finetune_gym.registration:make_env", kwargs=kwargs, nondeterministic=True
+        )
