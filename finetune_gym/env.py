@@ -39,7 +39,7 @@ from .augment import BatchAugment, resolve_augment
 from .datasets import load_dataset, sample_per_class, split_validation
 from .device import autocast, place_cache, resolve_device, resolve_precision
 from .models import build_backbone
-from .observation import ActivationPooler
+from .observation import OBS_LIMIT, ActivationPooler
 
 REWARDS = ("batch", "next_batch")
 
@@ -201,7 +201,9 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
         self.lr_map = LearningRateMap(self.n_layers, n_lr_steps, lr_min, lr_max, lr_scale)
         self.action_space = self.lr_map.space
-        self.observation_space = spaces.Box(-np.inf, np.inf, (self.n_layers * obs_features,), np.float32)
+        self.observation_space = spaces.Box(
+            -OBS_LIMIT, OBS_LIMIT, (self.n_layers * obs_features,), np.float32
+        )
 
         self._order_generator = torch.Generator()
         self._augment_generator = torch.Generator(device=self.device)

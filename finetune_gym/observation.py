@@ -5,7 +5,9 @@ Layout of the observation (float32, length ``n_layers * features``): layer
 layer's output averaged over the batch and spatial positions (one value per
 channel), then average-pooled over channels into ``features`` equal bins
 (``adaptive_avg_pool1d``), so its size depends neither on the layer widths nor
-on the dataset's number of classes.
+on the dataset's number of classes. Values are clipped to ``[-OBS_LIMIT,
+OBS_LIMIT]`` (NaN becomes 0) so a diverging network never feeds the agent a
+non-finite number.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+OBS_LIMIT = 1e6
 
 
 class ActivationPooler:
@@ -44,7 +48,8 @@ class ActivationPooler:
         missing = [i for i, t in enumerate(self._pooled) if t is None]
         if missing:
             raise RuntimeError(f"layers {missing} produced no output in the last forward pass")
-        return torch.nan_to_num(torch.cat(self._pooled), nan=0.0, posinf=1e6, neginf=-1e6)  # type: ignore[arg-type]
+        pooled = torch.cat(self._pooled)  # type: ignore[arg-type]
+        return torch.nan_to_num(pooled, nan=0.0).clamp_(-OBS_LIMIT, OBS_LIMIT)
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -187,7 +187,11 @@ def _user_backbone(model: nn.Module, num_classes: int, weights: str | os.PathLik
         )
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     in_channels = first_conv.in_channels if first_conv is not None else 3
-    return Backbone(model, generic_layers(model), in_channels, IMAGENET_MEAN, IMAGENET_STD)
+    # Without known training statistics: ImageNet's for RGB, a symmetric [-1, 1] scaling otherwise.
+    mean, std = (
+        (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.5,) * in_channels, (0.5,) * in_channels)
+    )
+    return Backbone(model, generic_layers(model), in_channels, mean, std)
 
 
 __all__ = [

@@ -1,0 +1,62 @@
+"""Shared fixtures: real small data (made here, shipped by scikit-learn, or in ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FINETUNE_GYM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CIFAR_CHECKPOINT = SHARED_DATA / "resnet_cifar10" / "resnet20-12fca82f.th"
+GTSRB_ROOT = SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def package_cache(tmp_path_factory):
+    """Keep the digits source network and any hub downloads out of the user's home."""
+    home = tmp_path_factory.mktemp("finetune_gym_home")
+    old = {k: os.environ.get(k) for k in ("FINETUNE_GYM_HOME", "TORCH_HOME")}
+    os.environ["FINETUNE_GYM_HOME"] = str(home / "finetune_gym")
+    os.environ["TORCH_HOME"] = str(home / "torch")
+    yield home
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def needs_shared(path: Path):
+    return pytest.mark.skipif(
+        not path.exists(), reason=f"real data not found at {path} (see ../shared/data/README.md)"
+    )
+
+
+def make_image_folder(
+    root: Path, n_classes: int = 3, per_class: int = 6, size: int = 24, test_per_class: int = 3
+):
+    """A real (tiny) image tree: each class a differently coloured, noisy square pattern."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for c in range(n_classes):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.zeros((size, size, 3), dtype=np.float64)
+                base[..., c % 3] = 200
+                base[c * 4 : c * 4 + 8, :, :] = 255
+                pixels = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return make_image_folder(tmp_path / "folder")
+
+
+TINY_DIGITS = {"epochs_per_episode": 1, "batch_size": 64, "sampling_rate": 0.3}

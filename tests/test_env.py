@@ -1,0 +1,250 @@
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_DIGITS
+from torch import nn
+
+from finetune_gym import FineTuneEnv, default_config
+
+
+def digits_env(**overrides) -> FineTuneEnv:
+    config = {**default_config("FineTune-Digits-v0"), **TINY_DIGITS, **overrides}
+    config.pop("ema")
+    return FineTuneEnv(**config)
+
+
+@pytest.fixture(scope="module")
+def env():
+    return digits_env()
+
+
+def run_episode(env, action_fn):
+    obs, _ = env.reset(seed=0)
+    infos, rewards, terminated = [], [], False
+    while not terminated:
+        obs, reward, terminated, truncated, info = env.step(action_fn())
+        assert not truncated
+        infos.append(info)
+        rewards.append(reward)
+    return obs, rewards, infos
+
+
+def test_spaces_and_observation_layout(env):
+    assert env.action_space.nvec.tolist() == [20] * env.n_layers
+    assert env.n_layers == len(env.layer_names) == 5
+    assert env.observation_space.shape == (env.n_layers * 4,)
+    obs, info = env.reset(seed=0)
+    assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape
+    assert np.all(np.isfinite(obs))
+    assert {"loss", "batch_accuracy", "epoch", "step"} <= info.keys()
+
+
+def test_observation_is_the_pooled_mean_activation(env):
+    """Block i of the observation equals the probe output averaged over batch, space and channel bins."""
+    captured = {}
+    probe = env.layers[1].probe
+    handle = probe.register_forward_hook(lambda m, i, o: captured.setdefault("out", o.detach()))
+    try:
+        obs, _ = env.reset(seed=0)
+    finally:
+        handle.remove()
+    per_channel = captured["out"].mean(dim=(0, 2, 3))
+    expected = per_channel.view(4, -1).mean(dim=1).numpy()  # 16 channels into 4 equal bins
+    np.testing.assert_allclose(obs[4:8], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_observation_size_does_not_depend_on_the_dataset(tmp_path):
+    a = digits_env()
+    b = digits_env(dataset_kwargs={"digit_classes": (0, 1, 2)})
+    assert a.observation_space.shape == b.observation_space.shape
+
+
+def test_episode_length_rewards_and_info(env):
+    env2 = digits_env(epochs_per_episode=2)
+    _, rewards, infos = run_episode(env2, lambda: np.full(env2.n_layers, 3))
+    assert len(rewards) == env2.episode_steps == 2 * env2.steps_per_epoch
+    assert all(0.0 <= r <= 1.0 for r in rewards)
+    epoch_ends = [i for i, info in enumerate(infos) if "epoch_train_accuracy" in info]
+    assert epoch_ends == [env2.steps_per_epoch - 1, 2 * env2.steps_per_epoch - 1]
+    assert [info["step"] for info in infos] == list(range(len(infos)))
+    assert infos[0]["learning_rates"] == pytest.approx([3 * 0.01 / 19] * env2.n_layers)
+    assert "val_accuracy" in infos[-1] and 0.0 <= infos[-1]["val_accuracy"] <= 1.0
+    with pytest.raises(RuntimeError, match="call reset"):
+        env2.step(env2.action_space.sample())
+
+
+def test_fine_tuning_learns(env):
+    """A sensible constant learning rate lifts validation accuracy above the untrained head's."""
+    env.reset(seed=0)
+    before = env.evaluate("val")
+    env3 = digits_env(epochs_per_episode=3)
+    _, _, infos = run_episode(env3, lambda: np.full(env3.n_layers, 4))
+    assert infos[-1]["val_accuracy"] > max(before, 0.6)
+    assert env3.evaluate("test") > 0.6
+
+
+def test_batch_reward_is_updated_model_accuracy_on_that_batch(env):
+    env.reset(seed=0)
+    pending = env._pending
+    inputs, labels = pending.inputs.clone(), pending.labels.clone()
+    _, reward, *_ = env.step(np.full(env.n_layers, 5))
+    env.model.eval()
+    with torch.no_grad():
+        expected = (env.model(inputs).argmax(1) == labels).float().mean().item()
+    env.model.train()
+    assert reward == pytest.approx(expected)
+
+
+def test_next_batch_reward_reads_the_next_training_forward():
+    env = digits_env(reward="next_batch")
+    env.reset(seed=0)
+    _, reward, _, _, _ = env.step(np.full(env.n_layers, 5))
+    nxt = env._pending
+    assert reward == pytest.approx(nxt.correct / len(nxt.labels))
+    _, _, infos = run_episode(env, lambda: np.full(env.n_layers, 5))
+    assert all(0.0 <= i["reward"] <= 1.0 for i in infos)
+
+
+def test_reset_restores_the_source_exactly(env):
+    source = env.source_state_dict()
+    run_episode(env, lambda: np.full(env.n_layers, 10))
+    moved = env.fine_tuned_state_dict()
+    assert any(not torch.equal(moved[k], source[k]) for k in source)
+    env.reset()
+    restored = env.fine_tuned_state_dict()
+    for name, _ in env.model.named_parameters():
+        assert torch.equal(restored[name], source[name]), name
+    # Buffers: exactly the source's after the one training forward that reset runs on batch 0.
+    reference = copy.deepcopy(env.source_model).train()
+    with torch.no_grad():
+        reference(env._pending.inputs)
+    for name, buffer in reference.named_buffers():
+        assert torch.equal(restored[name], buffer), name
+    assert len(env.optimizer.state) == 0
+
+
+def test_reset_with_seed_is_deterministic(env):
+    a, _ = env.reset(seed=7)
+    step_a = env.step(np.full(env.n_layers, 2))
+    b, _ = env.reset(seed=7)
+    step_b = env.step(np.full(env.n_layers, 2))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(step_a[0], step_b[0])
+    assert step_a[1] == step_b[1]
+
+
+def test_zero_learning_rate_freezes_exactly_that_layer(env):
+    env.reset(seed=0)
+    before = {
+        name: [p.detach().clone() for p in layer.parameters]
+        for name, layer in zip(env.layer_names, env.layers, strict=True)
+    }
+    action = np.full(env.n_layers, 10)
+    action[1] = 0  # learning rate 0 for layer1.0
+    for _ in range(3):
+        env.step(action)
+    for name, layer in zip(env.layer_names, env.layers, strict=True):
+        same = all(torch.equal(a, b) for a, b in zip(before[name], layer.parameters, strict=True))
+        assert same == (name == env.layer_names[1]), name
+
+
+def test_one_param_group_per_layer(env):
+    env.reset(seed=0)
+    assert len(env.optimizer.param_groups) == env.n_layers
+    assert isinstance(env.optimizer, torch.optim.Adam)
+    _, _, _, _, info = env.step(np.arange(env.n_layers))
+    np.testing.assert_allclose([g["lr"] for g in env.optimizer.param_groups], info["learning_rates"])
+
+
+class NaNSwitch(nn.Module):
+    """Turns the logits into NaN while ``active``: a real non-finite loss, through the public API."""
+
+    def __init__(self):
+        super().__init__()
+        self.active = False
+
+    def forward(self, x):
+        return x * float("nan") if self.active else x
+
+
+def test_non_finite_loss_skips_the_update():
+    switch = NaNSwitch()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        nn.Linear(8, 5),
+        switch,
+    )
+    env = digits_env(model=model, weights=None, epochs_per_episode=3)
+    env.reset(seed=0)
+    env.step(np.full(env.n_layers, 5))  # build Adam state
+    switch.active = True
+    _, _, _, _, info = env.step(np.full(env.n_layers, 5))  # trains on a finite loss, forwards NaN
+    assert not info["skipped_update"]
+    params = [p.detach().clone() for p in env.model.parameters()]
+    state = {k: {n: t.clone() for n, t in v.items()} for k, v in env.optimizer.state.items()}
+    switch.active = False
+    obs, reward, _, _, info = env.step(np.full(env.n_layers, 19))
+    assert info["skipped_update"] and reward == 0.0 and math.isnan(info["loss"])
+    assert np.all(np.isfinite(obs))
+    assert all(torch.equal(a, b) for a, b in zip(params, env.model.parameters(), strict=True))
+    for key, value in env.optimizer.state.items():
+        for name, tensor in value.items():
+            assert torch.equal(tensor, state[key][name])
+    _, _, _, _, info = env.step(np.full(env.n_layers, 5))
+    assert not info["skipped_update"] and math.isfinite(info["loss"])
+
+
+def test_evaluate_and_state_dict(env):
+    env.reset(seed=0)
+    assert 0.0 <= env.evaluate("test") <= 1.0
+    with pytest.raises(ValueError, match="'val' or 'test'"):
+        env.evaluate("train")
+    state = env.fine_tuned_state_dict()
+    assert all(t.device.type == "cpu" for t in state.values())
+    state["conv1.weight"].add_(1.0)
+    assert not torch.equal(state["conv1.weight"], env.model.conv1.weight), "must be a copy"
+    no_val = digits_env(val_fraction=0.0)
+    with pytest.raises(ValueError, match="val_fraction > 0"):
+        no_val.evaluate("val")
+
+
+def test_log_scale_and_other_granularity():
+    env = digits_env(lr_scale="log", granularity="stage", n_lr_steps=10)
+    assert env.action_space.nvec.tolist() == [10] * env.n_layers
+    assert env.action_to_learning_rates(np.zeros(env.n_layers, dtype=int)).tolist() == [0.0] * env.n_layers
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"dataset": "imagenet"}, ValueError, "unknown dataset"),
+        ({"sampling_rate": 0.0}, ValueError, "sampling_rate"),
+        ({"sampling_rate": 1.2}, ValueError, "sampling_rate"),
+        ({"reward": "loss"}, ValueError, "unknown reward"),
+        ({"lr_scale": "exp"}, ValueError, "lr_scale"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"device": "tpu"}, ValueError, "device"),
+        ({"precision": "fp8"}, ValueError, "precision"),
+        ({"augment": "mixup"}, ValueError, "augment"),
+        ({"obs_features": 0}, ValueError, "obs_features"),
+        ({"model": "resnet18", "weights": None}, ValueError, "3-channel images but dataset 'digits' has 1"),
+        ({"weights": "imagenet"}, ValueError, "unknown weights 'imagenet'"),
+    ],
+)
+def test_bad_inputs(overrides, error, message):
+    with pytest.raises(error, match=message):
+        digits_env(**overrides)
+
+
+def test_invalid_action_raises(env):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(env.n_layers + 1, dtype=int))
+    with pytest.raises(ValueError, match=r"\[0, 19\]"):
+        env.step(np.full(env.n_layers, 20))

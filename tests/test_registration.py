@@ -1,0 +1,71 @@
+"""Every registered id passes gymnasium's and Stable-Baselines3's env checkers (tiny settings)."""
+
+import gymnasium as gym
+import pytest
+from conftest import CIFAR_CHECKPOINT, GTSRB_ROOT, TINY_DIGITS, make_image_folder
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import finetune_gym
+from finetune_gym import ENV_IDS, default_config
+
+
+def tiny_kwargs(env_id, tmp_path):
+    if env_id == "FineTune-Digits-v0":
+        return dict(TINY_DIGITS)
+    if env_id == "FineTune-ResNet50-v0":
+        root = make_image_folder(tmp_path / "folder", size=32)
+        return {
+            "dataset": "imagefolder",
+            "data_root": root,
+            "weights": None,
+            "image_size": 32,
+            "batch_size": 4,
+            "epochs_per_episode": 1,
+            "device": "cpu",
+        }
+    if env_id == "FineTune-CIFARResNet-v0":
+        if not (GTSRB_ROOT / "gtsrb").exists() or not CIFAR_CHECKPOINT.exists():
+            pytest.skip(f"GTSRB and the CIFAR checkpoint are needed under {GTSRB_ROOT}")
+        return {
+            "data_root": GTSRB_ROOT,
+            "weights": CIFAR_CHECKPOINT,
+            "sampling_rate": 0.05,
+            "batch_size": 16,
+            "epochs_per_episode": 1,
+            "device": "cpu",
+        }
+    raise AssertionError(f"no tiny settings for {env_id}")
+
+
+def test_ids_are_registered_and_exported():
+    assert ENV_IDS == ["FineTune-ResNet50-v0", "FineTune-CIFARResNet-v0", "FineTune-Digits-v0"]
+    for env_id in ENV_IDS:
+        spec = gym.spec(env_id)
+        assert spec.nondeterministic
+        assert spec.kwargs == default_config(env_id)
+
+
+def test_paper_defaults_of_the_resnet50_id():
+    config = default_config("FineTune-ResNet50-v0")
+    assert config["model"] == "resnet50" and config["weights"] == "imagenet"
+    assert config["dataset"] == "aircraft" and config["image_size"] == 224
+    assert (config["n_lr_steps"], config["lr_min"], config["lr_max"]) == (20, 0.0, 0.01)
+    assert config["epochs_per_episode"] == 10 and config["reward"] == "batch" and config["ema"] == 0.2
+    with pytest.raises(ValueError, match="unknown env id"):
+        default_config("FineTune-VGG-v0")
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_env_checkers(env_id, tmp_path):
+    env = gym.make(env_id, **tiny_kwargs(env_id, tmp_path))
+    gym_check_env(env.unwrapped, skip_render_check=True, skip_close_check=True)
+    sb3_check_env(env, warn=True, skip_render_check=True)
+    if env_id == "FineTune-ResNet50-v0":
+        assert env.unwrapped.n_layers == 18
+        assert env.action_space.nvec.tolist() == [20] * 18
+
+
+def test_module_prefixed_make(tmp_path):
+    env = gym.make("finetune_gym:FineTune-Digits-v0", **TINY_DIGITS)
+    assert isinstance(env.unwrapped, finetune_gym.FineTuneEnv)
