@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -40,9 +42,23 @@ class LearningRateMap:
         lr_min: float = 0.0,
         lr_max: float = 0.01,
         scale: str = "linear",
+        rates: Sequence[float] | None = None,
     ) -> None:
-        self.rates = learning_rate_steps(n_steps, lr_min, lr_max, scale)
-        self.space = spaces.MultiDiscrete([n_steps] * n_layers)
+        """``rates``, when given, is the explicit list of steps (ascending, >= 0) and replaces
+        the ``n_steps``/``lr_min``/``lr_max``/``scale`` grid: baselines use it to apply exact
+        rates such as 3e-4 that the paper's grid does not contain."""
+        if rates is None:
+            self.rates = learning_rate_steps(n_steps, lr_min, lr_max, scale)
+        else:
+            self.rates = np.asarray(rates, dtype=np.float64)
+            if (
+                self.rates.ndim != 1
+                or len(self.rates) < 2
+                or np.any(self.rates < 0)
+                or np.any(np.diff(self.rates) <= 0)
+            ):
+                raise ValueError(f"lr_steps must be at least 2 ascending rates >= 0, got {list(rates)}")
+        self.space = spaces.MultiDiscrete([len(self.rates)] * n_layers)
 
     def __call__(self, action: object) -> np.ndarray:
         """Learning rate of each layer for ``action``; ValueError for anything outside the space."""

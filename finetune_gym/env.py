@@ -56,6 +56,17 @@ class _Forward:
     correct: int = 0
 
 
+def _cpu_copy(obj: Any) -> Any:
+    """Deep copy with every tensor cloned to the CPU (a state dict must not alias live tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
 class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     """Layer-wise learning-rate control of fine-tuning, as in RL-Tune (Mahmud et al.).
 
@@ -87,6 +98,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "lr_max": 0.01,
             "lr_min": 0.0,
             "lr_scale": "linear",
+            "lr_steps": None,
             "granularity": "block",
             "obs_features": 8,
             "reward": "batch",
@@ -116,6 +128,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         lr_max: float = 0.01,
         lr_min: float = 0.0,
         lr_scale: str = "linear",
+        lr_steps: list[float] | None = None,
         granularity: str = "block",
         obs_features: int = 8,
         reward: str = "batch",
@@ -199,7 +212,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 torch.as_tensor(train.labels[self.val_indices], device=self.device),
             )
 
-        self.lr_map = LearningRateMap(self.n_layers, n_lr_steps, lr_min, lr_max, lr_scale)
+        self.lr_map = LearningRateMap(self.n_layers, n_lr_steps, lr_min, lr_max, lr_scale, rates=lr_steps)
         self.action_space = self.lr_map.space
         self.observation_space = spaces.Box(
             -OBS_LIMIT, OBS_LIMIT, (self.n_layers * obs_features,), np.float32
@@ -212,6 +225,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: _Forward | None = None
         self._needs_reset = True
+        self._batches: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ public API
 
@@ -256,6 +270,68 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     def load_source_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Replace the source weights (used by the next ``reset``)."""
         self.source_model.load_state_dict(state)
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue this episode exactly, on CPU tensors (for checkpoints).
+
+        Target and source weights, Adam's state, data order and augmentation RNG
+        states, counters, the epoch's batches and the pending batch (its augmented
+        inputs: the forward is recomputed on restore instead of storing its graph).
+        """
+        pending = self._pending
+        return {
+            "version": 1,
+            "layer_names": list(self.layer_names),
+            "n_train": len(self.train_indices),
+            "model": self.fine_tuned_state_dict(),
+            "source": self.source_state_dict(),
+            "optimizer": None if self.optimizer is None else _cpu_copy(self.optimizer.state_dict()),
+            "order_generator": self._order_generator.get_state(),
+            "augment_generator": self._augment_generator.get_state().cpu(),
+            "generators_seeded": self._generators_seeded,
+            "counters": {
+                k: getattr(self, k, 0)
+                for k in ("_epoch", "_step_in_epoch", "_step", "_epoch_correct", "_epoch_seen")
+            },
+            "batches": [b.cpu() for b in getattr(self, "_batches", [])],
+            "pending": None
+            if pending is None
+            else {
+                "inputs": pending.inputs.cpu(),
+                "labels": pending.labels.cpu(),
+                "loss_value": pending.loss_value,
+                "correct": pending.correct,
+            },
+            "needs_reset": self._needs_reset,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`get_state` of an environment built with the same arguments."""
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported environment state version {state.get('version')!r}")
+        if state["layer_names"] != self.layer_names or state["n_train"] != len(self.train_indices):
+            raise ValueError("the saved state comes from an environment with other layers or training data")
+        self.model.load_state_dict(state["model"])
+        self.load_source_state_dict(state["source"])
+        self.optimizer = self._make_optimizer()
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self._order_generator.set_state(state["order_generator"])
+        self._augment_generator.set_state(state["augment_generator"])
+        self._generators_seeded = state["generators_seeded"]
+        for key, value in state["counters"].items():
+            setattr(self, key, value)
+        self._batches = [b.to(self._train_x.device) for b in state["batches"]]
+        self._needs_reset = state["needs_reset"]
+        self._pending = None
+        if state["pending"] is not None:
+            saved = state["pending"]
+            # The saved weights already include this forward's BatchNorm update: freeze buffers.
+            with self._frozen_buffers():
+                self._pending = self._forward(
+                    saved["inputs"].to(self.device), saved["labels"].to(self.device)
+                )
+            self._pending.loss_value, self._pending.correct = saved["loss_value"], saved["correct"]
 
     # ------------------------------------------------------------------ gymnasium API
 
@@ -374,7 +450,9 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     def _train_forward(self, batch: torch.Tensor) -> _Forward:
         images = self._train_x[batch].to(self.device, non_blocking=True)
         labels = self._train_y[batch.to(self._train_y.device)]
-        inputs = self.augmenter.train(images, self._augment_generator)
+        return self._forward(self.augmenter.train(images, self._augment_generator), labels)
+
+    def _forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> _Forward:
         self.pooler.recording = True
         try:
             with autocast(self.device, self.amp_dtype):
@@ -414,13 +492,20 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     @contextmanager
     def _frozen_buffers(self) -> Iterator[None]:
+        """Undo what a forward does to BatchNorm running statistics.
+
+        The restore writes through ``.data``: a forward with gradients saved the
+        buffers in its graph, and an in-place write that autograd sees would make
+        that graph's backward fail. The backward of a training-mode BatchNorm uses
+        the batch statistics it saved, not the running ones, so the gradients are
+        unaffected.
+        """
         saved = [b.detach().clone() for b in self.model.buffers()]
         try:
             yield
         finally:
-            with torch.no_grad():
-                for buffer, value in zip(self.model.buffers(), saved, strict=True):
-                    buffer.copy_(value)
+            for buffer, value in zip(self.model.buffers(), saved, strict=True):
+                buffer.data.copy_(value)
 
     def _eval_set(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in ("val", "test"):

@@ -58,6 +58,18 @@ class EMAEpisodeWrapper(gym.Wrapper):
             self.update_source()
         return self.env.reset(seed=seed, options=options)
 
+    def get_state(self) -> dict[str, Any]:
+        """Wrapper and environment state, for checkpoints."""
+        return {
+            "episode_finished": self._episode_finished,
+            "ema_updates": self.ema_updates,
+            "env": self.env.unwrapped.get_state(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._episode_finished, self.ema_updates = state["episode_finished"], state["ema_updates"]
+        self.env.unwrapped.set_state(state["env"])
+
     @torch.no_grad()
     def update_source(self) -> None:
         """Apply the EMA now: source <- (1 - ema) * source + ema * fine-tuned target."""

@@ -53,3 +53,12 @@ def test_invalid_actions_raise_value_error(action, message):
 def test_bad_action_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LearningRateMap(n_layers=2, **kwargs)
+
+
+def test_explicit_rate_list():
+    lr_map = LearningRateMap(n_layers=3, rates=[0.0, 3e-4])
+    assert lr_map.space.nvec.tolist() == [2, 2, 2]
+    np.testing.assert_array_equal(lr_map(np.array([1, 0, 1])), [3e-4, 0.0, 3e-4])
+    for bad in ([0.1], [0.2, 0.1], [-1.0, 0.1]):
+        with pytest.raises(ValueError, match="lr_steps"):
+            LearningRateMap(n_layers=3, rates=bad)

@@ -248,3 +248,25 @@ def test_invalid_action_raises(env):
         env.step(np.zeros(env.n_layers + 1, dtype=int))
     with pytest.raises(ValueError, match=r"\[0, 19\]"):
         env.step(np.full(env.n_layers, 20))
+
+
+def test_state_round_trip_continues_the_episode_exactly():
+    """A second env restored from get_state() mid-episode ends with bit-identical weights."""
+    env = digits_env(epochs_per_episode=2)
+    env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    actions = [rng.integers(0, 20, env.n_layers) for _ in range(env.episode_steps)]
+    for a in actions[:4]:
+        env.step(a)
+    state = env.get_state()
+    twin = digits_env(epochs_per_episode=2)
+    twin.set_state(state)
+    for a in actions[4:]:
+        out_a = env.step(a)
+        out_b = twin.step(a)
+        np.testing.assert_array_equal(out_a[0], out_b[0])
+        assert out_a[1] == out_b[1] and out_a[2] == out_b[2]
+    final_a, final_b = env.fine_tuned_state_dict(), twin.fine_tuned_state_dict()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    with pytest.raises(ValueError, match="other layers"):
+        digits_env(granularity="stage").set_state(state)
