@@ -9,27 +9,13 @@ environment (data, source weights, steps, EMA between episodes) without an agent
 from __future__ import annotations
 
 import argparse
-import ast
 import time
 
 import gymnasium as gym
 import numpy as np
 
 from . import ENV_IDS
-
-
-def parse_kwargs(pairs: list[str]) -> dict[str, object]:
-    """``key=value`` pairs; values are Python literals where they parse, strings otherwise."""
-    kwargs: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--env-kwargs expects key=value, got {pair!r}")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
-    return kwargs
+from .cli import parse_kwargs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    kwargs = parse_kwargs(args.env_kwargs)
+    try:
+        kwargs = parse_kwargs(args.env_kwargs)
+    except ValueError as error:
+        parser.error(str(error))
     if args.epochs_per_episode is not None:
         kwargs["epochs_per_episode"] = args.epochs_per_episode
     start = time.perf_counter()

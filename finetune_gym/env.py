@@ -385,6 +385,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "learning_rates": learning_rates,
             "loss": pending.loss_value,
             "batch_accuracy": pending.correct / len(pending.labels),
+            "batch_size": len(pending.labels),
             "epoch": self._epoch,
             "step": self._step,
             "step_in_epoch": self._step_in_epoch,

@@ -1,0 +1,171 @@
+"""Non-learning agents with the Stable-Baselines3 ``predict`` interface.
+
+They let every script treat fine-tuning baselines and RL agents alike. Exact
+learning rates (3e-4 is not on the paper's 20-step grid) come from
+:meth:`Baseline.env_overrides`, which gives the environment an explicit list of
+rate steps (``lr_steps``) before it is built; the baseline then picks indices in it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Enough steps for any layer count: the decay grid has one rate per possible depth.
+MAX_LAYERS = 256
+
+
+class Baseline:
+    """A fixed policy over per-layer learning rates."""
+
+    name = "baseline"
+    learns = False
+
+    def __init__(self, seed: int = 0, **params: Any) -> None:
+        self.seed = int(seed)
+        self.params = params
+        self.n_layers: int | None = None
+        self.rates: np.ndarray | None = None
+
+    def env_overrides(self) -> dict[str, Any]:
+        """Environment arguments this baseline needs (applied before the environment is built)."""
+        return {}
+
+    def bind(self, n_layers: int, rates: np.ndarray) -> Baseline:
+        """Attach to an environment: its layer count and its learning-rate steps."""
+        self.n_layers, self.rates = int(n_layers), np.asarray(rates)
+        return self
+
+    def action(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        """Same signature as SB3's: a batch of actions (one row per environment) and ``state``."""
+        if self.n_layers is None:
+            raise RuntimeError(f"{self.name}: call bind(n_layers, rates) (make_agent does) before predict")
+        n_envs = np.asarray(observation).shape[0] if np.ndim(observation) > 1 else 1
+        return np.stack([self.action() for _ in range(n_envs)]), state
+
+    def _index(self, lr: float) -> int:
+        assert self.rates is not None
+        index = int(np.argmin(np.abs(self.rates - lr)))
+        if not np.isclose(self.rates[index], lr, rtol=1e-9, atol=0.0):
+            raise ValueError(
+                f"{self.name}: rate {lr} is not a step of this environment's grid {self.rates.tolist()}"
+            )
+        return index
+
+    # -- persistence -------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(
+            json.dumps({"agent": self.name, "seed": self.seed, "params": self.params}, indent=2)
+        )
+
+    def get_rng_state(self) -> Any:
+        return None
+
+    def set_rng_state(self, state: Any) -> None:
+        pass
+
+
+class Uniform(Baseline):
+    """Plain fine-tuning: every layer at ``lr`` (or at step ``index`` of the environment's grid)."""
+
+    name = "uniform"
+
+    def __init__(self, seed: int = 0, lr: float | None = 1e-3, index: int | None = None) -> None:
+        if index is None and (lr is None or lr < 0):
+            raise ValueError("uniform needs a learning rate lr >= 0 or an action index")
+        super().__init__(seed, lr=lr, index=index)
+
+    def env_overrides(self) -> dict[str, Any]:
+        return {} if self.params["index"] is not None else {"lr_steps": [0.0, float(self.params["lr"])]}
+
+    def action(self) -> np.ndarray:
+        index = self.params["index"]
+        if index is None:
+            index = self._index(self.params["lr"])
+        assert self.rates is not None and self.n_layers is not None
+        if not 0 <= index < len(self.rates):
+            raise ValueError(f"uniform: index {index} outside the grid of {len(self.rates)} steps")
+        return np.full(self.n_layers, index, dtype=np.int64)
+
+
+class LayerwiseDecay(Baseline):
+    """Discriminative rates: the head at ``base_lr``, layer ``i`` at ``base_lr * decay**(L-1-i)``."""
+
+    name = "layerwise_decay"
+
+    def __init__(self, seed: int = 0, base_lr: float = 1e-3, decay: float = 0.8) -> None:
+        if base_lr <= 0 or not (0 < decay < 1):
+            raise ValueError("layerwise_decay needs base_lr > 0 and 0 < decay < 1")
+        super().__init__(seed, base_lr=base_lr, decay=decay)
+
+    def _grid(self) -> list[float]:
+        p = self.params
+        return [0.0] + [p["base_lr"] * p["decay"] ** k for k in reversed(range(MAX_LAYERS))]
+
+    def env_overrides(self) -> dict[str, Any]:
+        return {"lr_steps": self._grid()}
+
+    def action(self) -> np.ndarray:
+        assert self.n_layers is not None
+        p = self.params
+        return np.array(
+            [self._index(p["base_lr"] * p["decay"] ** (self.n_layers - 1 - i)) for i in range(self.n_layers)],
+            dtype=np.int64,
+        )
+
+
+class LinearProbe(Baseline):
+    """Only the head (the last layer) learns, at ``lr``; every other layer is frozen."""
+
+    name = "linear_probe"
+
+    def __init__(self, seed: int = 0, lr: float = 1e-3) -> None:
+        if lr <= 0:
+            raise ValueError("linear_probe needs lr > 0")
+        super().__init__(seed, lr=lr)
+
+    def env_overrides(self) -> dict[str, Any]:
+        return {"lr_steps": [0.0, float(self.params["lr"])]}
+
+    def action(self) -> np.ndarray:
+        assert self.n_layers is not None
+        action = np.zeros(self.n_layers, dtype=np.int64)
+        action[-1] = self._index(self.params["lr"])
+        return action
+
+
+class RandomRates(Baseline):
+    """Uniformly random steps per layer: the control an RL agent must beat to have learned anything."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.rng = np.random.default_rng(seed)
+
+    def action(self) -> np.ndarray:
+        assert self.rates is not None and self.n_layers is not None
+        return self.rng.integers(0, len(self.rates), size=self.n_layers)
+
+    def get_rng_state(self) -> Any:
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: Any) -> None:
+        self.rng.bit_generator.state = state
+
+
+BASELINES: dict[str, type[Baseline]] = {
+    cls.name: cls for cls in (Uniform, LayerwiseDecay, LinearProbe, RandomRates)
+}
+
+
+def load_baseline(path: str | Path) -> Baseline:
+    data = json.loads(Path(path).read_text())
+    return BASELINES[data["agent"]](seed=data["seed"], **data["params"])

@@ -1,0 +1,59 @@
+"""Every agent's hyperparameters, in one place.
+
+Learning agents update once per epoch of fine-tuning: ``n_steps`` (the rollout
+length) is set to the environment's steps per epoch when the agent is built, so
+it is not listed here. ``make_agent(name, env, **overrides)`` overrides any key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+HYPERPARAMS: dict[str, dict[str, Any]] = {
+    # The paper's agent: linear layer over the pooled activations, then an LSTM (actor);
+    # an MLP critic on the same linear features; PPO with clip 0.1.
+    "rl_tune": {
+        "learning_rate": 3e-4,
+        "n_epochs": 10,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_range": 0.1,
+        "ent_coef": 0.01,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "features_dim": 64,
+        "lstm_hidden_size": 64,
+        "critic_net_arch": [64, 64],
+    },
+    "ppo": {
+        "learning_rate": 3e-4,
+        "n_epochs": 10,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_range": 0.1,
+        "ent_coef": 0.01,
+        "net_arch": [64, 64],
+    },
+    "a2c": {
+        "learning_rate": 7e-4,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "ent_coef": 0.01,
+        "net_arch": [64, 64],
+    },
+    "trpo": {
+        "learning_rate": 1e-3,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "target_kl": 0.01,
+        "net_arch": [64, 64],
+    },
+    # Plain fine-tuning: one learning rate for every layer (a rate, or an action index if given).
+    "uniform": {"lr": 1e-3, "index": None},
+    # Discriminative fine-tuning: the head at base_lr, each earlier layer `decay` times lower.
+    "layerwise_decay": {"base_lr": 1e-3, "decay": 0.8},
+    # The control: uniformly random actions in the environment's own action space.
+    "random": {},
+    # Only the head learns.
+    "linear_probe": {"lr": 1e-3},
+}

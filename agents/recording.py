@@ -1,0 +1,152 @@
+"""What a run keeps of its environment: learning-rate log, accuracies, and the final model.
+
+The recorder sits directly under the vectorised environment, so it sees each
+episode's last step before SB3's automatic reset restores the target from the
+source weights: that is where the final fine-tuned model is captured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class RunRecorder(gym.Wrapper):
+    """Logs every step and captures the model at the end of episode ``final_episode``.
+
+    Events sent to listeners: ``("step", ...)`` every step, ``("epoch", ...)``
+    at the end of each epoch, ``("episode", ...)`` at the end of each episode.
+    """
+
+    def __init__(self, env: gym.Env, final_episode: int, evaluate_test: bool = True) -> None:
+        super().__init__(env)
+        self.final_episode = int(final_episode)
+        self.evaluate_test = evaluate_test
+        self.listeners: list[Listener] = []
+        self.episode = 0
+        self.global_step = 0
+        self.learning_rates: list[np.ndarray] = []
+        self.step_log: dict[str, list[float]] = {
+            "reward": [],
+            "loss": [],
+            "episode": [],
+            "epoch": [],
+            "images": [],
+        }
+        self.epochs: list[dict[str, Any]] = []
+        self.episodes: list[dict[str, Any]] = []
+        self._episode_rewards: list[float] = []
+        self.final: dict[str, Any] | None = None
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        base = self.env.unwrapped
+        self.learning_rates.append(np.asarray(info["learning_rates"], dtype=np.float32))
+        for key, value in (
+            ("reward", reward),
+            ("loss", info["loss"]),
+            ("episode", self.episode),
+            ("epoch", info["epoch"]),
+            ("images", info["batch_size"]),
+        ):
+            self.step_log[key].append(float(value))
+        self._episode_rewards.append(float(reward))
+        self.global_step += 1
+        self._emit(
+            "step",
+            {
+                "step": self.global_step,
+                "episode": self.episode,
+                "epoch": info["epoch"],
+                "reward": float(reward),
+                "loss": float(info["loss"]),
+                "learning_rates": info["learning_rates"],
+                "skipped": info["skipped_update"],
+            },
+        )
+        if "epoch_train_accuracy" in info:
+            record = {
+                "step": self.global_step,
+                "episode": self.episode,
+                "epoch": info["epoch"],
+                "global_epoch": len(self.epochs),
+                "train_accuracy": info["epoch_train_accuracy"],
+            }
+            if terminated and "val_accuracy" in info:
+                record["val_accuracy"] = info["val_accuracy"]
+            self.epochs.append(record)
+            self._emit("epoch", record)
+        if terminated:
+            record = {
+                "step": self.global_step,
+                "episode": self.episode,
+                "mean_reward": float(np.mean(self._episode_rewards)),
+                "val_accuracy": info.get("val_accuracy"),
+            }
+            if self.episode == self.final_episode:
+                self.final = {
+                    "state_dict": base.fine_tuned_state_dict(),
+                    "val_accuracy": info.get("val_accuracy"),
+                    "test_accuracy": base.evaluate("test") if self.evaluate_test else None,
+                    "episode": self.episode,
+                    "step": self.global_step,
+                }
+                record["test_accuracy"] = self.final["test_accuracy"]
+            self.episodes.append(record)
+            self._emit("episode", record)
+            self.episode += 1
+            self._episode_rewards = []
+        return observation, reward, terminated, truncated, info
+
+    def _emit(self, event: str, payload: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(event, payload)
+
+    def lr_schedule(self) -> dict[str, np.ndarray]:
+        """Arrays for ``lr_schedule.npz``: learning rate per step and layer, with step coordinates."""
+        n_layers = self.env.unwrapped.n_layers
+        rates = np.stack(self.learning_rates) if self.learning_rates else np.zeros((0, n_layers), np.float32)
+        return {
+            "learning_rates": rates,
+            "episode": np.asarray(self.step_log["episode"], dtype=np.int64),
+            "epoch": np.asarray(self.step_log["epoch"], dtype=np.int64),
+            "reward": np.asarray(self.step_log["reward"], dtype=np.float32),
+            "loss": np.asarray(self.step_log["loss"], dtype=np.float32),
+            "layer_names": np.asarray(self.env.unwrapped.layer_names),
+        }
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        inner = self.env
+        while not hasattr(inner, "get_state"):
+            inner = inner.env
+        return {
+            "episode": self.episode,
+            "global_step": self.global_step,
+            "learning_rates": list(self.learning_rates),
+            "step_log": {k: list(v) for k, v in self.step_log.items()},
+            "epochs": list(self.epochs),
+            "episodes": list(self.episodes),
+            "episode_rewards": list(self._episode_rewards),
+            "final": self.final,
+            "env": inner.get_state(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`. Reset the outermost wrapper first, so that order-enforcing
+        wrappers (gymnasium's, SB3's Monitor) see a started episode; this then replaces it."""
+        inner = self.env
+        while not hasattr(inner, "set_state"):
+            inner = inner.env
+        inner.set_state(state["env"])
+        self.episode, self.global_step = state["episode"], state["global_step"]
+        self.learning_rates = list(state["learning_rates"])
+        self.step_log = {k: list(v) for k, v in state["step_log"].items()}
+        self.epochs, self.episodes = list(state["epochs"]), list(state["episodes"])
+        self._episode_rewards, self.final = list(state["episode_rewards"]), state["final"]

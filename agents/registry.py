@@ -1,0 +1,162 @@
+"""``make_agent(name, env)``: RL agents and baselines behind one name, built for one environment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from sb3_contrib import TRPO, RecurrentPPO
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+
+from .baselines import BASELINES, Baseline, load_baseline
+from .hyperparams import HYPERPARAMS
+from .policies import LinearFeatures
+
+Agent = BaseAlgorithm | Baseline
+
+LEARNERS: dict[str, type[BaseAlgorithm]] = {"rl_tune": RecurrentPPO, "ppo": PPO, "a2c": A2C, "trpo": TRPO}
+ALIASES = {"recurrent_ppo": "rl_tune", "recurrentppo": "rl_tune"}
+AGENT_NAMES: list[str] = [*LEARNERS, *BASELINES]
+# Algorithms of SB3 / sb3-contrib that cannot act in MultiDiscrete spaces, and what they need.
+UNSUPPORTED = {
+    "dqn": "DQN needs a Discrete action space",
+    "qrdqn": "QR-DQN needs a Discrete action space",
+    "sac": "SAC needs a continuous (Box) action space",
+    "td3": "TD3 needs a continuous (Box) action space",
+    "ddpg": "DDPG needs a continuous (Box) action space",
+    "tqc": "TQC needs a continuous (Box) action space",
+    "crossq": "CrossQ needs a continuous (Box) action space",
+    "ars": "ARS supports Box and Discrete action spaces only",
+    "her": "HER is a replay buffer for goal-conditioned off-policy agents, not an algorithm",
+}
+
+
+def canonical_name(name: str) -> str:
+    """The registry name for ``name`` (aliases resolved); a clear error for anything else."""
+    key = name.lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key in LEARNERS or key in BASELINES:
+        return key
+    supported = ", ".join(AGENT_NAMES)
+    if key in UNSUPPORTED:
+        raise ValueError(
+            f"algorithm {name!r} cannot be used: {UNSUPPORTED[key]}, but these environments choose one "
+            f"learning-rate step per layer (MultiDiscrete). Agents that can: {supported}"
+        )
+    raise ValueError(f"unknown agent {name!r}: choose one of {supported}")
+
+
+def is_learning(agent: Agent) -> bool:
+    return isinstance(agent, BaseAlgorithm)
+
+
+def baseline_env_overrides(name: str, **overrides: Any) -> dict[str, Any]:
+    """Environment arguments the agent needs before the environment is built (exact rate grids)."""
+    name = canonical_name(name)
+    if name in BASELINES:
+        return _baseline(name, 0, overrides).env_overrides()
+    return {}
+
+
+def _baseline(name: str, seed: int, overrides: dict[str, Any]) -> Baseline:
+    params = {k: v for k, v in {**HYPERPARAMS[name], **overrides}.items()}
+    try:
+        return BASELINES[name](seed=seed, **params)
+    except TypeError as error:
+        raise ValueError(f"agent {name!r} does not take {sorted(overrides)}: {error}") from error
+
+
+def _as_vec_env(env: gym.Env | VecEnv) -> VecEnv:
+    return env if isinstance(env, VecEnv) else DummyVecEnv([lambda: env])
+
+
+def make_agent(
+    name: str, env: gym.Env | VecEnv, *, seed: int = 0, verbose: int = 0, **overrides: Any
+) -> Agent:
+    """Build agent ``name`` for ``env`` with the hyperparameters of :mod:`agents.hyperparams`.
+
+    Learning agents update once per epoch (``n_steps`` = the environment's steps
+    per epoch) and run on the CPU (their networks are tiny; the GPU is the
+    fine-tuned model's).
+    """
+    name = canonical_name(name)
+    venv = _as_vec_env(env)
+    if name in BASELINES:
+        rates = venv.get_attr("lr_map")[0].rates
+        return _baseline(name, seed, overrides).bind(venv.get_attr("n_layers")[0], rates)
+
+    params = {**HYPERPARAMS[name], **overrides}
+    n_steps = int(params.pop("n_steps", venv.get_attr("steps_per_epoch")[0]))
+    kwargs: dict[str, Any] = {
+        "n_steps": n_steps,
+        "seed": seed,
+        "verbose": verbose,
+        "device": params.pop("device", "cpu"),
+    }
+    if name == "rl_tune":
+        policy = "MlpLstmPolicy"
+        kwargs["batch_size"] = params.pop("batch_size", n_steps)
+        kwargs["policy_kwargs"] = {
+            "features_extractor_class": LinearFeatures,
+            "features_extractor_kwargs": {"features_dim": params.pop("features_dim")},
+            "lstm_hidden_size": params.pop("lstm_hidden_size"),
+            "n_lstm_layers": 1,
+            "shared_lstm": False,
+            "enable_critic_lstm": False,  # the paper's critic is an MLP
+            "net_arch": {"pi": [], "vf": list(params.pop("critic_net_arch"))},
+        }
+    else:
+        policy = "MlpPolicy"
+        kwargs["policy_kwargs"] = {"net_arch": list(params.pop("net_arch"))}
+        if name in ("ppo", "trpo"):
+            kwargs["batch_size"] = params.pop("batch_size", n_steps)
+    try:
+        return LEARNERS[name](policy, venv, **kwargs, **params)
+    except TypeError as error:
+        raise ValueError(f"agent {name!r} got an argument it does not take: {error}") from error
+
+
+AGENT_FILE = "agent.json"
+
+
+def save_agent(agent: Agent, directory: str | Path, name: str) -> None:
+    """Everything needed to run the agent later: weights, normalisation statistics, hyperparameters."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(agent, Baseline):
+        agent.save(directory / AGENT_FILE)
+        return
+    agent.save(directory / "model.zip")
+    vec_normalize = agent.get_vec_normalize_env()
+    if vec_normalize is not None:
+        vec_normalize.save(str(directory / "vecnormalize.pkl"))
+    (directory / AGENT_FILE).write_text(
+        json.dumps({"agent": name, "algorithm": type(agent).__name__}, indent=2)
+    )
+
+
+def load_agent(directory: str | Path, env: gym.Env | VecEnv) -> tuple[Agent, VecEnv]:
+    """Load what :func:`save_agent` wrote, for ``env`` (not yet normalised).
+
+    Returns the agent and the environment to run it in: for an RL agent, ``env``
+    wrapped in its saved ``VecNormalize`` statistics, frozen (``training=False``).
+    """
+    directory = Path(directory)
+    meta_file = directory / AGENT_FILE
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{str(directory)!r} holds no saved agent ({AGENT_FILE} is missing)")
+    meta = json.loads(meta_file.read_text())
+    name = canonical_name(meta["agent"])
+    venv = _as_vec_env(env)
+    if name in BASELINES:
+        agent = load_baseline(meta_file)
+        return agent.bind(venv.get_attr("n_layers")[0], venv.get_attr("lr_map")[0].rates), venv
+    stats = directory / "vecnormalize.pkl"
+    if stats.is_file():
+        venv = VecNormalize.load(str(stats), venv)
+        venv.training = False
+    return LEARNERS[name].load(directory / "model.zip", env=venv, device="cpu"), venv

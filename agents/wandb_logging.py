@@ -1,0 +1,120 @@
+"""Weights & Biases logging of a run: config, per-step, per-epoch and per-episode metrics,
+the agent's training statistics, the learning-rate heatmap, and the results as an artifact."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import wandb
+from stable_baselines3.common.logger import KVWriter
+
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+class WandbKVWriter(KVWriter):
+    """Sends SB3's logger records (policy loss, value loss, entropy, approx KL, ...) to W&B.
+
+    SB3 reaches W&B either through TensorBoard syncing (another dependency and a
+    second copy of every record) or through an output format like this one.
+    """
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        numeric = {
+            f"agent/{k}": v
+            for k, v in key_values.items()
+            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+        }
+        if numeric and wandb.run is not None:
+            wandb.log(numeric, step=int(step))
+
+    def close(self) -> None:
+        pass
+
+
+class WandbRun:
+    """One W&B run for one training run; resumed under the same id when the training run resumes."""
+
+    def __init__(
+        self,
+        mode: str,
+        run_dir: Path,
+        config: dict[str, Any],
+        *,
+        project: str,
+        entity: str | None,
+        group: str,
+        tags: list[str],
+        name: str,
+        layer_names: list[str],
+    ) -> None:
+        if mode not in WANDB_MODES:
+            raise ValueError(f"unknown W&B mode {mode!r}: choose one of {', '.join(WANDB_MODES)}")
+        id_file = run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        id_file.write_text(run_id)
+        self.layer_names = layer_names
+        self.run = wandb.init(
+            mode=mode,
+            dir=str(run_dir),
+            project=project,
+            entity=entity,
+            group=group,
+            tags=tags,
+            name=name,
+            id=run_id,
+            resume="allow",
+            config=config,
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def __call__(self, event: str, payload: dict[str, Any]) -> None:
+        step = int(payload["step"])
+        if event == "step":
+            rates = np.asarray(payload["learning_rates"], dtype=np.float64)
+            data = {
+                "step/reward": payload["reward"],
+                "step/loss": payload["loss"],
+                "step/episode": payload["episode"],
+                "step/epoch": payload["epoch"],
+                "lr/mean": float(rates.mean()),
+                "lr/min": float(rates.min()),
+                "lr/max": float(rates.max()),
+            }
+            data.update(
+                {f"lr/{name}": float(rate) for name, rate in zip(self.layer_names, rates, strict=True)}
+            )
+            wandb.log(data, step=step)
+        elif event == "epoch":
+            wandb.log(
+                {"epoch/train_accuracy": payload["train_accuracy"], "epoch/index": payload["global_epoch"]},
+                step=step,
+            )
+        elif event == "episode":
+            data = {"episode/mean_reward": payload["mean_reward"], "episode/index": payload["episode"]}
+            if payload.get("val_accuracy") is not None:
+                data["episode/val_accuracy"] = payload["val_accuracy"]
+            wandb.log(data, step=step)
+
+    def finish(
+        self, results: dict[str, Any], run_dir: Path, images: dict[str, Path], files: list[Path]
+    ) -> None:
+        step = int(results["steps"])
+        wandb.log({key: wandb.Image(str(path)) for key, path in images.items()}, step=step)
+        for key in ("final_val_accuracy", "final_test_accuracy", "wall_time_s", "images_seen"):
+            self.run.summary[key] = results[key]
+        artifact = wandb.Artifact(
+            f"run-{self.run.id}",
+            type="finetune-run",
+            metadata={k: results[k] for k in ("env_id", "algo", "final_test_accuracy")},
+        )
+        for path in files:
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+        self.run.finish()
+
+    def abort(self) -> None:
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)

@@ -1,0 +1,196 @@
+"""train.py end to end: every agent, the run directory, W&B offline, resume after a real kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from wandb_files import offline_run
+
+import train
+from agents import load_agent
+from agents.run import RunConfig, build_env, load_final_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--episodes",
+    "2",
+    "--epochs-per-episode",
+    "1",
+    "--sampling-rate",
+    "0.3",
+    "--no-progress",
+    "--env-kwargs",
+    "batch_size=64",
+]
+
+
+def run_train(tmp_path, *args, name="run"):
+    run_dir = tmp_path / name
+    code = train.main(["--run-dir", str(run_dir), *TINY, *args])
+    assert code == 0
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "algo", ["rl_tune", "ppo", "a2c", "trpo", "uniform", "layerwise_decay", "random", "linear_probe"]
+)
+def test_every_agent_runs_end_to_end(tmp_path, algo):
+    run_dir = run_train(tmp_path, "--algo", algo)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["algo"] == algo and results["env_id"] == "FineTune-Digits-v0"
+    assert results["config"]["episodes"] == 2 and len(results["episodes"]) == 2
+    assert results["env_config"]["sampling_rate"] == 0.3
+    assert results["images_seen"] > 0 and results["wall_time_s"] > 0 and results["machine"]
+    assert 0.0 <= results["final_test_accuracy"] <= 1.0
+    # The saved model is the one the env reported on at the end of the last episode.
+    assert results["final_val_accuracy"] == results["episodes"][-1]["val_accuracy"]
+    env, meta = load_final_model(run_dir / "final_model.pt")
+    assert env.evaluate("val") == pytest.approx(results["final_val_accuracy"], abs=1e-12)
+    assert env.evaluate("test") == pytest.approx(results["final_test_accuracy"], abs=1e-12)
+    schedule = np.load(run_dir / "lr_schedule.npz")
+    assert schedule["learning_rates"].shape == (results["steps"], env.n_layers)
+    assert list(schedule["layer_names"]) == env.layer_names
+    rates = schedule["learning_rates"]
+    if algo == "uniform":
+        np.testing.assert_allclose(rates, 1e-3, rtol=1e-6)
+    elif algo == "linear_probe":
+        assert np.all(rates[:, :-1] == 0) and np.allclose(rates[:, -1], 1e-3)
+    elif algo == "layerwise_decay":
+        np.testing.assert_allclose(rates[0, 1:] / rates[0, :-1], 1 / 0.8, rtol=1e-5)
+    for png in ("lr_heatmap.png", "accuracy.png"):
+        assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
+    # The saved agent loads and acts in a fresh environment of the same run.
+    venv, _ = build_env(RunConfig.from_json(results["config"]))
+    agent, venv = load_agent(run_dir / "agent", venv.venv)
+    action, _ = agent.predict(venv.reset(), deterministic=True)
+    assert action.shape == (1, env.n_layers)
+    assert not (run_dir / "checkpoint.pt").exists()
+
+
+def test_exact_uniform_rate_not_on_the_paper_grid(tmp_path):
+    run_dir = run_train(tmp_path, "--algo", "uniform", "--agent-kwargs", "lr=3e-4", "--ema", "none")
+    rates = np.load(run_dir / "lr_schedule.npz")["learning_rates"]
+    np.testing.assert_allclose(rates, 3e-4, rtol=1e-6)
+
+
+def test_wandb_offline_logs_what_the_issue_lists(tmp_path):
+    run_dir = run_train(tmp_path, "--wandb", "offline", "--wandb-tags", "unit-test")
+    logged = offline_run(run_dir)
+    keys = set().union(*logged["history"])
+    assert {"step/reward", "step/loss", "lr/mean", "lr/head"} <= keys
+    assert {"epoch/train_accuracy", "episode/val_accuracy"} <= keys
+    assert {
+        "agent/train/policy_gradient_loss",
+        "agent/train/value_loss",
+        "agent/train/entropy_loss",
+        "agent/train/approx_kl",
+    } <= keys
+    assert any(k.startswith("lr_heatmap") for k in keys)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert logged["summary"]["final_test_accuracy"] == pytest.approx(results["final_test_accuracy"])
+    assert logged["config"]["algo"] == "rl_tune" and logged["config"]["env_id"] == "FineTune-Digits-v0"
+    assert logged["artifacts"], "results and final model must be logged as an artifact"
+    steps = [row["_step"] for row in logged["history"] if "step/reward" in row]
+    assert steps == list(range(1, results["steps"] + 1))
+
+
+def test_refusals(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--algo", "dqn", "--run-dir", str(tmp_path / "x")])
+    assert "DQN needs a Discrete action space" in capsys.readouterr().err
+    run_dir = run_train(tmp_path, "--algo", "uniform")
+    before = (run_dir / "results.json").read_text()
+    assert train.main(["--run-dir", str(run_dir), *TINY, "--algo", "random"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (run_dir / "results.json").read_text() == before, "an existing run must not be touched"
+    assert train.main(["--run-dir", str(run_dir), "--resume", "--no-progress"]) == 2
+    assert "finished run" in capsys.readouterr().err
+    assert train.main(["--run-dir", str(run_dir), *TINY, "--algo", "random", "--overwrite"]) == 0
+    assert json.loads((run_dir / "results.json").read_text())["algo"] == "random"
+    empty = tmp_path / "never"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("mine")
+    assert train.main(["--run-dir", str(empty), "--resume"]) == 2
+    assert "no checkpoint.pt" in capsys.readouterr().err
+
+
+def _train_cmd(run_dir, *extra):
+    return [
+        sys.executable,
+        "train.py",
+        "--run-dir",
+        str(run_dir),
+        "--episodes",
+        "3",
+        "--epochs-per-episode",
+        "4",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, package_cache):
+    env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(reference), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _train_cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists():
+        assert process.poll() is None, "the run finished before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / "results.json").exists()
+
+    resumed = subprocess.run(
+        _train_cmd(killed, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    start = int(resumed.stdout.split("at step ")[1].split()[0])
+    assert 0 < start < 3 * 4 * 5  # resumed mid-run (digits at 100%: 17 steps an epoch)
+    a = torch.load(reference / "final_model.pt", weights_only=True)
+    b = torch.load(killed / "final_model.pt", weights_only=True)
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (reference, killed))
+    assert ra["steps"] == rb["steps"] == 3 * 4 * 17
+    assert ra["final_test_accuracy"] == rb["final_test_accuracy"]
+    np.testing.assert_array_equal(
+        np.load(reference / "lr_schedule.npz")["learning_rates"],
+        np.load(killed / "lr_schedule.npz")["learning_rates"],
+    )
+
+
+@pytest.mark.slow
+def test_train_with_no_arguments_runs_the_offline_default(tmp_path, package_cache):
+    env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.perf_counter() - started < 180
+    assert "final test accuracy" in result.stdout
+    results = json.loads((tmp_path / "runs" / "FineTune-Digits-v0-rl_tune-s0" / "results.json").read_text())
+    assert results["config"]["episodes"] == 5 and results["config"]["epochs_per_episode"] == 10
+    assert results["final_test_accuracy"] > 0.8

@@ -1,0 +1,123 @@
+"""Train RL-Tune (or another agent, or a fine-tuning baseline) on a finetune-gym environment.
+
+With no arguments: RL-Tune on the built-in offline default (FineTune-Digits-v0),
+5 episodes x 10 epochs with the EMA scheme, results in runs/<env>-<algo>-s<seed>.
+
+Examples:
+  python train.py
+  python train.py --algo uniform --agent-kwargs lr=3e-4 --episodes 1 --epochs-per-episode 50 --ema none
+  python train.py --env FineTune-CIFARResNet-v0 --data-root ../shared/data \\
+      --env-kwargs weights=../shared/data/resnet_cifar10/resnet20-12fca82f.th --sampling-rate 0.15
+  python train.py --env FineTune-ResNet50-v0 --dataset cub --data-root data --env-kwargs download=True
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agents import AGENT_NAMES
+from agents.run import RunConfig, RunDirectoryError, run_training
+from finetune_gym import ENV_IDS
+from finetune_gym.cli import parse_kwargs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    env = parser.add_argument_group("environment")
+    env.add_argument("--env", default="FineTune-Digits-v0", choices=ENV_IDS, help="registered environment id")
+    env.add_argument("--dataset", help="dataset name (default: the environment's)")
+    env.add_argument("--data-root", help="folder holding (or receiving) the dataset")
+    env.add_argument("--sampling-rate", type=float, help="fraction of the training set kept, in (0, 1]")
+    env.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the environment's)")
+    env.add_argument("--reward", choices=["batch", "next_batch"], help="reward (default: the environment's)")
+    env.add_argument("--episodes", type=int, default=5, help="episodes (default 5)")
+    env.add_argument("--epochs-per-episode", type=int, default=10, help="epochs per episode (default 10)")
+    env.add_argument(
+        "--ema",
+        default="0.2",
+        help="EMA weight of the fine-tuned target between episodes, or 'none' (default 0.2)",
+    )
+    env.add_argument(
+        "--env-kwargs",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other environment argument, e.g. weights=path.th lr_scale=log batch_size=64",
+    )
+    agent = parser.add_argument_group("agent")
+    agent.add_argument("--algo", default="rl_tune", help=f"one of {', '.join(AGENT_NAMES)} (default rl_tune)")
+    agent.add_argument(
+        "--agent-kwargs",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="agent hyperparameters overriding agents/hyperparams.py, e.g. lr=3e-4 ent_coef=0.0",
+    )
+    agent.add_argument(
+        "--seed", type=int, default=0, help="seed of data sample, split, head, agent (default 0)"
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--run-dir", help="output folder (default runs/<env>-<algo>-s<seed>)")
+    run.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its checkpoint"
+    )
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    wandb = parser.add_argument_group("Weights & Biases")
+    wandb.add_argument("--wandb", choices=["disabled", "offline", "online"], default="disabled")
+    wandb.add_argument("--wandb-project", default="finetune-gym")
+    wandb.add_argument("--wandb-entity")
+    wandb.add_argument("--wandb-group", help="default: <env>/<dataset>/r<rate>/<algo>")
+    wandb.add_argument("--wandb-tags", nargs="*", default=[])
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run configuration an argument list describes (raises ValueError for bad values)."""
+    env_kwargs = parse_kwargs(args.env_kwargs)
+    for key in ("dataset", "data_root", "sampling_rate", "device", "reward"):
+        value = getattr(args, key)
+        if value is not None:
+            env_kwargs[key] = value
+    ema = None if str(args.ema).lower() == "none" else float(args.ema)
+    return RunConfig(
+        env_id=args.env,
+        algo=args.algo,
+        seed=args.seed,
+        episodes=args.episodes,
+        epochs_per_episode=args.epochs_per_episode,
+        ema=ema,
+        env_kwargs=env_kwargs,
+        agent_kwargs=parse_kwargs(args.agent_kwargs, "--agent-kwargs"),
+        wandb_mode=args.wandb,
+        wandb_project=args.wandb_project,
+        wandb_entity=args.wandb_entity,
+        wandb_group=args.wandb_group,
+        wandb_tags=list(args.wandb_tags),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    run_dir = Path(args.run_dir or f"runs/{config.env_id}-{config.algo}-s{config.seed}")
+    try:
+        run_training(
+            config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
+    except (RunDirectoryError, ValueError, FileNotFoundError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
