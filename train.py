@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = parser.add_argument_group("run")
     run.add_argument("--run-dir", help="output folder (default runs/<env>-<algo>-s<seed>)")
+    run.add_argument("--label", help="the method's name in evaluate.py tables (default: the algorithm)")
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --run-dir from its checkpoint"
     )
@@ -93,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         ema=ema,
         env_kwargs=env_kwargs,
         agent_kwargs=parse_kwargs(args.agent_kwargs, "--agent-kwargs"),
+        label=args.label,
         wandb_mode=args.wandb,
         wandb_project=args.wandb_project,
         wandb_entity=args.wandb_entity,

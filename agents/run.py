@@ -25,7 +25,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
@@ -36,6 +35,7 @@ import finetune_gym  # noqa: F401  (registers the environment ids)
 from finetune_gym.storage import atomic_torch_save
 
 from . import plots
+from .baselines import Baseline
 from .progress import RunProgress
 from .recording import RunRecorder
 from .registry import (
@@ -44,6 +44,7 @@ from .registry import (
     baseline_env_overrides,
     canonical_name,
     is_learning,
+    load_agent,
     make_agent,
     save_agent,
 )
@@ -65,6 +66,8 @@ class RunConfig:
     ema: float | None = 0.2
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # the method's name in tables (default: algo)
+    replay_agent: str | None = None  # a saved agent directory: act with it, frozen, instead of training one
     wandb_mode: str = "disabled"
     wandb_project: str = "finetune-gym"
     wandb_entity: str | None = None
@@ -165,7 +168,7 @@ def save_checkpoint(
     recorder: RunRecorder,
     steps: int,
     wall_time_s: float,
-    baseline_obs: np.ndarray | None = None,
+    loop: dict[str, Any] | None = None,
 ) -> None:
     """Agent, its rollout position, environment, normalisation statistics and RNG states, atomically."""
     payload: dict[str, Any] = {
@@ -180,14 +183,14 @@ def save_checkpoint(
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
     }
-    if isinstance(agent, BaseAlgorithm):
+    if loop is None:  # a learning agent: the whole algorithm, and where its rollout stands
         buffer = io.BytesIO()
         agent.save(buffer)
         payload["agent_zip"] = buffer.getvalue()
         payload["agent_attrs"] = {a: getattr(agent, a, None) for a in _LEARNER_ATTRS}
-    else:
-        payload["baseline_rng"] = agent.get_rng_state()
-        payload["baseline_obs"] = baseline_obs
+    else:  # a fixed policy: the acting loop's position (observation, recurrent state) and its RNG
+        payload["loop"] = loop
+        payload["baseline_rng"] = agent.get_rng_state() if isinstance(agent, Baseline) else None
     atomic_torch_save(payload, path)
 
 
@@ -202,11 +205,11 @@ def load_checkpoint(
     saved_norm: VecNormalize = pickle.loads(payload["vecnormalize"])
     saved_norm.set_venv(venv.venv)
     venv = saved_norm
-    if isinstance(agent, BaseAlgorithm):
+    if "agent_zip" in payload:
         agent = LEARNERS[config.algo].load(io.BytesIO(payload["agent_zip"]), env=venv, device="cpu")
         for attr, value in payload["agent_attrs"].items():
             setattr(agent, attr, value)
-    else:
+    elif isinstance(agent, Baseline):
         agent.set_rng_state(payload["baseline_rng"])
     venv.venv._reset_seeds()  # the first reset's seed was used long ago
     # Last: loading an SB3 agent reseeds the global generators.
@@ -264,12 +267,16 @@ def run_training(
     base = recorder.env.unwrapped
     steps_per_epoch, total_steps = base.steps_per_epoch, base.episode_steps * config.episodes
     set_random_seed(config.seed)
-    agent = make_agent(config.algo, venv, seed=config.seed, **config.agent_kwargs)
+    if config.replay_agent:
+        agent, venv = _load_replayed(config.replay_agent, venv)
+    else:
+        agent = make_agent(config.algo, venv, seed=config.seed, **config.agent_kwargs)
+    learning = is_learning(agent) and not config.replay_agent
     done_steps, elapsed_before = 0, 0.0
-    baseline_obs = None
+    loop: dict[str, Any] | None = None
     if resume:
         agent, venv, payload = load_checkpoint(run_dir / CHECKPOINT, config, agent, venv, recorder)
-        done_steps, baseline_obs = payload["steps"], payload.get("baseline_obs")
+        done_steps, loop = payload["steps"], payload.get("loop")
         elapsed_before = payload["wall_time_s"]
         if verbose:
             print(f"resuming {run_dir} at step {done_steps} of {total_steps}")
@@ -288,7 +295,7 @@ def run_training(
     recorder.listeners = listeners
 
     try:
-        if is_learning(agent):
+        if learning:
             if wandb_run is not None:
                 from .wandb_logging import WandbKVWriter
 
@@ -306,14 +313,20 @@ def run_training(
             if wandb_run is not None:
                 agent.logger.dump(agent.num_timesteps)  # SB3 dumps a rollout's stats at the next one
         else:
-            obs = venv.reset() if not resume else baseline_obs
+            # A fixed policy acts: a baseline, or a saved agent replayed deterministically.
+            if loop is None:
+                loop = {
+                    "obs": venv.reset(),
+                    "state": None,
+                    "episode_start": np.ones(venv.num_envs, dtype=bool),
+                }
             for step in range(done_steps, total_steps):
-                action, _ = agent.predict(obs, deterministic=True)
-                obs, _, _, _ = venv.step(action)
+                action, loop["state"] = agent.predict(
+                    loop["obs"], state=loop["state"], episode_start=loop["episode_start"], deterministic=True
+                )
+                loop["obs"], _, loop["episode_start"], _ = venv.step(action)
                 if (step + 1) % steps_per_epoch == 0 and step + 1 < total_steps:
-                    save_checkpoint(
-                        run_dir / CHECKPOINT, agent, venv, recorder, step + 1, clock(), baseline_obs=obs
-                    )
+                    save_checkpoint(run_dir / CHECKPOINT, agent, venv, recorder, step + 1, clock(), loop=loop)
     except BaseException:
         bar.close()
         if wandb_run is not None:
@@ -332,6 +345,20 @@ def run_training(
             f"(validation {_fmt(results['final_val_accuracy'])}, {results['wall_time_s']:.1f} s)"
         )
     return results
+
+
+def _load_replayed(agent_dir: str, venv: VecNormalize) -> tuple[Agent, VecNormalize]:
+    """A saved agent for a fresh environment; its observation size must match (same backbone)."""
+    try:
+        agent, loaded = load_agent(agent_dir, venv.venv)
+    except ValueError as error:
+        raise ValueError(
+            f"the agent in {agent_dir!r} cannot act in this environment ({error}); a policy moves only between "
+            "environments with the same backbone, granularity and obs_features"
+        ) from error
+    if not isinstance(loaded, VecNormalize):  # a baseline: keep the run's (unused) normalisation wrapper
+        return agent, venv
+    return agent, loaded
 
 
 def _fmt(value: float | None) -> str:

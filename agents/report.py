@@ -1,0 +1,264 @@
+"""Tables and plots over many runs: mean ± std over seeds, like the paper's Table 1.
+
+Runs are grouped by (env, dataset, model, sampling rate, method); the method is
+the run's ``label`` (set by the benchmark, ``--label`` in train.py) or its
+algorithm. Everything here reads ``results.json`` files only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = "results.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One finished run, flattened."""
+
+    env_id: str
+    dataset: str
+    model: str
+    sampling_rate: float
+    method: str
+    seed: int
+    test_accuracy: float
+    val_accuracy: float | None
+    wall_time_s: float
+    images_seen: int
+    machine: str
+    run_dir: str
+
+    @property
+    def key(self) -> tuple[str, str, str, float, str]:
+        return (self.env_id, self.dataset, self.model, self.sampling_rate, self.method)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Runs of one setting over seeds."""
+
+    env_id: str
+    dataset: str
+    model: str
+    sampling_rate: float
+    method: str
+    n: int
+    test_mean: float
+    test_std: float
+    val_mean: float | None
+    val_std: float | None
+    wall_time_mean: float
+    images_seen_mean: float
+    note: str = ""
+
+    @property
+    def setting(self) -> tuple[str, str, str, float]:
+        return (self.env_id, self.dataset, self.model, self.sampling_rate)
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories among ``paths``: each a run (holding results.json) or a folder searched for runs."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / RESULTS).is_file():
+            found.append(path)
+        elif path.is_dir():
+            inner = sorted(p.parent for p in path.rglob(RESULTS))
+            if not inner:
+                raise FileNotFoundError(
+                    f"{str(path)!r} is not a run directory and holds none ({RESULTS} missing)"
+                )
+            found.extend(inner)
+        else:
+            raise FileNotFoundError(f"{str(path)!r} does not exist")
+    return found
+
+
+def row_from_results(results: dict[str, Any], run_dir: str = "") -> Row:
+    env = results["env_config"]
+    config = results["config"]
+    return Row(
+        env_id=results["env_id"],
+        dataset=str(env["dataset"]),
+        model=str(env["model"]),
+        sampling_rate=float(env["sampling_rate"]),
+        method=config.get("label") or results["algo"],
+        seed=int(config["seed"]),
+        test_accuracy=float(results["final_test_accuracy"]),
+        val_accuracy=None if results["final_val_accuracy"] is None else float(results["final_val_accuracy"]),
+        wall_time_s=float(results["wall_time_s"]),
+        images_seen=int(results["images_seen"]),
+        machine=str(results.get("machine", "")),
+        run_dir=run_dir,
+    )
+
+
+def load_rows(run_dirs: Iterable[Path]) -> list[Row]:
+    return [row_from_results(json.loads((d / RESULTS).read_text()), str(d)) for d in run_dirs]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def aggregate(rows: Iterable[Row]) -> list[Group]:
+    """Mean and sample standard deviation over seeds for each setting (duplicated seeds are an error)."""
+    buckets: dict[tuple, list[Row]] = defaultdict(list)
+    for row in rows:
+        buckets[row.key].append(row)
+    groups = []
+    for key, members in sorted(buckets.items()):
+        seeds = [m.seed for m in members]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"setting {key} has the same seed more than once: {sorted(seeds)}")
+        test = _mean_std([m.test_accuracy for m in members])
+        vals = [m.val_accuracy for m in members if m.val_accuracy is not None]
+        val = _mean_std(vals) if vals else (None, None)
+        groups.append(
+            Group(
+                *key,
+                n=len(members),
+                test_mean=test[0],
+                test_std=test[1],
+                val_mean=val[0],
+                val_std=val[1],
+                wall_time_mean=float(np.mean([m.wall_time_s for m in members])),
+                images_seen_mean=float(np.mean([m.images_seen for m in members])),
+            )
+        )
+    return groups
+
+
+def select_by_validation(groups: Sequence[Group], candidates: Sequence[str], label: str) -> list[Group]:
+    """For each (env, dataset, model, rate), the candidate method with the best mean validation
+    accuracy, reported under ``label`` with its test numbers (test never takes part in the choice)."""
+    chosen = []
+    for setting in sorted({g.setting for g in groups}):
+        pool = [
+            g for g in groups if g.setting == setting and g.method in candidates and g.val_mean is not None
+        ]
+        if not pool:
+            continue
+        best = max(pool, key=lambda g: g.val_mean)
+        chosen.append(
+            Group(
+                best.env_id,
+                best.dataset,
+                best.model,
+                best.sampling_rate,
+                label,
+                best.n,
+                best.test_mean,
+                best.test_std,
+                best.val_mean,
+                best.val_std,
+                best.wall_time_mean,
+                best.images_seen_mean,
+                note=f"= {best.method}",
+            )
+        )
+    return chosen
+
+
+def markdown_table(groups: Sequence[Group], method_order: Sequence[str] | None = None) -> str:
+    """One table per (env, dataset, model): methods as rows, sampling rates as columns,
+    cells ``test mean ± std (n)`` in percent."""
+    out = []
+    by_setting: dict[tuple, list[Group]] = defaultdict(list)
+    for g in groups:
+        by_setting[(g.env_id, g.dataset, g.model)].append(g)
+    for (env_id, dataset, model), members in sorted(by_setting.items()):
+        rates = sorted({g.sampling_rate for g in members})
+        methods = list(
+            dict.fromkeys(
+                [m for m in (method_order or []) if any(g.method == m for g in members)]
+                + sorted({g.method for g in members})
+            )
+        )
+        out.append(
+            f"**{env_id}**, dataset `{dataset}`, model `{model}`: top-1 test accuracy (%), "
+            "mean ± std over seeds (n seeds)\n"
+        )
+        out.append("| method | " + " | ".join(f"{r:.0%}" for r in rates) + " |")
+        out.append("|---|" + "---|" * len(rates))
+        cell = {(g.method, g.sampling_rate): g for g in members}
+        for method in methods:
+            cells = []
+            for rate in rates:
+                g = cell.get((method, rate))
+                if g is None:
+                    cells.append("")
+                else:
+                    note = f" {g.note}" if g.note else ""
+                    cells.append(f"{100 * g.test_mean:.2f} ± {100 * g.test_std:.2f} ({g.n}){note}")
+            out.append(f"| {method} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+CSV_FIELDS = [
+    "env_id",
+    "dataset",
+    "model",
+    "sampling_rate",
+    "method",
+    "n",
+    "test_mean",
+    "test_std",
+    "val_mean",
+    "val_std",
+    "wall_time_mean",
+    "images_seen_mean",
+    "note",
+]
+
+
+def write_csv(groups: Sequence[Group], path: str | Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for g in groups:
+            writer.writerow({f: getattr(g, f) for f in CSV_FIELDS})
+
+
+def plot_rates(groups: Sequence[Group], path: str | Path, methods: Sequence[str] | None = None) -> Path:
+    """Test accuracy against sampling rate, one line per method, ±1 std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(methods) if methods else sorted({g.method for g in groups})
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method in methods:
+        points = sorted((g.sampling_rate, g.test_mean, g.test_std) for g in groups if g.method == method)
+        if not points:
+            continue
+        x, mean, std = (np.array(v) for v in zip(*points, strict=True))
+        (line,) = ax.plot(100 * x, 100 * mean, marker="o", label=method)
+        ax.fill_between(100 * x, 100 * (mean - std), 100 * (mean + std), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("sampling rate of the training set (%)")
+    ax.set_ylabel("top-1 test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def fmt_pct(value: float | None) -> str:
+    return (
+        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+    )

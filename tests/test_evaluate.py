@@ -1,0 +1,179 @@
+"""evaluate.py: recomputation, tables over seeds, agent replay, the W&B sweep files, errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import make_image_folder
+
+import evaluate
+import train
+from agents import report
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--episodes",
+    "2",
+    "--epochs-per-episode",
+    "1",
+    "--sampling-rate",
+    "0.3",
+    "--no-progress",
+    "--env-kwargs",
+    "batch_size=64",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two methods x two seeds of tiny digits runs."""
+    root = tmp_path_factory.mktemp("runs")
+    for algo, seed in itertools.product(("rl_tune", "uniform"), (0, 1)):
+        assert (
+            train.main(
+                ["--run-dir", str(root / f"{algo}-s{seed}"), "--algo", algo, "--seed", str(seed), *TINY]
+            )
+            == 0
+        )
+    return root
+
+
+def test_recompute_agrees_and_flags_tampering(runs, tmp_path, capsys):
+    assert evaluate.main([str(runs / "rl_tune-s0"), str(runs / "uniform-s1")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| ok |") == 2
+    tampered = tmp_path / "tampered"
+    shutil.copytree(runs / "uniform-s0", tampered)
+    results = json.loads((tampered / "results.json").read_text())
+    results["final_test_accuracy"] += 0.01
+    (tampered / "results.json").write_text(json.dumps(results))
+    assert evaluate.main([str(tampered)]) == 1
+    assert "DISAGREES" in capsys.readouterr().out
+
+
+def test_table_over_seeds(runs, tmp_path, capsys):
+    out = tmp_path / "table.md"
+    assert evaluate.main(["--table", str(out), str(runs)]) == 0
+    text = out.read_text()
+    assert "| rl_tune |" in text and "| uniform |" in text and "(2)" in text and "±" in text
+    rows = report.load_rows(report.find_runs([runs]))
+    tests = [r.test_accuracy for r in rows if r.method == "uniform"]
+    mean = sum(tests) / 2
+    assert f"{100 * mean:.2f} ±" in text
+    assert out.with_suffix(".csv").read_text().startswith("env_id,dataset,model,sampling_rate,method,n,")
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_select_by_validation_never_looks_at_test():
+    rows = [
+        report.Row("E", "d", "m", 0.5, method, seed, test, val, 1.0, 10, "cpu", "")
+        for method, test, val in (("a", 0.9, 0.5), ("b", 0.1, 0.6))
+        for seed in (0, 1)
+    ]
+    best = report.select_by_validation(report.aggregate(rows), ["a", "b"], "best")
+    assert len(best) == 1 and best[0].note == "= b" and best[0].test_mean == pytest.approx(0.1)
+
+
+def test_replay_agent_on_the_same_and_on_another_dataset(runs, tmp_path, capsys):
+    agent = runs / "rl_tune-s0" / "agent"
+    assert evaluate.main(["--agent", str(agent), "--run-dir", str(tmp_path / "same"), "--no-progress"]) == 0
+    same = json.loads((tmp_path / "same" / "results.json").read_text())
+    assert same["config"]["replay_agent"] == str(agent) and same["config"]["label"] == "replay:rl_tune"
+    assert 0 <= same["final_test_accuracy"] <= 1
+    # Another task with the same backbone: the source digits 0-4 instead of 5-9.
+    assert (
+        evaluate.main(
+            [
+                "--agent",
+                str(agent),
+                "--run-dir",
+                str(tmp_path / "other"),
+                "--no-progress",
+                "--env-kwargs",
+                "dataset_kwargs={'digit_classes': (0, 1, 2, 3, 4)}",
+            ]
+        )
+        == 0
+    )
+    other = json.loads((tmp_path / "other" / "results.json").read_text())
+    assert other["env_config"]["dataset_kwargs"] == {"digit_classes": [0, 1, 2, 3, 4]}
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_replay_is_deterministic(runs, tmp_path):
+    agent = runs / "rl_tune-s1" / "agent"
+    for name in ("a", "b"):
+        assert evaluate.main(["--agent", str(agent), "--run-dir", str(tmp_path / name), "--no-progress"]) == 0
+    a, b = (torch.load(tmp_path / n / "final_model.pt", weights_only=True)["state_dict"] for n in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_errors_name_the_problem(runs, tmp_path, capsys):
+    assert evaluate.main([str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(runs / "uniform-s0", broken)
+    saved = torch.load(broken / "final_model.pt", weights_only=True)
+    saved["state_dict"].pop("linear.weight")
+    torch.save(saved, broken / "final_model.pt")
+    assert evaluate.main([str(broken)]) == 2
+    assert "does not match the model" in capsys.readouterr().err
+    assert evaluate.main(["--agent", str(tmp_path)]) == 2
+    assert "is not the agent/ folder of a run" in capsys.readouterr().err
+
+
+def test_missing_data_is_reported(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "images", size=32)
+    run_dir = tmp_path / "run"
+    assert (
+        train.main(
+            [
+                "--run-dir",
+                str(run_dir),
+                "--dataset",
+                "imagefolder",
+                "--data-root",
+                str(folder),
+                "--episodes",
+                "1",
+                "--epochs-per-episode",
+                "1",
+                "--algo",
+                "uniform",
+                "--no-progress",
+                "--env-kwargs",
+                "model=cifar_resnet20",
+                "weights=None",
+                "image_size=32",
+                "batch_size=8",
+            ]
+        )
+        == 0
+    )
+    shutil.rmtree(folder)
+    assert evaluate.main([str(run_dir)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sweep", ["paper_sweep.yaml", "paper_sweep_uniform.yaml"])
+def test_sweep_commands_are_accepted_by_train(sweep, monkeypatch):
+    """Every command the W&B grid sweep generates parses and makes a valid run configuration."""
+    spec = yaml.safe_load((ROOT / "benchmarks" / sweep).read_text())
+    assert spec["program"] == "train.py" and spec["method"] == "grid"
+    monkeypatch.setenv("DATA_ROOT", "/data")
+    static = [a.replace("${envvar:DATA_ROOT}", "/data") for a in spec["command"] if not a.startswith("${")]
+    names = list(spec["parameters"])
+    commands = 0
+    for values in itertools.product(*(spec["parameters"][n]["values"] for n in names)):
+        argv = static + [f"--{n}={v}" for n, v in zip(names, values, strict=True)]
+        config = train.config_from_args(train.build_parser().parse_args(argv))
+        assert config.env_id == "FineTune-ResNet50-v0" and config.env_kwargs["data_root"] == "/data"
+        assert config.epochs_per_episode * config.episodes == 50
+        commands += 1
+    assert commands == {"paper_sweep.yaml": 6 * 3 * 4 * 3, "paper_sweep_uniform.yaml": 5 * 3 * 4 * 3}[sweep]
