@@ -1,0 +1,280 @@
+"""How much does RL-Tune cost on top of plain fine-tuning? Measured side by side, in one process.
+
+For each configuration (model, image size, batch size) on the device:
+1. the floor: a plain fine-tuning step (augment from the uint8 cache, forward, loss, backward,
+   Adam with one param group per layer), at the device's best settings (CUDA: bf16 autocast,
+   channels-last, fused Adam; CPU: fp32);
+2. ``env.step`` driven by a fixed action, for each reward mode;
+3. a full RL-Tune run (RecurrentPPO acting every step and updating every epoch, EMA between
+   episodes, end-of-episode validation, checkpoints, outputs) against plain fine-tuning for the
+   same number of epochs (with the same setup and final evaluation).
+Timings interleave the modes in rounds (so drift hits all alike) and report the median round.
+Peak memory: CUDA peak allocated per mode; on the CPU, each mode's peak RSS in a fresh process.
+
+    python benchmarks/step_overhead.py                      # CPU configurations (GPU ones if CUDA)
+    python benchmarks/step_overhead.py --quick              # fewer steps, for a smoke test
+    python benchmarks/step_overhead.py --out benchmarks/results/step_overhead_cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from finetune_gym import FineTuneEnv  # noqa: E402
+from finetune_gym.device import autocast  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+
+CPU_CONFIGS = [
+    {"name": "cifar_resnet20-32px-b32", "model": "cifar_resnet20", "image_size": 32, "batch_size": 32},
+    # No full run here: its test evaluation (12,630 images through ResNet-50) alone takes minutes on 2 cores.
+    {"name": "resnet50-64px-b16", "model": "resnet50", "image_size": 64, "batch_size": 16, "full_run": False},
+]
+GPU_CONFIGS = [
+    {"name": "resnet50-224px-b64", "model": "resnet50", "image_size": 224, "batch_size": 64},
+    {"name": "resnet50-224px-b128", "model": "resnet50", "image_size": 224, "batch_size": 128},
+]
+
+
+def env_kwargs(config: dict[str, Any], device: str, reward: str, epochs: int = 1000) -> dict[str, Any]:
+    """The benchmark's environment: GTSRB (upscaled for larger images) from ../shared/data, random
+    initial weights (speed does not depend on them), a long episode so no reset falls in a timing."""
+    kwargs = {"model": config["model"], "weights": None, "image_size": config["image_size"],
+              "batch_size": config["batch_size"], "device": device, "reward": reward,
+              "epochs_per_episode": epochs, "val_fraction": 0.1, "seed": 0}
+    if (SHARED / "gtsrb").is_dir():
+        kwargs.update(dataset="gtsrb", data_root=str(SHARED), dataset_kwargs={"one_frame_per_track": True})
+    else:  # synthetic stand-in with the same shapes
+        kwargs.update(dataset="imagefolder", data_root=_synthetic_folder())
+    return kwargs
+
+
+def _synthetic_folder() -> str:
+    from PIL import Image
+
+    root = Path(tempfile.mkdtemp(prefix="finetune_gym_bench_"))
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 10)):
+        for c in range(10):
+            (root / split / str(c)).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / str(c) / f"{i}.png")
+    return str(root)
+
+
+class PlainLoop:
+    """Plain fine-tuning on the environment's own cache and augmentation, without the environment:
+    a fresh copy of the network (no hooks), one Adam param group per layer."""
+
+    def __init__(self, env: FineTuneEnv) -> None:
+        import copy
+
+        self.env = env
+        self.model = copy.deepcopy(env.source_model).train().requires_grad_(True)
+        names = dict(env.model.named_parameters())
+        own = dict(self.model.named_parameters())
+        index = {id(p): n for n, p in names.items()}
+        groups = [{"params": [own[index[id(p)]] for p in layer.parameters], "lr": 1e-3} for layer in env.layers]
+        self.optimizer = torch.optim.Adam(groups, **({"fused": True} if env.device.type == "cuda" else {}))
+        self.generator = torch.Generator(device=env.device).manual_seed(0)
+        self.order = torch.Generator().manual_seed(0)
+        self.batches: list[torch.Tensor] = []
+
+    def step(self) -> None:
+        env = self.env
+        if not self.batches:
+            order = torch.randperm(len(env.train_indices), generator=self.order)
+            self.batches = list(order.split(env.batch_size))
+        batch = self.batches.pop().to(env._train_x.device)
+        images = env._train_x[batch].to(env.device, non_blocking=True)
+        inputs = env.augmenter.train(images, self.generator)
+        with autocast(env.device, env.amp_dtype):
+            logits = self.model(inputs)
+        loss = F.cross_entropy(logits.float(), env._train_y[batch.to(env._train_y.device)])
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def epoch(self) -> None:
+        self.batches = []
+        for _ in range(self.env.steps_per_epoch):
+            self.step()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(fn, steps: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int) -> dict[str, Any]:
+    envs = {reward: FineTuneEnv(**env_kwargs(config, device, reward)) for reward in ("batch", "next_batch")}
+    dev = envs["batch"].device
+    plain = PlainLoop(envs["batch"])
+    action = np.full(envs["batch"].n_layers, 2)
+    for env in envs.values():
+        env.reset(seed=0)
+    runners = {"plain": plain.step, **{f"env.step reward={r}": (lambda e=e: e.step(action)) for r, e in envs.items()}}
+    for fn in runners.values():  # warm-up: allocator, cudnn autotuning, lazy caches
+        time_steps(fn, max(3, steps // 5), dev)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    peaks: dict[str, int] = {}
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            times[name].append(time_steps(fn, steps, dev))
+            if dev.type == "cuda":
+                peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated(dev))
+    batch = config["batch_size"]
+    rows = {}
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        rows[name] = {"images_per_s": steps * batch / median, "s_per_step": median / steps}
+    floor = rows["plain"]["s_per_step"]
+    for row in rows.values():
+        row["ratio"] = row["s_per_step"] / floor
+    for name, peak in peaks.items():
+        rows[name]["peak_gpu_mib"] = peak / 2**20
+    return rows
+
+
+def _peak_rss_child(config: dict[str, Any], device: str, mode: str, steps: int, queue) -> None:
+    env = FineTuneEnv(**env_kwargs(config, device, "next_batch" if mode.endswith("next_batch") else "batch"))
+    if mode == "plain":
+        loop = PlainLoop(env)
+        for _ in range(steps):
+            loop.step()
+    else:
+        env.reset(seed=0)
+        action = np.full(env.n_layers, 2)
+        for _ in range(steps):
+            env.step(action)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB on Linux
+
+
+def cpu_peak_rss(config: dict[str, Any], steps: int) -> dict[str, float]:
+    """Peak RSS of each mode, each in its own process (a process's peak RSS never goes down)."""
+    context = multiprocessing.get_context("spawn")
+    out = {}
+    for mode in ("plain", "env.step reward=batch", "env.step reward=next_batch"):
+        queue = context.Queue()
+        child = context.Process(target=_peak_rss_child, args=(config, "cpu", mode, steps, queue))
+        child.start()
+        out[mode] = queue.get()
+        child.join()
+    return out
+
+
+def full_run_benchmark(config: dict[str, Any], device: str, episodes: int, epochs: int) -> dict[str, Any]:
+    """Wall time of a whole RL-Tune run against plain fine-tuning for the same epochs."""
+    from agents.run import RunConfig, run_training
+
+    with tempfile.TemporaryDirectory() as tmp:
+        kwargs = env_kwargs(config, device, "batch", epochs)
+        kwargs.pop("epochs_per_episode")
+        kwargs.pop("seed")
+        start = time.perf_counter()
+        results = run_training(
+            RunConfig(env_id="FineTune-CIFARResNet-v0", algo="rl_tune", episodes=episodes, epochs_per_episode=epochs,
+                      env_kwargs=kwargs), Path(tmp) / "run", progress=False, verbose=False)
+        rl_wall = time.perf_counter() - start
+    start = time.perf_counter()
+    env = FineTuneEnv(**env_kwargs(config, device, "batch", epochs))
+    loop = PlainLoop(env)
+    for _ in range(episodes * epochs):
+        loop.epoch()
+    _sync(env.device)
+    env.model.load_state_dict(loop.model.state_dict())
+    env.evaluate("val")
+    env.evaluate("test")
+    plain_wall = time.perf_counter() - start
+    return {"rl_tune_run_s": rl_wall, "plain_run_s": plain_wall, "ratio": rl_wall / plain_wall,
+            "epochs": episodes * epochs, "steps": results["steps"]}
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()} CPU x{multiprocessing.cpu_count()}, torch {torch.__version__} " \
+           f"({torch.get_num_threads()} threads)"
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"### {report['config']['name']} on {report['device']} ({report['machine']})", "",
+             "| mode | images/s | time per step (ms) | ratio to plain | peak memory (MiB) |", "|---|---|---|---|---|"]
+    for name, row in report["steps"].items():
+        memory = row.get("peak_gpu_mib", report.get("peak_rss_mib", {}).get(name))
+        lines.append(f"| {name} | {row['images_per_s']:.0f} | {1000 * row['s_per_step']:.1f} | {row['ratio']:.3f} | "
+                     f"{'' if memory is None else f'{memory:.0f}'} |")
+    full = report.get("full_run")
+    if full:
+        lines += ["", f"Full run, {full['epochs']} epochs ({full['steps']} steps): RL-Tune {full['rl_tune_run_s']:.1f} s, "
+                      f"plain fine-tuning {full['plain_run_s']:.1f} s, ratio **{full['ratio']:.3f}**."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=40, help="steps per timing round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--episodes", type=int, default=2, help="full-run comparison: episodes")
+    parser.add_argument("--epochs", type=int, default=2, help="full-run comparison: epochs per episode")
+    parser.add_argument("--configs", nargs="*", help="names of configurations to run (default: all for the device)")
+    parser.add_argument("--quick", action="store_true", help="few steps and rounds (smoke test)")
+    parser.add_argument("--no-full-run", action="store_true")
+    parser.add_argument("--out", type=Path, help="append the markdown report here; JSON beside it")
+    args = parser.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.quick:
+        args.steps, args.rounds, args.episodes, args.epochs = 4, 2, 1, 1
+    configs = GPU_CONFIGS if device.startswith("cuda") else CPU_CONFIGS
+    if args.configs:
+        configs = [c for c in CPU_CONFIGS + GPU_CONFIGS if c["name"] in args.configs]
+    reports = []
+    for config in configs:
+        report = {"config": config, "device": device, "machine": machine(device),
+                  "steps": step_benchmark(config, device, args.steps, args.rounds)}
+        if device == "cpu":
+            report["peak_rss_mib"] = cpu_peak_rss(config, args.steps)
+        if not args.no_full_run and config.get("full_run", True):
+            report["full_run"] = full_run_benchmark(config, device, args.episodes, args.epochs)
+        print(render(report), flush=True)
+        reports.append(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a") as handle:
+            handle.write("".join(render(r) + "\n" for r in reports))
+        with open(args.out.with_suffix(".json"), "a") as handle:
+            for r in reports:
+                handle.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
