@@ -56,9 +56,17 @@ GPU_CONFIGS = [
 def env_kwargs(config: dict[str, Any], device: str, reward: str, epochs: int = 1000) -> dict[str, Any]:
     """The benchmark's environment: GTSRB (upscaled for larger images) from ../shared/data, random
     initial weights (speed does not depend on them), a long episode so no reset falls in a timing."""
-    kwargs = {"model": config["model"], "weights": None, "image_size": config["image_size"],
-              "batch_size": config["batch_size"], "device": device, "reward": reward,
-              "epochs_per_episode": epochs, "val_fraction": 0.1, "seed": 0}
+    kwargs = {
+        "model": config["model"],
+        "weights": None,
+        "image_size": config["image_size"],
+        "batch_size": config["batch_size"],
+        "device": device,
+        "reward": reward,
+        "epochs_per_episode": epochs,
+        "val_fraction": 0.1,
+        "seed": 0,
+    }
     if (SHARED / "gtsrb").is_dir():
         kwargs.update(dataset="gtsrb", data_root=str(SHARED), dataset_kwargs={"one_frame_per_track": True})
     else:  # synthetic stand-in with the same shapes
@@ -75,7 +83,9 @@ def _synthetic_folder() -> str:
         for c in range(10):
             (root / split / str(c)).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / str(c) / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    root / split / str(c) / f"{i}.png"
+                )
     return str(root)
 
 
@@ -91,7 +101,9 @@ class PlainLoop:
         names = dict(env.model.named_parameters())
         own = dict(self.model.named_parameters())
         index = {id(p): n for n, p in names.items()}
-        groups = [{"params": [own[index[id(p)]] for p in layer.parameters], "lr": 1e-3} for layer in env.layers]
+        groups = [
+            {"params": [own[index[id(p)]] for p in layer.parameters], "lr": 1e-3} for layer in env.layers
+        ]
         self.optimizer = torch.optim.Adam(groups, **({"fused": True} if env.device.type == "cuda" else {}))
         self.generator = torch.Generator(device=env.device).manual_seed(0)
         self.order = torch.Generator().manual_seed(0)
@@ -139,7 +151,10 @@ def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int)
     action = np.full(envs["batch"].n_layers, 2)
     for env in envs.values():
         env.reset(seed=0)
-    runners = {"plain": plain.step, **{f"env.step reward={r}": (lambda e=e: e.step(action)) for r, e in envs.items()}}
+    runners = {
+        "plain": plain.step,
+        **{f"env.step reward={r}": (lambda e=e: e.step(action)) for r, e in envs.items()},
+    }
     for fn in runners.values():  # warm-up: allocator, cudnn autotuning, lazy caches
         time_steps(fn, max(3, steps // 5), dev)
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -192,18 +207,35 @@ def cpu_peak_rss(config: dict[str, Any], steps: int) -> dict[str, float]:
 
 
 def full_run_benchmark(config: dict[str, Any], device: str, episodes: int, epochs: int) -> dict[str, Any]:
-    """Wall time of a whole RL-Tune run against plain fine-tuning for the same epochs."""
+    """Wall time of whole RL-Tune runs (each reward) against plain fine-tuning for the same epochs.
+
+    Both sides include building the environment (data decoding), training, and the final
+    validation and test evaluation; RL-Tune adds the agent, EMA, per-episode validation,
+    per-epoch checkpoints and the run's outputs (plots, saved agent).
+    """
     from agents.run import RunConfig, run_training
 
-    with tempfile.TemporaryDirectory() as tmp:
-        kwargs = env_kwargs(config, device, "batch", epochs)
-        kwargs.pop("epochs_per_episode")
-        kwargs.pop("seed")
-        start = time.perf_counter()
-        results = run_training(
-            RunConfig(env_id="FineTune-CIFARResNet-v0", algo="rl_tune", episodes=episodes, epochs_per_episode=epochs,
-                      env_kwargs=kwargs), Path(tmp) / "run", progress=False, verbose=False)
-        rl_wall = time.perf_counter() - start
+    out: dict[str, Any] = {"epochs": episodes * epochs}
+    for reward in ("batch", "next_batch"):
+        with tempfile.TemporaryDirectory() as tmp:
+            kwargs = env_kwargs(config, device, reward, epochs)
+            kwargs.pop("epochs_per_episode")
+            kwargs.pop("seed")
+            start = time.perf_counter()
+            results = run_training(
+                RunConfig(
+                    env_id="FineTune-CIFARResNet-v0",
+                    algo="rl_tune",
+                    episodes=episodes,
+                    epochs_per_episode=epochs,
+                    env_kwargs=kwargs,
+                ),
+                Path(tmp) / "run",
+                progress=False,
+                verbose=False,
+            )
+            out[f"rl_tune_{reward}_s"] = time.perf_counter() - start
+            out["steps"] = results["steps"]
     start = time.perf_counter()
     env = FineTuneEnv(**env_kwargs(config, device, "batch", epochs))
     loop = PlainLoop(env)
@@ -213,42 +245,61 @@ def full_run_benchmark(config: dict[str, Any], device: str, episodes: int, epoch
     env.model.load_state_dict(loop.model.state_dict())
     env.evaluate("val")
     env.evaluate("test")
-    plain_wall = time.perf_counter() - start
-    return {"rl_tune_run_s": rl_wall, "plain_run_s": plain_wall, "ratio": rl_wall / plain_wall,
-            "epochs": episodes * epochs, "steps": results["steps"]}
+    out["plain_run_s"] = time.perf_counter() - start
+    for reward in ("batch", "next_batch"):
+        out[f"ratio_{reward}"] = out[f"rl_tune_{reward}_s"] / out["plain_run_s"]
+    return out
 
 
 def machine(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} CPU x{multiprocessing.cpu_count()}, torch {torch.__version__} " \
-           f"({torch.get_num_threads()} threads)"
+    return (
+        f"{platform.processor() or platform.machine()} CPU x{multiprocessing.cpu_count()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"### {report['config']['name']} on {report['device']} ({report['machine']})", "",
-             "| mode | images/s | time per step (ms) | ratio to plain | peak memory (MiB) |", "|---|---|---|---|---|"]
+    lines = [
+        f"### {report['config']['name']} on {report['device']} ({report['machine']})",
+        "",
+        "| mode | images/s | time per step (ms) | ratio to plain | peak memory (MiB) |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in report["steps"].items():
         memory = row.get("peak_gpu_mib", report.get("peak_rss_mib", {}).get(name))
-        lines.append(f"| {name} | {row['images_per_s']:.0f} | {1000 * row['s_per_step']:.1f} | {row['ratio']:.3f} | "
-                     f"{'' if memory is None else f'{memory:.0f}'} |")
+        lines.append(
+            f"| {name} | {row['images_per_s']:.0f} | {1000 * row['s_per_step']:.1f} | {row['ratio']:.3f} | "
+            f"{'' if memory is None else f'{memory:.0f}'} |"
+        )
     full = report.get("full_run")
     if full:
-        lines += ["", f"Full run, {full['epochs']} epochs ({full['steps']} steps): RL-Tune {full['rl_tune_run_s']:.1f} s, "
-                      f"plain fine-tuning {full['plain_run_s']:.1f} s, ratio **{full['ratio']:.3f}**."]
+        lines += [
+            "",
+            f"Full run, {full['epochs']} epochs ({full['steps']} steps): plain fine-tuning "
+            f"{full['plain_run_s']:.1f} s; RL-Tune with reward=batch {full['rl_tune_batch_s']:.1f} s "
+            f"(ratio **{full['ratio_batch']:.3f}**), with reward=next_batch {full['rl_tune_next_batch_s']:.1f} s "
+            f"(ratio **{full['ratio_next_batch']:.3f}**).",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=40, help="steps per timing round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=2, help="full-run comparison: episodes")
     parser.add_argument("--epochs", type=int, default=2, help="full-run comparison: epochs per episode")
-    parser.add_argument("--configs", nargs="*", help="names of configurations to run (default: all for the device)")
+    parser.add_argument(
+        "--configs", nargs="*", help="names of configurations to run (default: all for the device)"
+    )
     parser.add_argument("--quick", action="store_true", help="few steps and rounds (smoke test)")
     parser.add_argument("--no-full-run", action="store_true")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-mode peak RSS processes (CPU)")
     parser.add_argument("--out", type=Path, help="append the markdown report here; JSON beside it")
     args = parser.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -259,9 +310,13 @@ def main(argv: list[str] | None = None) -> None:
         configs = [c for c in CPU_CONFIGS + GPU_CONFIGS if c["name"] in args.configs]
     reports = []
     for config in configs:
-        report = {"config": config, "device": device, "machine": machine(device),
-                  "steps": step_benchmark(config, device, args.steps, args.rounds)}
-        if device == "cpu":
+        report = {
+            "config": config,
+            "device": device,
+            "machine": machine(device),
+            "steps": step_benchmark(config, device, args.steps, args.rounds),
+        }
+        if device == "cpu" and not args.no_memory:
             report["peak_rss_mib"] = cpu_peak_rss(config, args.steps)
         if not args.no_full_run and config.get("full_run", True):
             report["full_run"] = full_run_benchmark(config, device, args.episodes, args.epochs)

@@ -1,0 +1,57 @@
+"""The benchmark scripts run (smoke tests; their numbers live in benchmarks/results/)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_step_overhead_quick(tmp_path):
+    out = tmp_path / "overhead.md"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/step_overhead.py",
+            "--quick",
+            "--no-full-run",
+            "--no-memory",
+            "--device",
+            "cpu",
+            "--configs",
+            "cifar_resnet20-32px-b32",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    for mode in ("| plain |", "| env.step reward=batch |", "| env.step reward=next_batch |"):
+        assert mode in text
+    assert out.with_suffix(".json").is_file()
+
+
+def test_gtsrb_benchmark_grid_is_declared():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gtsrb_lowdata as bench
+
+    cells = bench.all_cells()
+    assert len(cells) == len(set(cells))
+    # 15 methods at 4 rates and 6 knobs at 15%, 3 seeds each.
+    assert len(cells) == (15 * 4 + 6) * 3
+    # Every uniform cell of a rate comes before the cell whose rate is chosen from them.
+    for rate in bench.RATES:
+        order = [m for m, r, _ in cells if r == rate]
+        assert max(i for i, m in enumerate(order) if m.startswith("uniform_0")) < order.index(
+            "uniform_best_ema"
+        )
+    config = bench.run_config("rl_tune", 0.15, 1, {})
+    assert config.env_id == "FineTune-CIFARResNet-v0" and config.episodes * config.epochs_per_episode == 50
+    plain = bench.run_config("uniform_0.0003", 0.3, 0, {})
+    assert plain.ema is None and plain.episodes == 1 and plain.agent_kwargs == {"lr": 3e-4}
