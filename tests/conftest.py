@@ -60,3 +60,16 @@ def image_folder(tmp_path):
 
 
 TINY_DIGITS = {"epochs_per_episode": 1, "batch_size": 64, "sampling_rate": 0.3}
+
+# train.py arguments for a run of a few seconds on the digits default.
+TINY_TRAIN_ARGS = [
+    "--episodes",
+    "2",
+    "--epochs-per-episode",
+    "1",
+    "--sampling-rate",
+    "0.3",
+    "--no-progress",
+    "--env-kwargs",
+    "batch_size=64",
+]

@@ -10,24 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_image_folder
+from conftest import TINY_TRAIN_ARGS, make_image_folder
 
 import evaluate
 import train
 from agents import report
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--episodes",
-    "2",
-    "--epochs-per-episode",
-    "1",
-    "--sampling-rate",
-    "0.3",
-    "--no-progress",
-    "--env-kwargs",
-    "batch_size=64",
-]
+TINY = TINY_TRAIN_ARGS
 
 
 @pytest.fixture(scope="module")

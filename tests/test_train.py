@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAIN_ARGS
 from wandb_files import offline_run
 
 import train
@@ -20,17 +21,7 @@ from agents import load_agent
 from agents.run import RunConfig, build_env, load_final_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--episodes",
-    "2",
-    "--epochs-per-episode",
-    "1",
-    "--sampling-rate",
-    "0.3",
-    "--no-progress",
-    "--env-kwargs",
-    "batch_size=64",
-]
+TINY = TINY_TRAIN_ARGS
 
 
 def run_train(tmp_path, *args, name="run"):

@@ -7,6 +7,7 @@ seeded, and caches it atomically; later uses load the cached file.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,16 +37,15 @@ def digits_source_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
+def _tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split as normalised float images and labels (digits are tiny: no batching needed)."""
+    images = split.decoder.decode(np.arange(len(split)), 8).float().div_(255)
+    return images.sub_(MEAN[0]).div_(STD[0]), torch.from_numpy(split.labels)
+
+
 def _pretrain(seed: int) -> tuple[dict[str, torch.Tensor], float]:
     data = load_digits(digit_classes=SOURCE_DIGITS)
-    x = (
-        data.train.decoder.decode(torch.arange(len(data.train)).numpy(), 8)
-        .float()
-        .div_(255)
-        .sub_(MEAN[0])
-        .div_(STD[0])
-    )
-    y = torch.from_numpy(data.train.labels)
+    x, y = _tensors(data.train)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = digits_resnet()
@@ -57,14 +57,8 @@ def _pretrain(seed: int) -> tuple[dict[str, torch.Tensor], float]:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-    xt = (
-        data.test.decoder.decode(torch.arange(len(data.test)).numpy(), 8)
-        .float()
-        .div_(255)
-        .sub_(MEAN[0])
-        .div_(STD[0])
-    )
+    xt, yt = _tensors(data.test)
     model.eval()
     with torch.inference_mode():
-        accuracy = (model(xt).argmax(1).numpy() == data.test.labels).mean().item()
+        accuracy = (model(xt).argmax(1) == yt).float().mean().item()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, float(accuracy)
