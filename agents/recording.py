@@ -7,6 +7,7 @@ source weights: that is where the final fine-tuned model is captured.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,9 +43,12 @@ class RunRecorder(gym.Wrapper):
         self.episodes: list[dict[str, Any]] = []
         self._episode_rewards: list[float] = []
         self.final: dict[str, Any] | None = None
+        self.env_seconds = 0.0  # time inside the environment's step (this process only)
 
     def step(self, action):
+        started = time.perf_counter()
         observation, reward, terminated, truncated, info = self.env.step(action)
+        self.env_seconds += time.perf_counter() - started  # the step syncs with the device (one transfer)
         base = self.env.unwrapped
         self.learning_rates.append(np.asarray(info["learning_rates"], dtype=np.float32))
         for key, value in (

@@ -222,17 +222,52 @@ def load_checkpoint(
     return agent, venv, payload
 
 
+class Timer:
+    """Where a run's time goes (this process): environment steps, agent updates, checkpoints."""
+
+    def __init__(self) -> None:
+        self.updates_s = 0.0
+        self.checkpoints_s = 0.0
+
+
+class UpdateTimer(BaseCallback):
+    """Times each agent update: from the end of a rollout to the start of the next (or the end)."""
+
+    def __init__(self, timer: Timer) -> None:
+        super().__init__()
+        self.timer, self._rollout_end = timer, None
+
+    def _close(self) -> None:
+        if self._rollout_end is not None:
+            self.timer.updates_s += time.perf_counter() - self._rollout_end
+            self._rollout_end = None
+
+    def _on_rollout_end(self) -> None:
+        self._rollout_end = time.perf_counter()
+
+    def _on_rollout_start(self) -> None:
+        self._close()
+
+    def _on_training_end(self) -> None:
+        self._close()
+
+    def _on_step(self) -> bool:
+        return True
+
+
 class EpochCheckpoint(BaseCallback):
     """Saves a checkpoint at the start of each rollout, i.e. right after each epoch's update."""
 
     def __init__(
-        self, path: Path, recorder: RunRecorder, last_saved: int, clock: Callable[[], float]
+        self, path: Path, recorder: RunRecorder, last_saved: int, clock: Callable[[], float], timer: Timer
     ) -> None:
         super().__init__()
         self.path, self.recorder, self.last_saved, self.clock = path, recorder, last_saved, clock
+        self.timer = timer
 
     def _on_rollout_start(self) -> None:
         if self.model.num_timesteps > self.last_saved:
+            started = time.perf_counter()
             save_checkpoint(
                 self.path,
                 self.model,
@@ -242,6 +277,7 @@ class EpochCheckpoint(BaseCallback):
                 self.clock(),
             )
             self.last_saved = self.model.num_timesteps
+            self.timer.checkpoints_s += time.perf_counter() - started
 
     def _on_step(self) -> bool:
         return True
@@ -294,6 +330,8 @@ def run_training(
         listeners.append(wandb_run)
     recorder.listeners = listeners
 
+    timer = Timer()
+    loop_started = time.perf_counter()
     try:
         if learning:
             if wandb_run is not None:
@@ -301,7 +339,8 @@ def run_training(
 
                 agent.set_logger(Logger(folder=None, output_formats=[WandbKVWriter()]))
             callbacks: list[BaseCallback] = [
-                EpochCheckpoint(run_dir / CHECKPOINT, recorder, done_steps, clock)
+                UpdateTimer(timer),  # first: an update ends before the checkpoint starts
+                EpochCheckpoint(run_dir / CHECKPOINT, recorder, done_steps, clock, timer),
             ]
             if wandb_run is not None:
                 from wandb.integration.sb3 import WandbCallback
@@ -326,17 +365,29 @@ def run_training(
                 )
                 loop["obs"], _, loop["episode_start"], _ = venv.step(action)
                 if (step + 1) % steps_per_epoch == 0 and step + 1 < total_steps:
+                    started = time.perf_counter()
                     save_checkpoint(run_dir / CHECKPOINT, agent, venv, recorder, step + 1, clock(), loop=loop)
+                    timer.checkpoints_s += time.perf_counter() - started
     except BaseException:
         bar.close()
         if wandb_run is not None:
             wandb_run.abort()
         raise
     bar.close()
+    loop_s = time.perf_counter() - loop_started
+    timing = {
+        "loop_s": loop_s,
+        "env_steps_s": recorder.env_seconds,
+        "agent_updates_s": timer.updates_s,
+        "checkpoints_s": timer.checkpoints_s,
+        # Policy inference plus the vectorised-env wrappers (VecNormalize, Monitor) and SB3's bookkeeping.
+        "agent_acting_s": loop_s - recorder.env_seconds - timer.updates_s - timer.checkpoints_s,
+        "resumed": resume,
+    }
 
     if recorder.final is None:
         raise RuntimeError("the run ended without capturing the final model: the last episode did not finish")
-    results = _write_outputs(run_dir, config, agent, recorder, base, clock(), wandb_run)
+    results = _write_outputs(run_dir, config, agent, recorder, base, clock(), wandb_run, timing)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     venv.close()
     if verbose:
@@ -391,7 +442,14 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _write_outputs(
-    run_dir: Path, config: RunConfig, agent: Agent, recorder: RunRecorder, base, wall_time: float, wandb_run
+    run_dir: Path,
+    config: RunConfig,
+    agent: Agent,
+    recorder: RunRecorder,
+    base,
+    wall_time: float,
+    wandb_run,
+    timing: dict[str, Any],
 ) -> dict[str, Any]:
     final = recorder.final
     env_config = _jsonable(base.config)
@@ -442,6 +500,7 @@ def _write_outputs(
         "steps": recorder.global_step,
         "images_seen": int(sum(recorder.step_log["images"])),
         "machine": _machine(base.device),
+        "timing": timing,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (run_dir / RESULTS).write_text(json.dumps(results, indent=2))

@@ -236,6 +236,11 @@ def full_run_benchmark(config: dict[str, Any], device: str, episodes: int, epoch
             )
             out[f"rl_tune_{reward}_s"] = time.perf_counter() - start
             out["steps"] = results["steps"]
+            timing = results["timing"]
+            out[f"agent_share_{reward}"] = (timing["agent_acting_s"] + timing["agent_updates_s"]) / timing[
+                "loop_s"
+            ]
+            out[f"timing_{reward}"] = timing
     start = time.perf_counter()
     env = FineTuneEnv(**env_kwargs(config, device, "batch", epochs))
     loop = PlainLoop(env)

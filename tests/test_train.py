@@ -42,6 +42,9 @@ def test_every_agent_runs_end_to_end(tmp_path, algo):
     assert results["env_config"]["sampling_rate"] == 0.3
     assert results["images_seen"] > 0 and results["wall_time_s"] > 0 and results["machine"]
     assert 0.0 <= results["final_test_accuracy"] <= 1.0
+    timing = results["timing"]
+    assert 0 < timing["env_steps_s"] < timing["loop_s"] and timing["checkpoints_s"] > 0
+    assert (timing["agent_updates_s"] > 0) == (algo in ("rl_tune", "ppo", "a2c", "trpo"))
     # The saved model is the one the env reported on at the end of the last episode.
     assert results["final_val_accuracy"] == results["episodes"][-1]["val_accuracy"]
     env, meta = load_final_model(run_dir / "final_model.pt")
