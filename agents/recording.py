@@ -44,6 +44,7 @@ class RunRecorder(gym.Wrapper):
         self._episode_rewards: list[float] = []
         self.final: dict[str, Any] | None = None
         self.env_seconds = 0.0  # time inside the environment's step (this process only)
+        self.test_seconds = 0.0  # the final model's test evaluation
 
     def step(self, action):
         started = time.perf_counter()
@@ -96,7 +97,7 @@ class RunRecorder(gym.Wrapper):
                 self.final = {
                     "state_dict": base.fine_tuned_state_dict(),
                     "val_accuracy": info.get("val_accuracy"),
-                    "test_accuracy": base.evaluate("test") if self.evaluate_test else None,
+                    "test_accuracy": self._timed_test(base) if self.evaluate_test else None,
                     "episode": self.episode,
                     "step": self.global_step,
                 }
@@ -106,6 +107,12 @@ class RunRecorder(gym.Wrapper):
             self.episode += 1
             self._episode_rewards = []
         return observation, reward, terminated, truncated, info
+
+    def _timed_test(self, base) -> float:
+        started = time.perf_counter()
+        accuracy = base.evaluate("test")
+        self.test_seconds += time.perf_counter() - started
+        return accuracy
 
     def _emit(self, event: str, payload: dict[str, Any]) -> None:
         for listener in self.listeners:

@@ -434,8 +434,13 @@ def run_training(
         "env_steps_s": recorder.env_seconds,
         "agent_updates_s": timer.updates_s,
         "checkpoints_s": timer.checkpoints_s,
+        "test_evaluation_s": recorder.test_seconds,
         # Policy inference plus the vectorised-env wrappers (VecNormalize, Monitor) and SB3's bookkeeping.
-        "agent_acting_s": loop_s - recorder.env_seconds - timer.updates_s - timer.checkpoints_s,
+        "agent_acting_s": loop_s
+        - recorder.env_seconds
+        - recorder.test_seconds
+        - timer.updates_s
+        - timer.checkpoints_s,
         "resumed": resume,
     }
 
