@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ def read_records(path: str | Path) -> list[wandb_internal_pb2.Record]:
             pos += left_in_block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):
+            break  # a record still being written
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:
@@ -43,12 +46,23 @@ def read_records(path: str | Path) -> list[wandb_internal_pb2.Record]:
     return records
 
 
+def finished_records(path: Path, timeout: float = 60.0) -> list[wandb_internal_pb2.Record]:
+    """The run's records once its ``exit`` record is on disk: W&B's core process may still be
+    flushing the file for a moment after ``finish()`` has returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def offline_run(run_dir: str | Path) -> dict[str, Any]:
     """History rows, config, summary and artifact names of the single offline run under ``run_dir``."""
     files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     assert files, f"no offline W&B run under {run_dir}"
     history, config, summary, artifacts = [], {}, {}, []
-    for record in read_records(files[-1]):
+    for record in finished_records(files[-1]):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append(
