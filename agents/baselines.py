@@ -22,7 +22,6 @@ class Baseline:
     """A fixed policy over per-layer learning rates."""
 
     name = "baseline"
-    learns = False
 
     def __init__(self, seed: int = 0, **params: Any) -> None:
         self.seed = int(seed)
