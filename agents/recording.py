@@ -133,10 +133,14 @@ class RunRecorder(gym.Wrapper):
 
     # -- checkpoints --------------------------------------------------------------------
 
-    def get_state(self) -> dict[str, Any]:
+    def _stateful(self):
+        """The outermost wrapper below this one that saves state (the EMA wrapper or the env)."""
         inner = self.env
         while not hasattr(inner, "get_state"):
             inner = inner.env
+        return inner
+
+    def get_state(self) -> dict[str, Any]:
         return {
             "episode": self.episode,
             "global_step": self.global_step,
@@ -146,16 +150,13 @@ class RunRecorder(gym.Wrapper):
             "episodes": list(self.episodes),
             "episode_rewards": list(self._episode_rewards),
             "final": self.final,
-            "env": inner.get_state(),
+            "env": self._stateful().get_state(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_state`. Reset the outermost wrapper first, so that order-enforcing
         wrappers (gymnasium's, SB3's Monitor) see a started episode; this then replaces it."""
-        inner = self.env
-        while not hasattr(inner, "set_state"):
-            inner = inner.env
-        inner.set_state(state["env"])
+        self._stateful().set_state(state["env"])
         self.episode, self.global_step = state["episode"], state["global_step"]
         self.learning_rates = list(state["learning_rates"])
         self.step_log = {k: list(v) for k, v in state["step_log"].items()}

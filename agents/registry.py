@@ -63,9 +63,8 @@ def baseline_env_overrides(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def _baseline(name: str, seed: int, overrides: dict[str, Any]) -> Baseline:
-    params = {k: v for k, v in {**HYPERPARAMS[name], **overrides}.items()}
     try:
-        return BASELINES[name](seed=seed, **params)
+        return BASELINES[name](seed=seed, **{**HYPERPARAMS[name], **overrides})
     except TypeError as error:
         raise ValueError(f"agent {name!r} does not take {sorted(overrides)}: {error}") from error
 
