@@ -69,6 +69,11 @@ def _baseline(name: str, seed: int, overrides: dict[str, Any]) -> Baseline:
         raise ValueError(f"agent {name!r} does not take {sorted(overrides)}: {error}") from error
 
 
+def _bind(baseline: Baseline, venv: VecEnv) -> Baseline:
+    """Attach a baseline to the environment's layer count and learning-rate grid."""
+    return baseline.bind(venv.get_attr("n_layers")[0], venv.get_attr("lr_map")[0].rates)
+
+
 def _as_vec_env(env: gym.Env | VecEnv) -> VecEnv:
     return env if isinstance(env, VecEnv) else DummyVecEnv([lambda: env])
 
@@ -85,8 +90,7 @@ def make_agent(
     name = canonical_name(name)
     venv = _as_vec_env(env)
     if name in BASELINES:
-        rates = venv.get_attr("lr_map")[0].rates
-        return _baseline(name, seed, overrides).bind(venv.get_attr("n_layers")[0], rates)
+        return _bind(_baseline(name, seed, overrides), venv)
 
     params = {**HYPERPARAMS[name], **overrides}
     n_steps = int(params.pop("n_steps", venv.get_attr("steps_per_epoch")[0]))
@@ -153,7 +157,7 @@ def load_agent(directory: str | Path, env: gym.Env | VecEnv) -> tuple[Agent, Vec
     venv = _as_vec_env(env)
     if name in BASELINES:
         agent = load_baseline(meta_file)
-        return agent.bind(venv.get_attr("n_layers")[0], venv.get_attr("lr_map")[0].rates), venv
+        return _bind(agent, venv), venv
     stats = directory / "vecnormalize.pkl"
     if stats.is_file():
         venv = VecNormalize.load(str(stats), venv)
