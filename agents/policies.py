@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import torch
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
+
+from .distributions import use_grid_distribution
 
 
 class LinearFeatures(BaseFeaturesExtractor):
@@ -21,3 +27,19 @@ class LinearFeatures(BaseFeaturesExtractor):
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.linear(observations)
+
+
+class LstmPolicy(RecurrentActorCriticPolicy):
+    """sb3-contrib's ``MlpLstmPolicy`` with the batched per-layer action distribution."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        use_grid_distribution(self)
+
+
+class MlpPolicy(ActorCriticPolicy):
+    """SB3's ``MlpPolicy`` with the batched per-layer action distribution (PPO, A2C)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        use_grid_distribution(self)

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from .baselines import BASELINES, Baseline, load_baseline
 from .hyperparams import HYPERPARAMS
-from .policies import LinearFeatures
+from .policies import LinearFeatures, LstmPolicy, MlpPolicy
 
 Agent = BaseAlgorithm | Baseline
 
@@ -101,7 +101,7 @@ def make_agent(
         "device": params.pop("device", "cpu"),
     }
     if name == "rl_tune":
-        policy = "MlpLstmPolicy"
+        policy: type | str = LstmPolicy
         kwargs["batch_size"] = params.pop("batch_size", n_steps)
         kwargs["policy_kwargs"] = {
             "features_extractor_class": LinearFeatures,
@@ -113,7 +113,8 @@ def make_agent(
             "net_arch": {"pi": [], "vf": list(params.pop("critic_net_arch"))},
         }
     else:
-        policy = "MlpPolicy"
+        # TRPO keeps SB3's distribution: its KL divergence iterates over per-layer distributions.
+        policy = "MlpPolicy" if name == "trpo" else MlpPolicy
         kwargs["policy_kwargs"] = {"net_arch": list(params.pop("net_arch"))}
         if name in ("ppo", "trpo"):
             kwargs["batch_size"] = params.pop("batch_size", n_steps)
