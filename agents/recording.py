@@ -14,6 +14,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from .threads import torch_threads
+
 Listener = Callable[[str, dict[str, Any]], None]
 
 
@@ -45,10 +47,18 @@ class RunRecorder(gym.Wrapper):
         self.final: dict[str, Any] | None = None
         self.env_seconds = 0.0  # time inside the environment's step (this process only)
         self.test_seconds = 0.0  # the final model's test evaluation
+        # Intra-op threads for the environment's steps and resets (None: the process's setting);
+        # a run sets it while the agent works on one thread (see agents/threads.py).
+        self.env_threads: int | None = None
+
+    def reset(self, **kwargs):
+        with torch_threads(self.env_threads):
+            return self.env.reset(**kwargs)
 
     def step(self, action):
         started = time.perf_counter()
-        observation, reward, terminated, truncated, info = self.env.step(action)
+        with torch_threads(self.env_threads):
+            observation, reward, terminated, truncated, info = self.env.step(action)
         self.env_seconds += time.perf_counter() - started  # the step syncs with the device (one transfer)
         base = self.env.unwrapped
         self.learning_rates.append(np.asarray(info["learning_rates"], dtype=np.float32))
@@ -110,7 +120,8 @@ class RunRecorder(gym.Wrapper):
 
     def _timed_test(self, base) -> float:
         started = time.perf_counter()
-        accuracy = base.evaluate("test")
+        with torch_threads(self.env_threads):
+            accuracy = base.evaluate("test")
         self.test_seconds += time.perf_counter() - started
         return accuracy
 

@@ -49,6 +49,7 @@ from .registry import (
     make_agent,
     save_agent,
 )
+from .threads import AGENT_THREADS, torch_threads
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
@@ -264,27 +265,18 @@ class Timer:
 
 
 class AgentUpdates(BaseCallback):
-    """Times each agent update (end of a rollout to the start of the next, or the end) and runs it
-    on one CPU thread.
-
-    The agent's networks are tiny (a 64-unit LSTM over one epoch of steps): more threads only
-    add synchronisation, which on a busy 2-core machine made one RecurrentPPO update 40x slower
-    (4 s instead of 0.1 s). The fine-tuned network keeps every thread during the rollout.
-    """
+    """Times each agent update: from the end of a rollout to the start of the next, or the end."""
 
     def __init__(self, timer: Timer) -> None:
         super().__init__()
-        self.timer, self._rollout_end, self._threads = timer, None, torch.get_num_threads()
+        self.timer, self._rollout_end = timer, None
 
     def _close(self) -> None:
         if self._rollout_end is not None:
             self.timer.updates_s += time.perf_counter() - self._rollout_end
             self._rollout_end = None
-            torch.set_num_threads(self._threads)
 
     def _on_rollout_end(self) -> None:
-        self._threads = torch.get_num_threads()
-        torch.set_num_threads(1)
         self._rollout_end = time.perf_counter()
 
     def _on_rollout_start(self) -> None:
@@ -381,45 +373,50 @@ def run_training(
 
     timer = Timer()
     writer = CheckpointWriter()
+    recorder.env_threads = torch.get_num_threads()  # the environment's; the agent gets one
     loop_started = time.perf_counter()
     try:
-        if learning:
-            if wandb_run is not None:
-                from .wandb_logging import WandbKVWriter
+        with torch_threads(AGENT_THREADS):
+            if learning:
+                if wandb_run is not None:
+                    from .wandb_logging import WandbKVWriter
 
-                agent.set_logger(Logger(folder=None, output_formats=[WandbKVWriter()]))
-            callbacks: list[BaseCallback] = [
-                AgentUpdates(timer),  # first: an update ends before the checkpoint starts
-                EpochCheckpoint(run_dir / CHECKPOINT, recorder, done_steps, clock, timer, writer),
-            ]
-            if wandb_run is not None:
-                from wandb.integration.sb3 import WandbCallback
+                    agent.set_logger(Logger(folder=None, output_formats=[WandbKVWriter()]))
+                callbacks: list[BaseCallback] = [
+                    AgentUpdates(timer),  # first: an update ends before the checkpoint starts
+                    EpochCheckpoint(run_dir / CHECKPOINT, recorder, done_steps, clock, timer, writer),
+                ]
+                if wandb_run is not None:
+                    from wandb.integration.sb3 import WandbCallback
 
-                callbacks.append(WandbCallback(verbose=0))
-            agent.learn(
-                total_steps - done_steps, callback=CallbackList(callbacks), reset_num_timesteps=not resume
-            )
-            if wandb_run is not None:
-                agent.logger.dump(agent.num_timesteps)  # SB3 dumps a rollout's stats at the next one
-        else:
-            # A fixed policy acts: a baseline, or a saved agent replayed deterministically.
-            if loop is None:
-                loop = {
-                    "obs": venv.reset(),
-                    "state": None,
-                    "episode_start": np.ones(venv.num_envs, dtype=bool),
-                }
-            for step in range(done_steps, total_steps):
-                action, loop["state"] = agent.predict(
-                    loop["obs"], state=loop["state"], episode_start=loop["episode_start"], deterministic=True
+                    callbacks.append(WandbCallback(verbose=0))
+                agent.learn(
+                    total_steps - done_steps, callback=CallbackList(callbacks), reset_num_timesteps=not resume
                 )
-                loop["obs"], _, loop["episode_start"], _ = venv.step(action)
-                if (step + 1) % steps_per_epoch == 0 and step + 1 < total_steps:
-                    started = time.perf_counter()
-                    save_checkpoint(
-                        run_dir / CHECKPOINT, agent, venv, recorder, step + 1, clock(), writer, loop=loop
+                if wandb_run is not None:
+                    agent.logger.dump(agent.num_timesteps)  # SB3 dumps a rollout's stats at the next one
+            else:
+                # A fixed policy acts: a baseline, or a saved agent replayed deterministically.
+                if loop is None:
+                    loop = {
+                        "obs": venv.reset(),
+                        "state": None,
+                        "episode_start": np.ones(venv.num_envs, dtype=bool),
+                    }
+                for step in range(done_steps, total_steps):
+                    action, loop["state"] = agent.predict(
+                        loop["obs"],
+                        state=loop["state"],
+                        episode_start=loop["episode_start"],
+                        deterministic=True,
                     )
-                    timer.checkpoints_s += time.perf_counter() - started
+                    loop["obs"], _, loop["episode_start"], _ = venv.step(action)
+                    if (step + 1) % steps_per_epoch == 0 and step + 1 < total_steps:
+                        started = time.perf_counter()
+                        save_checkpoint(
+                            run_dir / CHECKPOINT, agent, venv, recorder, step + 1, clock(), writer, loop=loop
+                        )
+                        timer.checkpoints_s += time.perf_counter() - started
     except BaseException:
         bar.close()
         writer.close()

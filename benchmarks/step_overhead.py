@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -206,6 +207,79 @@ def cpu_peak_rss(config: dict[str, Any], steps: int) -> dict[str, float]:
     return out
 
 
+class ZeroCostEnv(gym.Env):
+    """The benchmark environment's spaces and epoch length, with a step that costs nothing: what
+    remains of a run's time is the agent's (SB3's loop, VecNormalize, the policy, its updates)."""
+
+    def __init__(self, like: FineTuneEnv) -> None:
+        self.observation_space, self.action_space = like.observation_space, like.action_space
+        self.steps_per_epoch, self.n_layers, self.lr_map = like.steps_per_epoch, like.n_layers, like.lr_map
+        rng = np.random.default_rng(0)
+        self.observation = rng.standard_normal(self.observation_space.shape).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return self.observation, {}
+
+    def step(self, action):
+        return self.observation, 0.5, False, False, {}
+
+
+def agent_benchmark(config: dict[str, Any], device: str, epochs: int, rounds: int) -> dict[str, Any]:
+    """The agent's own cost per fine-tuning step, on a zero-cost environment with the configuration's
+    spaces and epoch length: acting every step, plus its update once per epoch (amortised per step).
+
+    Variants, interleaved: RL-Tune's agent as a run uses it (one thread, this package's batched
+    action distribution); with SB3's per-layer distribution; with every thread of the process.
+    """
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    import agents.policies
+    from agents.registry import make_agent
+    from agents.run import AgentUpdates, Timer
+    from agents.threads import AGENT_THREADS, torch_threads
+
+    env = FineTuneEnv(**env_kwargs(config, device, "next_batch"))
+    grid = agents.policies.use_grid_distribution
+    all_threads = torch.get_num_threads()
+    variants = {
+        "rl_tune as run": (grid, AGENT_THREADS),
+        "rl_tune, SB3's per-layer distribution": (lambda policy: None, AGENT_THREADS),
+        f"rl_tune, {all_threads} threads": (grid, all_threads),
+    }
+    built = {}
+    for label, (swap, _) in variants.items():
+        agents.policies.use_grid_distribution = swap
+        try:
+            venv = VecNormalize(DummyVecEnv([lambda: ZeroCostEnv(env)]), norm_reward=False)
+            built[label] = make_agent("rl_tune", venv)
+        finally:
+            agents.policies.use_grid_distribution = grid
+    steps = env.steps_per_epoch * epochs
+    samples: dict[str, list[tuple[float, float]]] = {label: [] for label in built}
+    for label, agent in built.items():  # warm-up
+        with torch_threads(variants[label][1]):
+            agent.learn(env.steps_per_epoch, reset_num_timesteps=False)
+    for _ in range(rounds):
+        for label, agent in built.items():
+            timer = Timer()
+            with torch_threads(variants[label][1]):
+                start = time.perf_counter()
+                agent.learn(steps, reset_num_timesteps=False, callback=AgentUpdates(timer))
+                total = time.perf_counter() - start
+            samples[label].append((total - timer.updates_s, timer.updates_s))
+    out: dict[str, Any] = {"steps_per_epoch": env.steps_per_epoch}
+    for label, pairs in samples.items():
+        acting = statistics.median(a for a, _ in pairs) / steps
+        updates = statistics.median(u for _, u in pairs) / steps
+        out[label] = {
+            "acting_ms": 1000 * acting,
+            "updates_ms": 1000 * updates,
+            "total_ms": 1000 * (acting + updates),
+        }
+    return out
+
+
 def full_run_benchmark(config: dict[str, Any], device: str, episodes: int, epochs: int) -> dict[str, Any]:
     """Wall time of whole RL-Tune runs (each reward) against plain fine-tuning for the same epochs.
 
@@ -278,6 +352,22 @@ def render(report: dict[str, Any]) -> str:
             f"| {name} | {row['images_per_s']:.0f} | {1000 * row['s_per_step']:.1f} | {row['ratio']:.3f} | "
             f"{'' if memory is None else f'{memory:.0f}'} |"
         )
+    agent = report.get("agent")
+    if agent:
+        step_ms = 1000 * report["steps"]["env.step reward=next_batch"]["s_per_step"]
+        lines += [
+            "",
+            f"Agent alone, per fine-tuning step (zero-cost environment with these spaces, "
+            f"{agent['steps_per_epoch']} steps per epoch, one update per epoch):",
+        ]
+        for label, row in agent.items():
+            if isinstance(row, dict):
+                share = row["total_ms"] / (row["total_ms"] + step_ms)
+                lines.append(
+                    f"- {label}: acting {row['acting_ms']:.2f} ms + update {row['updates_ms']:.2f} ms = "
+                    f"{row['total_ms']:.2f} ms; with env.step (next_batch, {step_ms:.1f} ms) that is "
+                    f"{100 * share:.1f}% of a step"
+                )
     full = report.get("full_run")
     if full:
         lines += [
@@ -329,6 +419,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine(device),
             "steps": step_benchmark(config, device, args.steps, args.rounds),
         }
+        report["agent"] = agent_benchmark(config, device, epochs=3, rounds=args.rounds)
         if device == "cpu" and not args.no_memory:
             report["peak_rss_mib"] = cpu_peak_rss(config, args.steps)
         if not args.no_full_run and config.get("full_run", True):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +37,14 @@ def test_step_overhead_quick(tmp_path):
     text = out.read_text()
     for mode in ("| plain |", "| env.step reward=batch |", "| env.step reward=next_batch |"):
         assert mode in text
-    assert out.with_suffix(".json").is_file()
+    report = json.loads(out.with_suffix(".json").read_text().splitlines()[0])
+    agent = report["agent"]
+    assert agent["steps_per_epoch"] > 0
+    for variant in ("rl_tune as run", "rl_tune, SB3's per-layer distribution"):
+        row = agent[variant]
+        assert row["acting_ms"] > 0 and row["updates_ms"] > 0
+        assert row["total_ms"] == pytest.approx(row["acting_ms"] + row["updates_ms"])
+        assert f"- {variant}: acting" in text
 
 
 def test_gtsrb_benchmark_grid_is_declared():

@@ -1,0 +1,33 @@
+"""CPU threads: all of them for the fine-tuned network, one for the agent.
+
+The agent's networks are tiny (a 64-unit LSTM over a few hundred inputs): extra
+intra-op threads only add synchronisation. Measured on this project's 2-core
+machine while it was busy: one RecurrentPPO update took 4 s with two threads
+instead of 0.1 s with one, and acting for ResNet-50's 18 layers took 2.6-3.6 ms
+per step with two threads instead of 0.8-0.9 ms with one. A run therefore keeps
+the process at one thread and gives the environment (forward, backward, Adam,
+augmentation, evaluation) every thread only while it steps or resets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+AGENT_THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (``None``: leave the setting alone)."""
+    previous = torch.get_num_threads()
+    if n is None or n == previous:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
