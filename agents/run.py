@@ -339,7 +339,7 @@ def run_training(
     """Execute (or continue) a run and write its directory; returns the contents of ``results.json``."""
     run_dir = Path(run_dir)
     config = prepare_run_dir(run_dir, config, resume, overwrite)
-    started = time.perf_counter()
+    run_started = time.perf_counter()
     venv, recorder = build_env(config)
     base = recorder.env.unwrapped
     steps_per_epoch, total_steps = base.steps_per_epoch, base.episode_steps * config.episodes
@@ -361,7 +361,7 @@ def run_training(
         venv.seed(config.seed)
 
     def clock() -> float:
-        return elapsed_before + time.perf_counter() - started
+        return elapsed_before + time.perf_counter() - run_started
 
     listeners = []
     bar = RunProgress(total_steps, initial=done_steps, disable=not progress)
@@ -412,11 +412,11 @@ def run_training(
                     )
                     loop["obs"], _, loop["episode_start"], _ = venv.step(action)
                     if (step + 1) % steps_per_epoch == 0 and step + 1 < total_steps:
-                        started = time.perf_counter()
+                        saving = time.perf_counter()
                         save_checkpoint(
                             run_dir / CHECKPOINT, agent, venv, recorder, step + 1, clock(), writer, loop=loop
                         )
-                        timer.checkpoints_s += time.perf_counter() - started
+                        timer.checkpoints_s += time.perf_counter() - saving
     except BaseException:
         bar.close()
         writer.close()

@@ -44,6 +44,7 @@ def test_every_agent_runs_end_to_end(tmp_path, algo):
     assert 0.0 <= results["final_test_accuracy"] <= 1.0
     timing = results["timing"]
     assert 0 < timing["env_steps_s"] < timing["loop_s"] and timing["checkpoints_s"] > 0
+    assert results["wall_time_s"] > timing["loop_s"]  # the whole run, not since the last checkpoint
     assert (timing["agent_updates_s"] > 0) == (algo in ("rl_tune", "ppo", "a2c", "trpo"))
     # The saved model is the one the env reported on at the end of the last episode.
     assert results["final_val_accuracy"] == results["episodes"][-1]["val_accuracy"]
