@@ -1,11 +1,14 @@
 """``FineTuneEnv``: fine-tuning a pretrained CNN, one batch per step, learning rates as actions.
 
 Step semantics (one step = one batch). The forward pass of the target model on
-batch ``b_t`` produced both the observation ``s_t`` and the loss ``L_t``.
-``step(a_t)`` sets each layer's learning rate from ``a_t``, backpropagates
-``L_t``, takes one Adam step, computes the reward, then runs the training
-forward on ``b_{t+1}``, which yields ``s_{t+1}`` and ``L_{t+1}``. Every batch is
-forwarded once for training, as in plain fine-tuning.
+batch ``b_t`` produced both the observation ``s_t`` and the loss ``L_t``, and
+``L_t`` was backpropagated right away: the gradients do not depend on the
+action, so on CUDA the backward runs on the device while the agent chooses
+``a_t`` (the agent's time hides behind it). ``step(a_t)`` sets each layer's
+learning rate from ``a_t``, takes one Adam step, computes the reward, then runs
+the training forward and backward on ``b_{t+1}``, which yield ``s_{t+1}`` and
+the gradients of ``L_{t+1}``. Every batch is forwarded and backpropagated once,
+as in plain fine-tuning.
 
 Rewards: ``"batch"`` (the paper's) is the accuracy of the updated model on
 ``b_t`` (one extra forward, in eval mode, under ``inference_mode``);
@@ -50,8 +53,9 @@ class _Forward:
 
     inputs: torch.Tensor
     labels: torch.Tensor
-    loss: torch.Tensor | None  # with its graph; None once used (or when no gradient was kept)
-    correct_tensor: torch.Tensor  # on the device until :meth:`FineTuneEnv._fetch`
+    loss: torch.Tensor | None  # with its graph until :meth:`FineTuneEnv._backward`; None without one
+    loss_tensor: torch.Tensor  # detached, on the device until :meth:`FineTuneEnv._collect`
+    correct_tensor: torch.Tensor  # on the device until :meth:`FineTuneEnv._collect`
     loss_value: float = math.nan
     correct: int = 0
 
@@ -224,6 +228,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self._seed = int(seed)
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: _Forward | None = None
+        self._host_buffer: torch.Tensor | None = None  # pinned, reused by every step's copy (CUDA)
+        self._copied: torch.cuda.Event | None = None
         self._needs_reset = True
         self._batches: list[torch.Tensor] = []
 
@@ -324,6 +330,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self._batches = [b.to(self._train_x.device) for b in state["batches"]]
         self._needs_reset = state["needs_reset"]
         self._pending = None
+        self.model.zero_grad(set_to_none=True)
         if state["pending"] is not None:
             saved = state["pending"]
             # The saved weights already include this forward's BatchNorm update: freeze buffers.
@@ -331,6 +338,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 self._pending = self._forward(
                     saved["inputs"].to(self.device), saved["labels"].to(self.device)
                 )
+            self._backward(self._pending)
             self._pending.loss_value, self._pending.correct = saved["loss_value"], saved["correct"]
 
     # ------------------------------------------------------------------ gymnasium API
@@ -348,12 +356,15 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             ):
                 target.copy_(source)
         self.model.train()
+        self.model.zero_grad(set_to_none=True)  # an episode cut short leaves its last gradients
         self.optimizer = self._make_optimizer()
         self._epoch, self._step_in_epoch, self._step = 0, 0, 0
         self._epoch_correct, self._epoch_seen = 0, 0
         self._batches = self._epoch_batches()
         self._pending = self._train_forward(self._batches[0])
-        observation, _ = self._fetch(self._pending)
+        staged = self._stage(self._pending)
+        self._backward(self._pending)
+        observation, _ = self._collect(self._pending, staged)
         self._needs_reset = False
         info = {
             "epoch": 0,
@@ -370,13 +381,11 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         pending = self._pending
         assert pending is not None and self.optimizer is not None
         skipped = not math.isfinite(pending.loss_value)
-        if not skipped:
+        if not skipped:  # the gradients of a non-finite loss are dropped unused
             for group, lr in zip(self.optimizer.param_groups, learning_rates, strict=True):
                 group["lr"] = float(lr)
-            pending.loss.backward()
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        pending.loss = None  # frees the graph when the update was skipped
+        self.optimizer.zero_grad(set_to_none=True)
         reward_correct = None
         if self.reward_mode == "batch" and not skipped:
             reward_correct = self._eval_correct(pending.inputs, pending.labels)
@@ -409,7 +418,9 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 nxt = self._train_forward(self._batches[0])
         else:
             nxt = self._train_forward(self._batches[self._step_in_epoch])
-        observation, reward_count = self._fetch(nxt, reward_correct)
+        staged = self._stage(nxt, reward_correct)
+        self._backward(nxt)
+        observation, reward_count = self._collect(nxt, staged)
         self._pending = None if terminated else nxt
 
         if skipped:
@@ -462,8 +473,21 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             self.pooler.recording = False
         loss = F.cross_entropy(logits.float(), labels)
         return _Forward(
-            inputs, labels, loss if loss.requires_grad else None, (logits.argmax(1) == labels).sum()
+            inputs,
+            labels,
+            loss if loss.requires_grad else None,
+            loss.detach(),
+            (logits.argmax(1) == labels).sum(),
         )
+
+    @staticmethod
+    def _backward(forward: _Forward) -> None:
+        """Gradients of ``forward``'s loss for the next update (queued on the device on CUDA).
+        Called after :meth:`_stage`, so that the host's read of the observation does not wait
+        for it."""
+        if forward.loss is not None:
+            forward.loss.backward()
+            forward.loss = None
 
     def _eval_correct(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.model.eval()
@@ -472,22 +496,36 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.model.train()
         return correct
 
-    def _fetch(
-        self, forward: _Forward, reward_correct: torch.Tensor | None = None
-    ) -> tuple[np.ndarray, float]:
-        """One device-to-host copy for the step: the observation, the reward's correct count, and the
-        loss and correct count of ``forward`` (stored on it). Returns (observation, reward count)."""
+    def _stage(self, forward: _Forward, reward_correct: torch.Tensor | None = None) -> torch.Tensor:
+        """Start the step's one device-to-host copy: the observation, the reward's correct count,
+        and the loss and correct count of ``forward``. On CUDA the copy goes to a pinned buffer
+        without blocking; :meth:`_collect` waits for it."""
         zero = torch.zeros((), device=self.device)
         scalars = torch.stack(
             [
                 zero if reward_correct is None else reward_correct.float(),
-                zero if forward.loss is None else forward.loss.detach().float(),
+                forward.loss_tensor.float(),
                 forward.correct_tensor.float(),
             ]
         )
-        packed = torch.cat([self.pooler.observation(), scalars]).cpu().numpy()
+        packed = torch.cat([self.pooler.observation(), scalars])
+        if self.device.type != "cuda":
+            return packed
+        if self._host_buffer is None or self._host_buffer.shape != packed.shape:
+            self._host_buffer = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            self._copied = torch.cuda.Event()
+        self._host_buffer.copy_(packed, non_blocking=True)
+        self._copied.record()
+        return self._host_buffer
+
+    def _collect(self, forward: _Forward, staged: torch.Tensor) -> tuple[np.ndarray, float]:
+        """Wait for :meth:`_stage`'s copy; store the loss and correct count on ``forward``.
+        Returns (observation, reward's correct count)."""
+        if self.device.type == "cuda":
+            self._copied.synchronize()
+        packed = staged.numpy()
         n = self.observation_space.shape[0]
-        forward.loss_value = math.nan if forward.loss is None else float(packed[n + 1])
+        forward.loss_value = float(packed[n + 1])
         forward.correct = int(packed[n + 2])
         return packed[:n].astype(np.float32), float(packed[n])
 

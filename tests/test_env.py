@@ -136,6 +136,38 @@ def test_reset_with_seed_is_deterministic(env):
     assert step_a[1] == step_b[1]
 
 
+def test_gradients_are_ready_before_the_agent_acts_and_never_stale():
+    """The pending batch is backpropagated with its forward (the agent's action is not needed for
+    gradients); a reset mid-episode starts from clean gradients."""
+    env = digits_env()
+    env.reset(seed=5)
+    grads = [p.grad.clone() for p in env.model.parameters()]
+    pending = env._pending
+    model = copy.deepcopy(env.source_model).train().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(model(pending.inputs), pending.labels)
+    loss.backward()
+    for ours, expected in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(ours, expected.grad, rtol=1e-5, atol=1e-7)
+    for _ in range(3):
+        env.step(np.full(env.n_layers, 4))
+    env.reset(seed=5)
+    for ours, fresh in zip(env.model.parameters(), grads, strict=True):
+        assert torch.equal(ours.grad, fresh)
+
+
+def test_bf16_autocast_and_channels_last_on_the_cpu():
+    """The CUDA defaults (bf16 autocast, channels-last) run on the CPU too: weights stay fp32."""
+    env = digits_env(precision="bf16", channels_last=True, epochs_per_episode=2)
+    obs, rewards, infos = run_episode(env, lambda: np.full(env.n_layers, 4))
+    assert env.amp_dtype == torch.bfloat16 and env.channels_last
+    assert all(p.dtype == torch.float32 for p in env.model.parameters())
+    conv = next(m for m in env.model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.all(np.isfinite(obs)) and all(0.0 <= r <= 1.0 for r in rewards)
+    assert all(math.isfinite(i["loss"]) for i in infos)
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5])  # it still learns
+
+
 def test_zero_learning_rate_freezes_exactly_that_layer(env):
     env.reset(seed=0)
     before = {
