@@ -378,45 +378,21 @@ def run_training(
     try:
         with torch_threads(AGENT_THREADS):
             if learning:
-                if wandb_run is not None:
-                    from .wandb_logging import WandbKVWriter
-
-                    agent.set_logger(Logger(folder=None, output_formats=[WandbKVWriter()]))
                 callbacks: list[BaseCallback] = [
                     AgentUpdates(timer),  # first: an update ends before the checkpoint starts
                     EpochCheckpoint(run_dir / CHECKPOINT, recorder, done_steps, clock, timer, writer),
                 ]
-                if wandb_run is not None:
-                    from wandb.integration.sb3 import WandbCallback
-
-                    callbacks.append(WandbCallback(verbose=0))
-                agent.learn(
-                    total_steps - done_steps, callback=CallbackList(callbacks), reset_num_timesteps=not resume
-                )
-                if wandb_run is not None:
-                    agent.logger.dump(agent.num_timesteps)  # SB3 dumps a rollout's stats at the next one
+                _learn(agent, total_steps - done_steps, callbacks, resume, wandb_run)
             else:
-                # A fixed policy acts: a baseline, or a saved agent replayed deterministically.
-                if loop is None:
-                    loop = {
-                        "obs": venv.reset(),
-                        "state": None,
-                        "episode_start": np.ones(venv.num_envs, dtype=bool),
-                    }
-                for step in range(done_steps, total_steps):
-                    action, loop["state"] = agent.predict(
-                        loop["obs"],
-                        state=loop["state"],
-                        episode_start=loop["episode_start"],
-                        deterministic=True,
+
+                def save(step: int, loop: dict[str, Any]) -> None:
+                    saving = time.perf_counter()
+                    save_checkpoint(
+                        run_dir / CHECKPOINT, agent, venv, recorder, step, clock(), writer, loop=loop
                     )
-                    loop["obs"], _, loop["episode_start"], _ = venv.step(action)
-                    if (step + 1) % steps_per_epoch == 0 and step + 1 < total_steps:
-                        saving = time.perf_counter()
-                        save_checkpoint(
-                            run_dir / CHECKPOINT, agent, venv, recorder, step + 1, clock(), writer, loop=loop
-                        )
-                        timer.checkpoints_s += time.perf_counter() - saving
+                    timer.checkpoints_s += time.perf_counter() - saving
+
+                _act_fixed(agent, venv, loop, range(done_steps, total_steps), steps_per_epoch, save)
     except BaseException:
         bar.close()
         writer.close()
@@ -452,6 +428,43 @@ def run_training(
             f"(validation {_fmt(results['final_val_accuracy'])}, {results['wall_time_s']:.1f} s)"
         )
     return results
+
+
+def _learn(
+    agent: Agent, steps: int, callbacks: list[BaseCallback], resume: bool, wandb_run: Any | None
+) -> None:
+    """A learning agent trains for ``steps`` more steps (SB3's loop), logging to W&B if asked."""
+    if wandb_run is not None:
+        from wandb.integration.sb3 import WandbCallback
+
+        from .wandb_logging import WandbKVWriter
+
+        agent.set_logger(Logger(folder=None, output_formats=[WandbKVWriter()]))
+        callbacks = [*callbacks, WandbCallback(verbose=0)]
+    agent.learn(steps, callback=CallbackList(callbacks), reset_num_timesteps=not resume)
+    if wandb_run is not None:
+        agent.logger.dump(agent.num_timesteps)  # SB3 dumps a rollout's stats at the next one
+
+
+def _act_fixed(
+    agent: Agent,
+    venv: VecNormalize,
+    loop: dict[str, Any] | None,
+    steps: range,
+    steps_per_epoch: int,
+    save: Callable[[int, dict[str, Any]], None],
+) -> None:
+    """A fixed policy acts (a baseline, or a saved agent replayed deterministically); ``save`` is
+    called after every epoch but the last with the step count and the loop's position."""
+    if loop is None:
+        loop = {"obs": venv.reset(), "state": None, "episode_start": np.ones(venv.num_envs, dtype=bool)}
+    for step in steps:
+        action, loop["state"] = agent.predict(
+            loop["obs"], state=loop["state"], episode_start=loop["episode_start"], deterministic=True
+        )
+        loop["obs"], _, loop["episode_start"], _ = venv.step(action)
+        if (step + 1) % steps_per_epoch == 0 and step + 1 < steps.stop:
+            save(step + 1, loop)
 
 
 def _load_replayed(agent_dir: str, venv: VecNormalize) -> tuple[Agent, VecNormalize]:
