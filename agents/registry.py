@@ -21,6 +21,10 @@ Agent = BaseAlgorithm | Baseline
 LEARNERS: dict[str, type[BaseAlgorithm]] = {"rl_tune": RecurrentPPO, "ppo": PPO, "a2c": A2C, "trpo": TRPO}
 ALIASES = {"recurrent_ppo": "rl_tune", "recurrentppo": "rl_tune"}
 AGENT_NAMES: list[str] = [*LEARNERS, *BASELINES]
+# SB3's Adam settings for its policies (eps 1e-5) in PyTorch's fused form: on the CPU it made one
+# RecurrentPPO update for ResNet-50's 18 layers 20-35% cheaper (48-73 ms instead of 76-92 ms per
+# 19-step epoch, busy 2-core machine). SB3 drops its eps default once any optimizer_kwargs are given.
+FUSED_ADAM = {"eps": 1e-5, "fused": True}
 # Algorithms of SB3 / sb3-contrib that cannot act in MultiDiscrete spaces, and what they need.
 UNSUPPORTED = {
     "dqn": "DQN needs a Discrete action space",
@@ -111,11 +115,14 @@ def make_agent(
             "shared_lstm": False,
             "enable_critic_lstm": False,  # the paper's critic is an MLP
             "net_arch": {"pi": [], "vf": list(params.pop("critic_net_arch"))},
+            "optimizer_kwargs": dict(FUSED_ADAM),
         }
     else:
         # TRPO keeps SB3's distribution: its KL divergence iterates over per-layer distributions.
         policy = "MlpPolicy" if name == "trpo" else MlpPolicy
         kwargs["policy_kwargs"] = {"net_arch": list(params.pop("net_arch"))}
+        if name == "ppo":  # A2C keeps its RMSprop; TRPO's Adam fits only the value function
+            kwargs["policy_kwargs"]["optimizer_kwargs"] = dict(FUSED_ADAM)
         if name in ("ppo", "trpo"):
             kwargs["batch_size"] = params.pop("batch_size", n_steps)
     try:

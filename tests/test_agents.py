@@ -28,6 +28,7 @@ def test_rl_tune_is_the_papers_agent(venv):
     assert isinstance(policy.lstm_actor, nn.LSTM)
     assert policy.lstm_critic is None and isinstance(policy.critic, nn.Linear)  # MLP critic, no LSTM
     assert agent.clip_range(1.0) == pytest.approx(0.1)
+    assert policy.optimizer.defaults["fused"] and policy.optimizer.defaults["eps"] == 1e-5
     assert agent.n_steps == venv.get_attr("steps_per_epoch")[0]
 
 
