@@ -457,7 +457,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         order = torch.randperm(n, generator=self._order_generator)
         if n % self.batch_size == 1:
             order = order[:-1]
-        return [b.to(self._train_x.device) for b in order.split(self.batch_size)]
+        return list(order.to(self._train_x.device).split(self.batch_size))  # one copy per epoch
 
     def _train_forward(self, batch: torch.Tensor) -> _Forward:
         images = self._train_x[batch].to(self.device, non_blocking=True)
