@@ -36,7 +36,8 @@ class ActivationPooler:
         def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             if self.recording:
                 out = output.detach()
-                per_channel = out.float().mean(dim=[0, *range(2, out.ndim)])
+                # Accumulate in fp32 without first copying a bf16 activation to fp32.
+                per_channel = out.mean(dim=[0, *range(2, out.ndim)], dtype=torch.float32)
                 self._pooled[index] = F.adaptive_avg_pool1d(per_channel.view(1, 1, -1), self.features).view(
                     -1
                 )
