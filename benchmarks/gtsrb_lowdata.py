@@ -27,6 +27,7 @@ import argparse
 import concurrent.futures as futures
 import json
 import multiprocessing
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -196,6 +197,25 @@ def run_cell(method: str, rate: float, seed: int, done: dict[str, dict[str, Any]
     }
 
 
+def code_version() -> str:
+    """The commit the cells run from (``+dirty`` with uncommitted changes): cells are comparable
+    across sessions only as far as the code between their commits is equivalent."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     if not (SHARED / "gtsrb").is_dir():
         raise SystemExit(
@@ -206,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     threads = max(1, (multiprocessing.cpu_count() or 1) // args.workers)
     context = multiprocessing.get_context("spawn")
     started, finished = time.time(), 0
+    code = code_version()
     with futures.ProcessPoolExecutor(
         args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
     ) as pool:
@@ -227,7 +248,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             complete, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
             for future in complete:
                 cid = running.pop(future)
-                line = future.result()
+                line = {**future.result(), "code": code}
                 with open(RESULTS_FILE, "a") as handle:
                     handle.write(json.dumps(line) + "\n")
                 done[cid] = line
