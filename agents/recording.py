@@ -45,15 +45,18 @@ class RunRecorder(gym.Wrapper):
         self.episodes: list[dict[str, Any]] = []
         self._episode_rewards: list[float] = []
         self.final: dict[str, Any] | None = None
-        self.env_seconds = 0.0  # time inside the environment's step (this process only)
+        self.env_seconds = 0.0  # time inside the environment's steps and resets (this process only)
         self.test_seconds = 0.0  # the final model's test evaluation
         # Intra-op threads for the environment's steps and resets (None: the process's setting);
         # a run sets it while the agent works on one thread (see agents/threads.py).
         self.env_threads: int | None = None
 
     def reset(self, **kwargs):
+        started = time.perf_counter()
         with torch_threads(self.env_threads):
-            return self.env.reset(**kwargs)
+            result = self.env.reset(**kwargs)
+        self.env_seconds += time.perf_counter() - started  # the EMA update and the first forward
+        return result
 
     def step(self, action):
         started = time.perf_counter()

@@ -404,7 +404,7 @@ def run_training(
     writer.close()  # the last checkpoint is complete before the outputs (and its removal)
     timing = {
         "loop_s": loop_s,
-        "env_steps_s": recorder.env_seconds,
+        "env_steps_s": recorder.env_seconds,  # steps and resets (EMA update, first forward)
         "agent_updates_s": timer.updates_s,
         "checkpoints_s": timer.checkpoints_s,
         "test_evaluation_s": recorder.test_seconds,

@@ -380,7 +380,7 @@ def render(report: dict[str, Any]) -> str:
         for reward in ("batch", "next_batch"):
             t = full[f"timing_{reward}"]
             lines.append(
-                f"- reward={reward}: of the {t['loop_s']:.1f} s training loop, environment steps "
+                f"- reward={reward}: of the {t['loop_s']:.1f} s training loop, environment steps and resets "
                 f"{t['env_steps_s']:.1f} s, agent acting {t['agent_acting_s']:.2f} s, agent updates "
                 f"{t['agent_updates_s']:.2f} s (agent side {100 * full[f'agent_share_{reward}']:.1f}%), "
                 f"checkpoints {t['checkpoints_s']:.2f} s, final test evaluation {t['test_evaluation_s']:.1f} s."
