@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,5 @@ def test_gtsrb_benchmark_grid_is_declared():
     assert config.env_id == "FineTune-CIFARResNet-v0" and config.episodes * config.epochs_per_episode == 50
     plain = bench.run_config("uniform_0.0003", 0.3, 0, {})
     assert plain.ema is None and plain.episodes == 1 and plain.agent_kwargs == {"lr": 3e-4}
+    # Result lines record the commit they ran from.
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", bench.code_version())
