@@ -8,7 +8,8 @@ source weights: that is where the final fine-tuned model is captured.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gymnasium as gym
@@ -51,18 +52,24 @@ class RunRecorder(gym.Wrapper):
         # a run sets it while the agent works on one thread (see agents/threads.py).
         self.env_threads: int | None = None
 
-    def reset(self, **kwargs):
+    @contextmanager
+    def _environment_work(self, counter: str) -> Iterator[None]:
+        """Run the block on the environment's threads and add its time to ``self.<counter>``
+        (the environment syncs with the device once per step, so wall time is its time)."""
         started = time.perf_counter()
-        with torch_threads(self.env_threads):
-            result = self.env.reset(**kwargs)
-        self.env_seconds += time.perf_counter() - started  # the EMA update and the first forward
-        return result
+        try:
+            with torch_threads(self.env_threads):
+                yield
+        finally:
+            setattr(self, counter, getattr(self, counter) + time.perf_counter() - started)
+
+    def reset(self, **kwargs):
+        with self._environment_work("env_seconds"):  # the EMA update and the first forward
+            return self.env.reset(**kwargs)
 
     def step(self, action):
-        started = time.perf_counter()
-        with torch_threads(self.env_threads):
+        with self._environment_work("env_seconds"):
             observation, reward, terminated, truncated, info = self.env.step(action)
-        self.env_seconds += time.perf_counter() - started  # the step syncs with the device (one transfer)
         base = self.env.unwrapped
         self.learning_rates.append(np.asarray(info["learning_rates"], dtype=np.float32))
         for key, value in (
@@ -122,11 +129,8 @@ class RunRecorder(gym.Wrapper):
         return observation, reward, terminated, truncated, info
 
     def _timed_test(self, base) -> float:
-        started = time.perf_counter()
-        with torch_threads(self.env_threads):
-            accuracy = base.evaluate("test")
-        self.test_seconds += time.perf_counter() - started
-        return accuracy
+        with self._environment_work("test_seconds"):
+            return base.evaluate("test")
 
     def _emit(self, event: str, payload: dict[str, Any]) -> None:
         for listener in self.listeners:

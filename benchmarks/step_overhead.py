@@ -232,29 +232,27 @@ def agent_benchmark(config: dict[str, Any], device: str, epochs: int, rounds: in
     Variants, interleaved: RL-Tune's agent as a run uses it (one thread, this package's batched
     action distribution); with SB3's per-layer distribution; with every thread of the process.
     """
+    from stable_baselines3.common.distributions import MultiCategoricalDistribution
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    import agents.policies
     from agents.registry import make_agent
     from agents.run import AgentUpdates, Timer
     from agents.threads import AGENT_THREADS, torch_threads
 
     env = FineTuneEnv(**env_kwargs(config, device, "next_batch"))
-    grid = agents.policies.use_grid_distribution
     all_threads = torch.get_num_threads()
-    variants = {
-        "rl_tune as run": (grid, AGENT_THREADS),
-        "rl_tune, SB3's per-layer distribution": (lambda policy: None, AGENT_THREADS),
-        f"rl_tune, {all_threads} threads": (grid, all_threads),
+    variants = {  # label: (SB3's per-layer distribution?, threads)
+        "rl_tune as run": (False, AGENT_THREADS),
+        "rl_tune, SB3's per-layer distribution": (True, AGENT_THREADS),
+        f"rl_tune, {all_threads} threads": (False, all_threads),
     }
     built = {}
-    for label, (swap, _) in variants.items():
-        agents.policies.use_grid_distribution = swap
-        try:
-            venv = VecNormalize(DummyVecEnv([lambda: ZeroCostEnv(env)]), norm_reward=False)
-            built[label] = make_agent("rl_tune", venv)
-        finally:
-            agents.policies.use_grid_distribution = grid
+    for label, (sb3_distribution, _) in variants.items():
+        venv = VecNormalize(DummyVecEnv([lambda: ZeroCostEnv(env)]), norm_reward=False)
+        built[label] = make_agent("rl_tune", venv)
+        if sb3_distribution:  # same action layer (sum of the dims' logits), SB3's loop over layers
+            policy = built[label].policy
+            policy.action_dist = MultiCategoricalDistribution(list(policy.action_dist.action_dims))
     steps = env.steps_per_epoch * epochs
     samples: dict[str, list[tuple[float, float]]] = {label: [] for label in built}
     for label, agent in built.items():  # warm-up

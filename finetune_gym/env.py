@@ -362,9 +362,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self._epoch_correct, self._epoch_seen = 0, 0
         self._batches = self._epoch_batches()
         self._pending = self._train_forward(self._batches[0])
-        staged = self._stage(self._pending)
-        self._backward(self._pending)
-        observation, _ = self._collect(self._pending, staged)
+        observation, _ = self._observe(self._pending)
         self._needs_reset = False
         info = {
             "epoch": 0,
@@ -418,9 +416,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 nxt = self._train_forward(self._batches[0])
         else:
             nxt = self._train_forward(self._batches[self._step_in_epoch])
-        staged = self._stage(nxt, reward_correct)
-        self._backward(nxt)
-        observation, reward_count = self._collect(nxt, staged)
+        observation, reward_count = self._observe(nxt, reward_correct)
         self._pending = None if terminated else nxt
 
         if skipped:
@@ -495,6 +491,16 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             correct = (self.model(inputs).argmax(1) == labels).sum()
         self.model.train()
         return correct
+
+    def _observe(
+        self, forward: _Forward, reward_correct: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Read the step's values back and backpropagate ``forward``, in the order that lets the
+        device run the backward while the host goes on: copy started, backward queued, then the
+        wait for the copy. Returns (observation, reward's correct count)."""
+        staged = self._stage(forward, reward_correct)
+        self._backward(forward)
+        return self._collect(forward, staged)
 
     def _stage(self, forward: _Forward, reward_correct: torch.Tensor | None = None) -> torch.Tensor:
         """Start the step's one device-to-host copy: the observation, the reward's correct count,
