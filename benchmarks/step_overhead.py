@@ -160,8 +160,12 @@ def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int)
         time_steps(fn, max(3, steps // 5), dev)
     times: dict[str, list[float]] = {name: [] for name in runners}
     peaks: dict[str, int] = {}
-    for _ in range(rounds):
-        for name, fn in runners.items():
+    names = list(runners)
+    for r in range(rounds):
+        # Rotate the order each round so that no mode always runs first (after another mode's
+        # allocations, or on a CPU that has just warmed up or throttled).
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = runners[name]
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             times[name].append(time_steps(fn, steps, dev))
