@@ -46,7 +46,7 @@ class RunRecorder(gym.Wrapper):
         self.episodes: list[dict[str, Any]] = []
         self._episode_rewards: list[float] = []
         self.final: dict[str, Any] | None = None
-        self.env_seconds = 0.0  # time inside the environment's steps and resets (this process only)
+        self.env_seconds = 0.0  # time inside the environment's steps and resets (kept across resumes)
         self.test_seconds = 0.0  # the final model's test evaluation
         # Intra-op threads for the environment's steps and resets (None: the process's setting);
         # a run sets it while the agent works on one thread (see agents/threads.py).
@@ -168,6 +168,7 @@ class RunRecorder(gym.Wrapper):
             "episodes": list(self.episodes),
             "episode_rewards": list(self._episode_rewards),
             "final": self.final,
+            "env_seconds": self.env_seconds,
             "env": self._stateful().get_state(),
         }
 
@@ -180,3 +181,4 @@ class RunRecorder(gym.Wrapper):
         self.step_log = {k: list(v) for k, v in state["step_log"].items()}
         self.epochs, self.episodes = list(state["epochs"]), list(state["episodes"])
         self._episode_rewards, self.final = list(state["episode_rewards"]), state["final"]
+        self.env_seconds = state.get("env_seconds", 0.0)  # absent from checkpoints of older code

@@ -202,12 +202,15 @@ def save_checkpoint(
     steps: int,
     wall_time_s: float,
     writer: CheckpointWriter,
+    timer: Timer,
     loop: dict[str, Any] | None = None,
 ) -> None:
-    """Agent, its rollout position, environment, normalisation statistics and RNG states, atomically."""
+    """Agent, its rollout position, environment, normalisation statistics, RNG states and where
+    the run's time went so far, atomically."""
     payload: dict[str, Any] = {
         "steps": steps,
         "wall_time_s": wall_time_s,
+        "timing": timer.get_state(),
         "recorder": recorder.get_state(),
         "vecnormalize": pickle.dumps(venv),  # VecNormalize pickles its statistics, not the envs under it
         "rng": {
@@ -257,11 +260,28 @@ def load_checkpoint(
 
 
 class Timer:
-    """Where a run's time goes (this process): environment steps, agent updates, checkpoints."""
+    """Where a run's time goes: the training loop, agent updates, checkpoints. A resumed run starts
+    from the totals its checkpoint saved, so its timing covers the whole run (work redone after an
+    interruption counts once, like ``wall_time_s``)."""
 
-    def __init__(self) -> None:
-        self.updates_s = 0.0
-        self.checkpoints_s = 0.0
+    def __init__(self, state: dict[str, float] | None = None) -> None:
+        state = state or {}
+        self.updates_s = state.get("updates_s", 0.0)
+        self.checkpoints_s = state.get("checkpoints_s", 0.0)
+        self._loop_before = state.get("loop_s", 0.0)
+        self._loop_started: float | None = None
+
+    def start_loop(self) -> None:
+        self._loop_started = time.perf_counter()
+
+    def loop_s(self) -> float:
+        """The training loop's time: this process's since :meth:`start_loop`, plus earlier processes'."""
+        running = 0.0 if self._loop_started is None else time.perf_counter() - self._loop_started
+        return self._loop_before + running
+
+    def get_state(self) -> dict[str, float]:
+        # Saved before the checkpoint being written adds its own time: that much is left out.
+        return {"loop_s": self.loop_s(), "updates_s": self.updates_s, "checkpoints_s": self.checkpoints_s}
 
 
 class AgentUpdates(BaseCallback):
@@ -316,6 +336,7 @@ class EpochCheckpoint(BaseCallback):
                 self.model.num_timesteps,
                 self.clock(),
                 self.writer,
+                self.timer,
             )
             self.last_saved = self.model.num_timesteps
             self.timer.checkpoints_s += time.perf_counter() - started
@@ -351,10 +372,12 @@ def run_training(
     learning = is_learning(agent) and not config.replay_agent
     done_steps, elapsed_before = 0, 0.0
     loop: dict[str, Any] | None = None
+    timer = Timer()
     if resume:
         agent, venv, payload = load_checkpoint(run_dir / CHECKPOINT, config, agent, venv, recorder)
         done_steps, loop = payload["steps"], payload.get("loop")
         elapsed_before = payload["wall_time_s"]
+        timer = Timer(payload.get("timing"))  # absent from checkpoints written before it was saved
         if verbose:
             print(f"resuming {run_dir} at step {done_steps} of {total_steps}")
     else:
@@ -371,10 +394,9 @@ def run_training(
         listeners.append(wandb_run)
     recorder.listeners = listeners
 
-    timer = Timer()
     writer = CheckpointWriter()
     recorder.env_threads = torch.get_num_threads()  # the environment's; the agent gets one
-    loop_started = time.perf_counter()
+    timer.start_loop()
     try:
         with torch_threads(AGENT_THREADS):
             if learning:
@@ -388,7 +410,7 @@ def run_training(
                 def save(step: int, loop: dict[str, Any]) -> None:
                     saving = time.perf_counter()
                     save_checkpoint(
-                        run_dir / CHECKPOINT, agent, venv, recorder, step, clock(), writer, loop=loop
+                        run_dir / CHECKPOINT, agent, venv, recorder, step, clock(), writer, timer, loop=loop
                     )
                     timer.checkpoints_s += time.perf_counter() - saving
 
@@ -400,7 +422,7 @@ def run_training(
             wandb_run.abort()
         raise
     bar.close()
-    loop_s = time.perf_counter() - loop_started
+    loop_s = timer.loop_s()
     writer.close()  # the last checkpoint is complete before the outputs (and its removal)
     timing = {
         "loop_s": loop_s,
@@ -415,6 +437,8 @@ def run_training(
         - timer.updates_s
         - timer.checkpoints_s,
         "resumed": resume,
+        # Resumed runs carry their earlier processes' time (older code counted only the last one).
+        "whole_run": True,
     }
 
     if recorder.final is None:

@@ -312,7 +312,7 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "",
         _wall_table(
             report.aggregate(
-                [_loop_time_row(line) for line in done.values() if not line.get("wall_time_invalid")]
+                [_loop_time_row(line) for line in done.values() if _time_covers_run(line)]
             )
         ),
         "",
@@ -322,13 +322,32 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "environment and writing outputs, 0.4-11 s on the cells that record both). Not `wall_time_s`",
         "of later cells: for baselines it counted only from the last checkpoint (a bug fixed in",
         "agents/run.py after those cells ran). Cells ran two at a time on 2 cores, sometimes beside",
-        "other work on the machine: compare them loosely. Cells whose time was corrupted (the",
-        "benchmark was paused while they ran) are left out; their accuracies stand.",
+        "other work on the machine: compare them loosely. Cells whose time is partial (the benchmark",
+        "was paused while they ran, or they resumed from a checkpoint under code that timed only the",
+        "last process) are left out; their accuracies stand.",
+        "",
+        "## The agent's share of the training loop (%, mean over cells (n))",
+        "",
+        _agent_share_table(done),
+        "",
+        "Agent acting (policy inference, SB3's bookkeeping and the vectorised-env wrappers) plus agent",
+        "updates, as a share of the training loop without the final test evaluation, in the cells that",
+        "recorded timing. Fixed-action methods (random, uniform, ...) show the floor that SB3's loop and",
+        "wrappers cost without a policy to run. The fine-tuning steps themselves cost the same for every",
+        "method except RL-Tune's paper reward, which adds an eval-mode forward per step (measured side",
+        "by side in `step_overhead_cpu.md`).",
         "",
         f"![test accuracy against sampling rate]({NAME}.png)",
         "",
     ]
     (RESULTS_DIR / f"{NAME}.md").write_text("\n".join(text))
+
+
+def _time_covers_run(line: dict[str, Any]) -> bool:
+    """False for cells whose time is known to be partial: paused while running, or resumed by
+    code that timed only the last process (before ``timing.whole_run`` was recorded)."""
+    timing = line["results"].get("timing", {})
+    return not line.get("wall_time_invalid") and (not timing.get("resumed") or timing.get("whole_run", False))
 
 
 def _loop_time_row(line: dict[str, Any]) -> report.Row:
@@ -338,6 +357,30 @@ def _loop_time_row(line: dict[str, Any]) -> report.Row:
     if "timing" in results:
         row = replace(row, wall_time_s=float(results["timing"]["loop_s"]))
     return row
+
+
+def _agent_share_table(done: dict[str, dict[str, Any]]) -> str:
+    """Per method and rate, the agent's share (acting + updates) of the training loop without the
+    final test evaluation, mean over the cells that recorded it. A ratio of two times measured in
+    the same process, so it depends far less on the machine's load than the wall times."""
+    shares: dict[tuple[str, float], list[float]] = {}
+    for line in done.values():
+        timing = line["results"].get("timing")
+        if not timing or line["method"].startswith("knob_"):
+            continue
+        loop = timing["loop_s"] - timing["test_evaluation_s"]
+        share = (timing["agent_acting_s"] + timing["agent_updates_s"]) / loop
+        shares.setdefault((line["method"], line["sampling_rate"]), []).append(share)
+    rates = sorted({rate for _, rate in shares})
+    lines = ["| method | " + " | ".join(f"{r:.0%}" for r in rates) + " |", "|---|" + "---|" * len(rates)]
+    for method in [m for m in MAIN_ORDER if any(k[0] == m for k in shares)]:
+        cells = [shares.get((method, r)) for r in rates]
+        lines.append(
+            f"| {method} | "
+            + " | ".join(f"{100 * sum(c) / len(c):.1f}% ({len(c)})" if c else "" for c in cells)
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def _wall_table(groups: list[report.Group]) -> str:

@@ -68,3 +68,12 @@ def test_gtsrb_benchmark_grid_is_declared():
     assert plain.ema is None and plain.episodes == 1 and plain.agent_kwargs == {"lr": 3e-4}
     # Result lines record the commit they ran from.
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", bench.code_version())
+    # The wall-time table leaves out cells whose time covers only part of the run.
+    def line(**timing):
+        return {"results": {"timing": timing}}
+
+    assert bench._time_covers_run(line(resumed=False))
+    assert bench._time_covers_run(line(resumed=True, whole_run=True))
+    assert not bench._time_covers_run(line(resumed=True))  # resumed under code that timed one process
+    assert not bench._time_covers_run({**line(resumed=False), "wall_time_invalid": True})
+    assert bench._time_covers_run({"results": {}})  # early cells: whole-run wall time, no timing

@@ -151,6 +151,13 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, package_ca
     process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (killed / "results.json").exists()
+    # Mark the time the killed process had spent, to see that the resumed run's timing includes it.
+    payload = torch.load(killed / "checkpoint.pt", weights_only=False)
+    for key in ("updates_s", "checkpoints_s"):
+        payload["timing"][key] += 1000.0
+    payload["recorder"]["env_seconds"] += 1000.0
+    payload["timing"]["loop_s"] += 3000.0  # the loop holds the other three
+    torch.save(payload, killed / "checkpoint.pt")
 
     resumed = subprocess.run(
         _train_cmd(killed, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
@@ -165,6 +172,10 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, package_ca
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (reference, killed))
     assert ra["steps"] == rb["steps"] == 3 * 4 * 17
     assert ra["final_test_accuracy"] == rb["final_test_accuracy"]
+    timing = rb["timing"]
+    assert timing["resumed"] and timing["whole_run"] and timing["loop_s"] > 3000 and timing["env_steps_s"] > 1000
+    assert timing["agent_updates_s"] > 1000 and timing["checkpoints_s"] > 1000
+    assert 0 < timing["agent_acting_s"] < timing["loop_s"] - 3000  # the marks cancel out
     np.testing.assert_array_equal(
         np.load(reference / "lr_schedule.npz")["learning_rates"],
         np.load(killed / "lr_schedule.npz")["learning_rates"],
