@@ -8,7 +8,8 @@ For each configuration (model, image size, batch size) on the device:
 3. a full RL-Tune run (RecurrentPPO acting every step and updating every epoch, EMA between
    episodes, end-of-episode validation, checkpoints, outputs) against plain fine-tuning for the
    same number of epochs (with the same setup and final evaluation).
-Timings interleave the modes in rounds (so drift hits all alike) and report the median round.
+Timings interleave the modes in rounds, the order rotated each round (so drift and position hit
+all alike), and report the median round.
 Peak memory: CUDA peak allocated per mode; on the CPU, each mode's peak RSS in a fresh process.
 
     python benchmarks/step_overhead.py                      # CPU configurations (GPU ones if CUDA)
