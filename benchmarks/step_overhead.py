@@ -283,41 +283,31 @@ def agent_benchmark(config: dict[str, Any], device: str, epochs: int, rounds: in
     return out
 
 
-def full_run_benchmark(config: dict[str, Any], device: str, episodes: int, epochs: int) -> dict[str, Any]:
-    """Wall time of whole RL-Tune runs (each reward) against plain fine-tuning for the same epochs.
-
-    Both sides include building the environment (data decoding), training, and the final
-    validation and test evaluation; RL-Tune adds the agent, EMA, per-episode validation,
-    per-epoch checkpoints and the run's outputs (plots, saved agent).
-    """
+def _rl_tune_run(config: dict[str, Any], device: str, reward: str, episodes: int, epochs: int):
+    """One whole RL-Tune run: its wall time and the run's own timing breakdown."""
     from agents.run import RunConfig, run_training
 
-    out: dict[str, Any] = {"epochs": episodes * epochs}
-    for reward in ("batch", "next_batch"):
-        with tempfile.TemporaryDirectory() as tmp:
-            kwargs = env_kwargs(config, device, reward, epochs)
-            kwargs.pop("epochs_per_episode")
-            kwargs.pop("seed")
-            start = time.perf_counter()
-            results = run_training(
-                RunConfig(
-                    env_id="FineTune-CIFARResNet-v0",
-                    algo="rl_tune",
-                    episodes=episodes,
-                    epochs_per_episode=epochs,
-                    env_kwargs=kwargs,
-                ),
-                Path(tmp) / "run",
-                progress=False,
-                verbose=False,
-            )
-            out[f"rl_tune_{reward}_s"] = time.perf_counter() - start
-            out["steps"] = results["steps"]
-            timing = results["timing"]
-            # Share of the training loop, the final test evaluation (the same for plain fine-tuning) excluded.
-            loop_s = timing["loop_s"] - timing["test_evaluation_s"]
-            out[f"agent_share_{reward}"] = (timing["agent_acting_s"] + timing["agent_updates_s"]) / loop_s
-            out[f"timing_{reward}"] = timing
+    with tempfile.TemporaryDirectory() as tmp:
+        kwargs = env_kwargs(config, device, reward, epochs)
+        kwargs.pop("epochs_per_episode")
+        kwargs.pop("seed")
+        start = time.perf_counter()
+        results = run_training(
+            RunConfig(
+                env_id="FineTune-CIFARResNet-v0",
+                algo="rl_tune",
+                episodes=episodes,
+                epochs_per_episode=epochs,
+                env_kwargs=kwargs,
+            ),
+            Path(tmp) / "run",
+            progress=False,
+            verbose=False,
+        )
+        return time.perf_counter() - start, results
+
+
+def _plain_run(config: dict[str, Any], device: str, episodes: int, epochs: int):
     start = time.perf_counter()
     env = FineTuneEnv(**env_kwargs(config, device, "batch", epochs))
     loop = PlainLoop(env)
@@ -327,9 +317,45 @@ def full_run_benchmark(config: dict[str, Any], device: str, episodes: int, epoch
     env.model.load_state_dict(loop.model.state_dict())
     env.evaluate("val")
     env.evaluate("test")
-    out["plain_run_s"] = time.perf_counter() - start
+    return time.perf_counter() - start, None
+
+
+def full_run_benchmark(
+    config: dict[str, Any], device: str, episodes: int, epochs: int, rounds: int = 3
+) -> dict[str, Any]:
+    """Wall time of whole RL-Tune runs (each reward) against plain fine-tuning for the same epochs.
+
+    Both sides include building the environment (data decoding), training, and the final
+    validation and test evaluation; RL-Tune adds the agent, EMA, per-episode validation,
+    per-epoch checkpoints and the run's outputs (plots, saved agent). The three runs repeat in
+    ``rounds`` rounds, the order rotated each round, and each reports its median: on a shared
+    machine the speed drifts within minutes (one run each once gave 2.1x for what measured 1.2x).
+    """
+    runs = {
+        "plain": lambda: _plain_run(config, device, episodes, epochs),
+        "batch": lambda: _rl_tune_run(config, device, "batch", episodes, epochs),
+        "next_batch": lambda: _rl_tune_run(config, device, "next_batch", episodes, epochs),
+    }
+    names = list(runs)
+    samples: dict[str, list[tuple[float, Any]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            samples[name].append(runs[name]())
+    out: dict[str, Any] = {"epochs": episodes * epochs, "rounds": rounds}
+    median = {name: sorted(samples[name], key=lambda pair: pair[0])[(rounds - 1) // 2] for name in names}
+    out["plain_run_s"] = median["plain"][0]
+    out["plain_runs_s"] = [seconds for seconds, _ in samples["plain"]]
     for reward in ("batch", "next_batch"):
-        out[f"ratio_{reward}"] = out[f"rl_tune_{reward}_s"] / out["plain_run_s"]
+        seconds, results = median[reward]
+        out[f"rl_tune_{reward}_s"] = seconds
+        out[f"rl_tune_{reward}_runs_s"] = [t for t, _ in samples[reward]]
+        out["steps"] = results["steps"]
+        timing = results["timing"]
+        # Share of the training loop, the final test evaluation (the same for plain fine-tuning) excluded.
+        loop_s = timing["loop_s"] - timing["test_evaluation_s"]
+        out[f"agent_share_{reward}"] = (timing["agent_acting_s"] + timing["agent_updates_s"]) / loop_s
+        out[f"timing_{reward}"] = timing
+        out[f"ratio_{reward}"] = seconds / out["plain_run_s"]
     return out
 
 
@@ -375,11 +401,22 @@ def render(report: dict[str, Any]) -> str:
     if full:
         lines += [
             "",
-            f"Full run, {full['epochs']} epochs ({full['steps']} steps): plain fine-tuning "
+            f"Full run, {full['epochs']} epochs ({full['steps']} steps), median of {full.get('rounds', 1)} "
+            "rounds in rotated order: plain fine-tuning "
             f"{full['plain_run_s']:.1f} s; RL-Tune with reward=batch {full['rl_tune_batch_s']:.1f} s "
             f"(ratio **{full['ratio_batch']:.3f}**), with reward=next_batch {full['rl_tune_next_batch_s']:.1f} s "
             f"(ratio **{full['ratio_next_batch']:.3f}**).",
         ]
+        if "plain_runs_s" in full:
+            each = ", ".join(
+                f"{label} " + " / ".join(f"{t:.1f}" for t in full[key])
+                for label, key in (
+                    ("plain", "plain_runs_s"),
+                    ("batch", "rl_tune_batch_runs_s"),
+                    ("next_batch", "rl_tune_next_batch_runs_s"),
+                )
+            )
+            lines.append(f"- every run (s, in round order): {each}.")
         for reward in ("batch", "next_batch"):
             t = full[f"timing_{reward}"]
             lines.append(
@@ -400,6 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=2, help="full-run comparison: episodes")
     parser.add_argument("--epochs", type=int, default=2, help="full-run comparison: epochs per episode")
+    parser.add_argument("--full-rounds", type=int, default=3, help="full-run comparison: rounds")
     parser.add_argument(
         "--configs", nargs="*", help="names of configurations to run (default: all for the device)"
     )
@@ -410,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.quick:
-        args.steps, args.rounds, args.episodes, args.epochs = 4, 2, 1, 1
+        args.steps, args.rounds, args.episodes, args.epochs, args.full_rounds = 4, 2, 1, 1, 1
     configs = GPU_CONFIGS if device.startswith("cuda") else CPU_CONFIGS
     if args.configs:
         configs = [c for c in CPU_CONFIGS + GPU_CONFIGS if c["name"] in args.configs]
@@ -426,7 +464,9 @@ def main(argv: list[str] | None = None) -> None:
         if device == "cpu" and not args.no_memory:
             report["peak_rss_mib"] = cpu_peak_rss(config, args.steps)
         if not args.no_full_run and config.get("full_run", True):
-            report["full_run"] = full_run_benchmark(config, device, args.episodes, args.epochs)
+            report["full_run"] = full_run_benchmark(
+                config, device, args.episodes, args.epochs, args.full_rounds
+            )
         print(render(report), flush=True)
         reports.append(report)
     if args.out:

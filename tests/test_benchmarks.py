@@ -20,7 +20,6 @@ def test_step_overhead_quick(tmp_path):
             sys.executable,
             "benchmarks/step_overhead.py",
             "--quick",
-            "--no-full-run",
             "--no-memory",
             "--device",
             "cpu",
@@ -39,6 +38,12 @@ def test_step_overhead_quick(tmp_path):
     for mode in ("| plain |", "| env.step reward=batch |", "| env.step reward=next_batch |"):
         assert mode in text
     report = json.loads(out.with_suffix(".json").read_text().splitlines()[0])
+    full = report["full_run"]  # whole runs: plain, then RL-Tune with each reward
+    assert full["rounds"] == 1 and len(full["plain_runs_s"]) == 1
+    for reward in ("batch", "next_batch"):
+        assert full[f"ratio_{reward}"] == pytest.approx(full[f"rl_tune_{reward}_s"] / full["plain_run_s"])
+        assert 0 < full[f"agent_share_{reward}"] < 1
+    assert "median of 1 rounds in rotated order" in text
     agent = report["agent"]
     assert agent["steps_per_epoch"] > 0
     for variant in ("rl_tune as run", "rl_tune, SB3's per-layer distribution"):
