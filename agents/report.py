@@ -258,6 +258,13 @@ def plot_rates(groups: Sequence[Group], path: str | Path, methods: Sequence[str]
     return Path(path)
 
 
+def agent_share(timing: dict[str, Any]) -> float:
+    """The agent's share (acting + updates) of a run's recorded ``timing``: of its training loop
+    without the final test evaluation, which plain fine-tuning pays alike."""
+    loop = timing["loop_s"] - timing["test_evaluation_s"]
+    return (timing["agent_acting_s"] + timing["agent_updates_s"]) / loop
+
+
 def fmt_pct(value: float | None) -> str:
     return (
         "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"

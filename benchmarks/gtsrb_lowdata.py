@@ -366,33 +366,25 @@ def _agent_share_table(done: dict[str, dict[str, Any]]) -> str:
     shares: dict[tuple[str, float], list[float]] = {}
     for line in done.values():
         timing = line["results"].get("timing")
-        if not timing or line["method"].startswith("knob_"):
-            continue
-        loop = timing["loop_s"] - timing["test_evaluation_s"]
-        share = (timing["agent_acting_s"] + timing["agent_updates_s"]) / loop
-        shares.setdefault((line["method"], line["sampling_rate"]), []).append(share)
-    rates = sorted({rate for _, rate in shares})
-    lines = ["| method | " + " | ".join(f"{r:.0%}" for r in rates) + " |", "|---|" + "---|" * len(rates)]
-    for method in [m for m in MAIN_ORDER if any(k[0] == m for k in shares)]:
-        cells = [shares.get((method, r)) for r in rates]
-        lines.append(
-            f"| {method} | "
-            + " | ".join(f"{100 * sum(c) / len(c):.1f}% ({len(c)})" if c else "" for c in cells)
-            + " |"
-        )
-    return "\n".join(lines)
+        if timing and not line["method"].startswith("knob_"):
+            key = (line["method"], line["sampling_rate"])
+            shares.setdefault(key, []).append(report.agent_share(timing))
+    return _method_rate_table(
+        {key: f"{100 * sum(c) / len(c):.1f}% ({len(c)})" for key, c in shares.items()}
+    )
 
 
 def _wall_table(groups: list[report.Group]) -> str:
-    rates = sorted({g.sampling_rate for g in groups})
+    return _method_rate_table({(g.method, g.sampling_rate): f"{g.wall_time_mean:.0f}" for g in groups})
+
+
+def _method_rate_table(cells: dict[tuple[str, float], str]) -> str:
+    """A markdown table of already formatted cells: one row per method (in MAIN_ORDER), one
+    column per sampling rate present."""
+    rates = sorted({rate for _, rate in cells})
     lines = ["| method | " + " | ".join(f"{r:.0%}" for r in rates) + " |", "|---|" + "---|" * len(rates)]
-    for method in [m for m in MAIN_ORDER if any(g.method == m for g in groups)]:
-        cells = {g.sampling_rate: g for g in groups if g.method == method}
-        lines.append(
-            f"| {method} | "
-            + " | ".join(f"{cells[r].wall_time_mean:.0f}" if r in cells else "" for r in rates)
-            + " |"
-        )
+    for method in [m for m in MAIN_ORDER if any(k[0] == m for k in cells)]:
+        lines.append(f"| {method} | " + " | ".join(cells.get((method, r), "") for r in rates) + " |")
     return "\n".join(lines)
 
 

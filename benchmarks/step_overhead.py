@@ -132,6 +132,13 @@ class PlainLoop:
             self.step()
 
 
+def _rotated(names: list[str], round_index: int) -> list[str]:
+    """``names`` starting one later each round, so that no mode always runs first (after another
+    mode's allocations, or on a CPU that has just warmed up or throttled)."""
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -163,9 +170,7 @@ def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int)
     peaks: dict[str, int] = {}
     names = list(runners)
     for r in range(rounds):
-        # Rotate the order each round so that no mode always runs first (after another mode's
-        # allocations, or on a CPU that has just warmed up or throttled).
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in _rotated(names, r):
             fn = runners[name]
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -331,6 +336,8 @@ def full_run_benchmark(
     ``rounds`` rounds, the order rotated each round, and each reports its median: on a shared
     machine the speed drifts within minutes (one run each once gave 2.1x for what measured 1.2x).
     """
+    from agents.report import agent_share
+
     runs = {
         "plain": lambda: _plain_run(config, device, episodes, epochs),
         "batch": lambda: _rl_tune_run(config, device, "batch", episodes, epochs),
@@ -339,7 +346,7 @@ def full_run_benchmark(
     names = list(runs)
     samples: dict[str, list[tuple[float, Any]]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in _rotated(names, r):
             samples[name].append(runs[name]())
     out: dict[str, Any] = {"epochs": episodes * epochs, "rounds": rounds}
     median = {name: sorted(samples[name], key=lambda pair: pair[0])[(rounds - 1) // 2] for name in names}
@@ -350,11 +357,8 @@ def full_run_benchmark(
         out[f"rl_tune_{reward}_s"] = seconds
         out[f"rl_tune_{reward}_runs_s"] = [t for t, _ in samples[reward]]
         out["steps"] = results["steps"]
-        timing = results["timing"]
-        # Share of the training loop, the final test evaluation (the same for plain fine-tuning) excluded.
-        loop_s = timing["loop_s"] - timing["test_evaluation_s"]
-        out[f"agent_share_{reward}"] = (timing["agent_acting_s"] + timing["agent_updates_s"]) / loop_s
-        out[f"timing_{reward}"] = timing
+        out[f"agent_share_{reward}"] = agent_share(results["timing"])
+        out[f"timing_{reward}"] = results["timing"]
         out[f"ratio_{reward}"] = seconds / out["plain_run_s"]
     return out
 
@@ -401,22 +405,21 @@ def render(report: dict[str, Any]) -> str:
     if full:
         lines += [
             "",
-            f"Full run, {full['epochs']} epochs ({full['steps']} steps), median of {full.get('rounds', 1)} "
+            f"Full run, {full['epochs']} epochs ({full['steps']} steps), median of {full['rounds']} "
             "rounds in rotated order: plain fine-tuning "
             f"{full['plain_run_s']:.1f} s; RL-Tune with reward=batch {full['rl_tune_batch_s']:.1f} s "
             f"(ratio **{full['ratio_batch']:.3f}**), with reward=next_batch {full['rl_tune_next_batch_s']:.1f} s "
             f"(ratio **{full['ratio_next_batch']:.3f}**).",
         ]
-        if "plain_runs_s" in full:
-            each = ", ".join(
-                f"{label} " + " / ".join(f"{t:.1f}" for t in full[key])
-                for label, key in (
-                    ("plain", "plain_runs_s"),
-                    ("batch", "rl_tune_batch_runs_s"),
-                    ("next_batch", "rl_tune_next_batch_runs_s"),
-                )
+        each = ", ".join(
+            f"{label} " + " / ".join(f"{t:.1f}" for t in full[key])
+            for label, key in (
+                ("plain", "plain_runs_s"),
+                ("batch", "rl_tune_batch_runs_s"),
+                ("next_batch", "rl_tune_next_batch_runs_s"),
             )
-            lines.append(f"- every run (s, in round order): {each}.")
+        )
+        lines.append(f"- every run (s, in round order): {each}.")
         for reward in ("batch", "next_batch"):
             t = full[f"timing_{reward}"]
             lines.append(
