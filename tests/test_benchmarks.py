@@ -38,6 +38,9 @@ def test_step_overhead_quick(tmp_path):
     for mode in ("| plain |", "| env.step reward=batch |", "| env.step reward=next_batch |"):
         assert mode in text
     report = json.loads(out.with_suffix(".json").read_text().splitlines()[0])
+    assert "fp32, contiguous" in text  # the CPU defaults, stated in the heading
+    # The data pipeline, timed alone, is a small part of the plain step it belongs to.
+    assert 0 < report["steps"]["data pipeline alone (part of plain)"]["ratio"] < 0.5
     full = report["full_run"]  # whole runs: plain, then RL-Tune with each reward
     assert full["rounds"] == 1 and len(full["plain_runs_s"]) == 1
     for reward in ("batch", "next_batch"):

@@ -56,6 +56,23 @@ def test_observation_is_the_pooled_mean_activation(env):
     np.testing.assert_allclose(obs[4:8], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_means_is_the_mean_over_batch_and_space_in_every_layout(dtype, channels_last):
+    """The CPU path for bf16 and channels-last activations reduces in two steps: same mean, in fp32."""
+    from finetune_gym.observation import channel_means
+
+    x = torch.randn(8, 16, 7, 5, generator=torch.Generator().manual_seed(0)).relu().to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    means = channel_means(x)
+    assert means.dtype == torch.float32 and means.shape == (16,)
+    expected = x.double().mean(dim=(0, 2, 3)).float()
+    torch.testing.assert_close(means, expected, rtol=1e-5, atol=1e-6)  # fp32 accuracy, not bf16's
+    flat = torch.randn(8, 10, dtype=dtype)  # a head's logits: no spatial dimensions
+    torch.testing.assert_close(channel_means(flat), flat.double().mean(0).float(), rtol=1e-5, atol=1e-6)
+
+
 def test_observation_size_does_not_depend_on_the_dataset(tmp_path):
     a = digits_env()
     b = digits_env(dataset_kwargs={"digit_classes": (0, 1, 2)})
