@@ -47,6 +47,9 @@ def test_step_overhead_quick(tmp_path):
         assert full[f"ratio_{reward}"] == pytest.approx(full[f"rl_tune_{reward}_s"] / full["plain_run_s"])
         assert 0 < full[f"agent_share_{reward}"] < 1
     assert "median of 1 rounds in rotated order" in text
+    phases = full["plain_phases"]  # where the plain run's time goes, summing to its wall time
+    assert sum(phases.values()) == pytest.approx(full["plain_run_s"])
+    assert phases["training_s"] > 0 and "- plain (median run): setup" in text
     agent = report["agent"]
     assert agent["steps_per_epoch"] > 0
     for variant in ("rl_tune as run", "rl_tune, SB3's per-layer distribution"):
