@@ -223,7 +223,22 @@ def _peak_rss_child(config: dict[str, Any], device: str, mode: str, steps: int, 
         action = np.full(env.n_layers, 2)
         for _ in range(steps):
             env.step(action)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB on Linux
+    queue.put(peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux's ``VmHWM`` belongs to the process's own address
+    space; ``ru_maxrss`` would not do in a spawned child: Linux carries the parent's peak at fork
+    over the exec, so every mode would read the benchmark process's memory (as the results before
+    this fix did)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB -> MiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS
 
 
 def cpu_peak_rss(config: dict[str, Any], steps: int) -> dict[str, float]:

@@ -59,6 +59,32 @@ def test_step_overhead_quick(tmp_path):
         assert f"- {variant}: acting" in text
 
 
+def _child_peak(queue) -> None:
+    import step_overhead
+
+    queue.put(step_overhead.peak_rss_mib())
+
+
+def test_peak_rss_of_a_spawned_child_is_its_own():
+    """A mode's peak memory is measured in a fresh process: it must not include the parent's."""
+    import multiprocessing
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import step_overhead
+
+    held = bytearray(600 * 2**20)  # the parent holds 600 MiB more than the child ever does
+    held[:: 4096] = b"x" * len(held[:: 4096])  # touch every page so that it is resident
+    parent = step_overhead.peak_rss_mib()
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_child_peak, args=(queue,))
+    child.start()
+    peak = queue.get(timeout=120)
+    child.join()
+    assert parent > 600
+    assert 0 < peak < parent - 400, (peak, parent)
+
+
 def test_gtsrb_benchmark_grid_is_declared():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gtsrb_lowdata as bench
