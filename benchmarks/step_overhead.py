@@ -10,7 +10,7 @@ For each configuration (model, image size, batch size) on the device:
    same number of epochs (with the same setup and final evaluation).
 Timings interleave the modes in rounds, the order rotated each round (so drift and position hit
 all alike), and report the median round.
-Peak memory: CUDA peak allocated per mode; on the CPU, each mode's peak RSS in a fresh process.
+Peak memory: each mode in a fresh process (CUDA peak allocated on a GPU, else peak RSS).
 
     python benchmarks/step_overhead.py                      # CPU configurations (GPU ones if CUDA)
     python benchmarks/step_overhead.py --quick              # fewer steps, for a smoke test
@@ -189,16 +189,10 @@ def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int)
     for fn in runners.values():  # warm-up: allocator, cudnn autotuning, lazy caches
         time_steps(fn, max(3, steps // 5), dev)
     times: dict[str, list[float]] = {name: [] for name in runners}
-    peaks: dict[str, int] = {}
     names = list(runners)
     for r in range(rounds):
         for name in _rotated(names, r):
-            fn = runners[name]
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-            times[name].append(time_steps(fn, steps, dev))
-            if dev.type == "cuda":
-                peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated(dev))
+            times[name].append(time_steps(runners[name], steps, dev))
     batch = config["batch_size"]
     rows = {}
     for name, samples in times.items():
@@ -207,23 +201,34 @@ def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int)
     floor = rows["plain"]["s_per_step"]
     for row in rows.values():
         row["ratio"] = row["s_per_step"] / floor
-    for name, peak in peaks.items():
-        rows[name]["peak_gpu_mib"] = peak / 2**20
     return rows
 
 
-def _peak_rss_child(config: dict[str, Any], device: str, mode: str, steps: int, queue) -> None:
+def _model_mib(model: torch.nn.Module) -> float:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) / 2**20
+
+
+def _peak_child(config: dict[str, Any], device: str, mode: str, steps: int, queue) -> None:
+    """One mode's peak memory, in a fresh process: CUDA's peak allocated on a GPU, else peak RSS.
+
+    The plain loop borrows the environment's data cache and augmentation but trains its own copy
+    of the network: the environment's two model copies (target and source), resident all along,
+    are subtracted from its peak."""
     env = FineTuneEnv(**env_kwargs(config, device, "next_batch" if mode.endswith("next_batch") else "batch"))
+    unused = 0.0
     if mode == "plain":
         loop = PlainLoop(env)
-        for _ in range(steps):
-            loop.step()
+        unused = _model_mib(env.model) + _model_mib(env.source_model)
+        step = loop.step
     else:
         env.reset(seed=0)
         action = np.full(env.n_layers, 2)
-        for _ in range(steps):
-            env.step(action)
-    queue.put(peak_rss_mib())
+        step = lambda: env.step(action)  # noqa: E731
+    for _ in range(steps):
+        step()
+    _sync(env.device)
+    peak = torch.cuda.max_memory_allocated(env.device) / 2**20 if env.device.type == "cuda" else peak_rss_mib()
+    queue.put({"peak_mib": peak - unused, "subtracted_mib": unused})
 
 
 def peak_rss_mib() -> float:
@@ -241,16 +246,21 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS
 
 
-def cpu_peak_rss(config: dict[str, Any], steps: int) -> dict[str, float]:
-    """Peak RSS of each mode, each in its own process (a process's peak RSS never goes down)."""
+def peak_memory(config: dict[str, Any], device: str, steps: int) -> dict[str, dict[str, float]]:
+    """Each mode's peak memory, each in its own process: a process's peak never goes down, and in
+    one process the modes' models, caches and optimizers would all count towards every peak."""
     context = multiprocessing.get_context("spawn")
     out = {}
     for mode in ("plain", "env.step reward=batch", "env.step reward=next_batch"):
         queue = context.Queue()
-        child = context.Process(target=_peak_rss_child, args=(config, "cpu", mode, steps, queue))
+        child = context.Process(target=_peak_child, args=(config, device, mode, steps, queue))
         child.start()
-        out[mode] = queue.get()
-        child.join()
+        try:
+            out[mode] = queue.get(timeout=1800)
+        finally:
+            child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"the peak-memory process for {mode!r} exited with code {child.exitcode}")
     return out
 
 
@@ -436,11 +446,26 @@ def render(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for name, row in report["steps"].items():
-        memory = row.get("peak_gpu_mib", report.get("peak_rss_mib", {}).get(name))
+        memory = report.get("peak_memory", {}).get(name, {}).get("peak_mib")
         lines.append(
             f"| {name} | {row['images_per_s']:.0f} | {1000 * row['s_per_step']:.1f} | {row['ratio']:.3f} | "
             f"{'' if memory is None else f'{memory:.0f}'} |"
         )
+    memory = report.get("peak_memory")
+    if memory:
+        kind = "CUDA peak allocated" if report["device"].startswith("cuda") else "peak RSS (VmHWM)"
+        lines += [
+            "",
+            f"Peak memory: {kind}, each mode in a fresh process; the plain loop's excludes the "
+            f"environment's two model copies it does not use ({memory['plain']['subtracted_mib']:.0f} MiB). "
+            "Ratio to plain: "
+            + ", ".join(
+                f"{name} {row['peak_mib'] / memory['plain']['peak_mib']:.3f}"
+                for name, row in memory.items()
+                if name != "plain"
+            )
+            + ".",
+        ]
     agent = report.get("agent")
     if agent:
         step_ms = 1000 * report["steps"]["env.step reward=next_batch"]["s_per_step"]
@@ -507,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="few steps and rounds (smoke test)")
     parser.add_argument("--no-full-run", action="store_true")
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-mode peak RSS processes (CPU)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-mode peak memory processes")
     parser.add_argument("--out", type=Path, help="append the markdown report here; JSON beside it")
     args = parser.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -525,8 +550,8 @@ def main(argv: list[str] | None = None) -> None:
             "steps": step_benchmark(config, device, args.steps, args.rounds),
         }
         report["agent"] = agent_benchmark(config, device, epochs=3, rounds=args.rounds)
-        if device == "cpu" and not args.no_memory:
-            report["peak_rss_mib"] = cpu_peak_rss(config, args.steps)
+        if not args.no_memory:
+            report["peak_memory"] = peak_memory(config, device, min(args.steps, 10))
         if not args.no_full_run and config.get("full_run", True):
             report["full_run"] = full_run_benchmark(
                 config, device, args.episodes, args.epochs, args.full_rounds

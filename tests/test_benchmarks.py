@@ -20,7 +20,6 @@ def test_step_overhead_quick(tmp_path):
             sys.executable,
             "benchmarks/step_overhead.py",
             "--quick",
-            "--no-memory",
             "--device",
             "cpu",
             "--configs",
@@ -39,6 +38,10 @@ def test_step_overhead_quick(tmp_path):
         assert mode in text
     report = json.loads(out.with_suffix(".json").read_text().splitlines()[0])
     assert "fp32, contiguous" in text  # the CPU defaults, stated in the heading
+    memory = report["peak_memory"]  # each mode's peak RSS, each in its own process
+    assert set(memory) == {"plain", "env.step reward=batch", "env.step reward=next_batch"}
+    assert all(row["peak_mib"] > 100 for row in memory.values())  # torch alone takes more
+    assert memory["plain"]["subtracted_mib"] > 0 and "Peak memory: peak RSS (VmHWM)" in text
     # The data pipeline, timed alone, is a small part of the plain step it belongs to.
     assert 0 < report["steps"]["data pipeline alone (part of plain)"]["ratio"] < 0.5
     full = report["full_run"]  # whole runs: plain, then RL-Tune with each reward
