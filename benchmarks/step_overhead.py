@@ -85,22 +85,32 @@ def env_kwargs(config: dict[str, Any], device: str, reward: str, epochs: int = 1
     if (SHARED / "gtsrb").is_dir():
         kwargs.update(dataset="gtsrb", data_root=str(SHARED), dataset_kwargs={"one_frame_per_track": True})
     else:  # synthetic stand-in with the same shapes
-        kwargs.update(dataset="imagefolder", data_root=_synthetic_folder())
+        kwargs.update(dataset="imagefolder", data_root=_synthetic_folder(config["batch_size"]))
     return kwargs
 
 
-def _synthetic_folder() -> str:
+_SYNTHETIC: dict[int, str] = {}
+
+
+def _synthetic_folder(batch_size: int) -> str:
+    """Random 32x32 images in 10 classes, written once per process and size: enough training
+    images for 40 batches an epoch (so a full run's epochs are not a handful of steps) and a test
+    split a quarter as large."""
+    per_class = max(40, 40 * batch_size // 9)  # 10% goes to validation
+    if per_class in _SYNTHETIC:
+        return _SYNTHETIC[per_class]
     from PIL import Image
 
     root = Path(tempfile.mkdtemp(prefix="finetune_gym_bench_"))
     rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("test", 10)):
+    for split, n in (("train", per_class), ("test", per_class // 4)):
         for c in range(10):
             (root / split / str(c)).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
                     root / split / str(c) / f"{i}.png"
                 )
+    _SYNTHETIC[per_class] = str(root)
     return str(root)
 
 
@@ -541,7 +551,6 @@ def main(argv: list[str] | None = None) -> None:
     configs = GPU_CONFIGS if device.startswith("cuda") else CPU_CONFIGS
     if args.configs:
         configs = [c for c in CPU_CONFIGS + GPU_CONFIGS if c["name"] in args.configs]
-    reports = []
     for config in configs:
         report = {
             "config": config,
@@ -557,14 +566,12 @@ def main(argv: list[str] | None = None) -> None:
                 config, device, args.episodes, args.epochs, args.full_rounds
             )
         print(render(report), flush=True)
-        reports.append(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as handle:
-            handle.write("".join(render(r) + "\n" for r in reports))
-        with open(args.out.with_suffix(".json"), "a") as handle:
-            for r in reports:
-                handle.write(json.dumps(r) + "\n")
+        if args.out:  # each configuration as it completes: a run cut short keeps the finished ones
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "a") as handle:
+                handle.write(render(report) + "\n")
+            with open(args.out.with_suffix(".json"), "a") as handle:
+                handle.write(json.dumps(report) + "\n")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,22 @@ def test_peak_rss_of_a_spawned_child_is_its_own():
     assert 0 < peak < parent - 400, (peak, parent)
 
 
+def test_synthetic_stand_in_gives_full_epochs(monkeypatch, tmp_path):
+    """Without ../shared (the GPU machine) the benchmark writes random images: enough of them that
+    an epoch is 40 batches at the configuration's batch size, written once per process."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import step_overhead
+
+    from finetune_gym import FineTuneEnv
+
+    monkeypatch.setattr(step_overhead, "SHARED", tmp_path / "absent")
+    config = {"name": "t", "model": "cifar_resnet20", "image_size": 32, "batch_size": 48}
+    kwargs = step_overhead.env_kwargs(config, "cpu", "next_batch")
+    assert kwargs["dataset"] == "imagefolder"
+    assert step_overhead.env_kwargs(config, "cpu", "batch")["data_root"] == kwargs["data_root"]
+    assert FineTuneEnv(**kwargs).steps_per_epoch >= 40
+
+
 def test_gtsrb_benchmark_grid_is_declared():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gtsrb_lowdata as bench
