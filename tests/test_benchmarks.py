@@ -49,6 +49,11 @@ def test_step_overhead_quick(tmp_path):
     for reward in ("batch", "next_batch"):
         assert full[f"ratio_{reward}"] == pytest.approx(full[f"rl_tune_{reward}_s"] / full["plain_run_s"])
         assert 0 < full[f"agent_share_{reward}"] < 1
+        test_s = full[f"timing_{reward}"]["test_evaluation_s"]
+        assert full[f"rl_tune_{reward}_without_test_s"] == pytest.approx(full[f"rl_tune_{reward}_s"] - test_s)
+        assert full[f"ratio_without_test_{reward}"] == pytest.approx(
+            full[f"rl_tune_{reward}_without_test_s"] / full["plain_without_test_s"]
+        )
     assert "median of 1 rounds in rotated order" in text
     phases = full["plain_phases"]  # where the plain run's time goes, summing to its wall time
     assert sum(phases.values()) == pytest.approx(full["plain_run_s"])
