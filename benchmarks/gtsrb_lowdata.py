@@ -311,9 +311,7 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "## Wall time per cell (s, mean over seeds)",
         "",
         _wall_table(
-            report.aggregate(
-                [_loop_time_row(line) for line in done.values() if _time_covers_run(line)]
-            )
+            report.aggregate([_loop_time_row(line) for line in done.values() if _time_covers_run(line)])
         ),
         "",
         "Each cell's training-loop time (`timing.loop_s`: fine-tuning steps, the agent, checkpoints,",
@@ -369,9 +367,7 @@ def _agent_share_table(done: dict[str, dict[str, Any]]) -> str:
         if timing and not line["method"].startswith("knob_"):
             key = (line["method"], line["sampling_rate"])
             shares.setdefault(key, []).append(report.agent_share(timing))
-    return _method_rate_table(
-        {key: f"{100 * sum(c) / len(c):.1f}% ({len(c)})" for key, c in shares.items()}
-    )
+    return _method_rate_table({key: f"{100 * sum(c) / len(c):.1f}% ({len(c)})" for key, c in shares.items()})
 
 
 def _wall_table(groups: list[report.Group]) -> str:

@@ -237,7 +237,9 @@ def _peak_child(config: dict[str, Any], device: str, mode: str, steps: int, queu
     for _ in range(steps):
         step()
     _sync(env.device)
-    peak = torch.cuda.max_memory_allocated(env.device) / 2**20 if env.device.type == "cuda" else peak_rss_mib()
+    peak = (
+        torch.cuda.max_memory_allocated(env.device) / 2**20 if env.device.type == "cuda" else peak_rss_mib()
+    )
     queue.put({"peak_mib": peak - unused, "subtracted_mib": unused})
 
 
@@ -385,7 +387,13 @@ def _plain_run(config: dict[str, Any], device: str, episodes: int, epochs: int):
     marks.append(time.perf_counter())
     env.evaluate("test")
     marks.append(time.perf_counter())
-    phases = dict(zip(("setup_s", "training_s", "validation_s", "test_evaluation_s"), np.diff(marks).tolist()))
+    phases = dict(
+        zip(
+            ("setup_s", "training_s", "validation_s", "test_evaluation_s"),
+            np.diff(marks).tolist(),
+            strict=True,
+        )
+    )
     return marks[-1] - marks[0], phases
 
 

@@ -81,7 +81,7 @@ def test_peak_rss_of_a_spawned_child_is_its_own():
     import step_overhead
 
     held = bytearray(600 * 2**20)  # the parent holds 600 MiB more than the child ever does
-    held[:: 4096] = b"x" * len(held[:: 4096])  # touch every page so that it is resident
+    held[::4096] = b"x" * len(held[::4096])  # touch every page so that it is resident
     parent = step_overhead.peak_rss_mib()
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -129,6 +129,7 @@ def test_gtsrb_benchmark_grid_is_declared():
     assert plain.ema is None and plain.episodes == 1 and plain.agent_kwargs == {"lr": 3e-4}
     # Result lines record the commit they ran from.
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", bench.code_version())
+
     # The wall-time table leaves out cells whose time covers only part of the run.
     def line(**timing):
         return {"results": {"timing": timing}}

@@ -173,7 +173,9 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, package_ca
     assert ra["steps"] == rb["steps"] == 3 * 4 * 17
     assert ra["final_test_accuracy"] == rb["final_test_accuracy"]
     timing = rb["timing"]
-    assert timing["resumed"] and timing["whole_run"] and timing["loop_s"] > 3000 and timing["env_steps_s"] > 1000
+    assert (
+        timing["resumed"] and timing["whole_run"] and timing["loop_s"] > 3000 and timing["env_steps_s"] > 1000
+    )
     assert timing["agent_updates_s"] > 1000 and timing["checkpoints_s"] > 1000
     assert 0 < timing["agent_acting_s"] < timing["loop_s"] - 3000  # the marks cancel out
     np.testing.assert_array_equal(
