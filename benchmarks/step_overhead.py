@@ -85,7 +85,10 @@ def env_kwargs(config: dict[str, Any], device: str, reward: str, epochs: int = 1
     if (SHARED / "gtsrb").is_dir():
         kwargs.update(dataset="gtsrb", data_root=str(SHARED), dataset_kwargs={"one_frame_per_track": True})
     else:  # synthetic stand-in with the same shapes
-        kwargs.update(dataset="imagefolder", data_root=_synthetic_folder(config["batch_size"]))
+        # dataset_kwargs replaces the registered GTSRB options in the full run's environment.
+        kwargs.update(
+            dataset="imagefolder", data_root=_synthetic_folder(config["batch_size"]), dataset_kwargs={}
+        )
     return kwargs
 
 

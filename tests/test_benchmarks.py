@@ -107,6 +107,15 @@ def test_synthetic_stand_in_gives_full_epochs(monkeypatch, tmp_path):
     assert kwargs["dataset"] == "imagefolder"
     assert step_overhead.env_kwargs(config, "cpu", "batch")["data_root"] == kwargs["data_root"]
     assert FineTuneEnv(**kwargs).steps_per_epoch >= 40
+    # The full run builds its environment from the registered id, whose GTSRB options must not leak.
+    from agents.run import RunConfig, build_env
+
+    kwargs.pop("epochs_per_episode")
+    kwargs.pop("seed")
+    run = RunConfig(env_id="FineTune-CIFARResNet-v0", algo="rl_tune", episodes=1, env_kwargs=kwargs)
+    venv, recorder = build_env(run)
+    assert recorder.unwrapped.steps_per_epoch >= 40
+    venv.close()
 
 
 def test_gtsrb_benchmark_grid_is_declared():
