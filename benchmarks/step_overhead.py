@@ -516,8 +516,8 @@ def render(report: dict[str, Any]) -> str:
     if full:
         lines += [
             "",
-            f"Full run, {full['epochs']} epochs ({full['steps']} steps), median of {full['rounds']} "
-            "rounds in rotated order: plain fine-tuning "
+            f"Full run, {full['epochs']} epoch{'s' * (full['epochs'] != 1)} ({full['steps']} steps), "
+            f"median of {full['rounds']} round{'s' * (full['rounds'] != 1)} in rotated order: plain fine-tuning "
             f"{full['plain_run_s']:.1f} s; RL-Tune with reward=batch {full['rl_tune_batch_s']:.1f} s "
             f"(ratio **{full['ratio_batch']:.3f}**), with reward=next_batch {full['rl_tune_next_batch_s']:.1f} s "
             f"(ratio **{full['ratio_next_batch']:.3f}**).",

@@ -54,7 +54,7 @@ def test_step_overhead_quick(tmp_path):
         assert full[f"ratio_without_test_{reward}"] == pytest.approx(
             full[f"rl_tune_{reward}_without_test_s"] / full["plain_without_test_s"]
         )
-    assert "median of 1 rounds in rotated order" in text
+    assert "Full run, 1 epoch (" in text and "median of 1 round in rotated order" in text
     phases = full["plain_phases"]  # where the plain run's time goes, summing to its wall time
     assert sum(phases.values()) == pytest.approx(full["plain_run_s"])
     assert phases["training_s"] > 0 and "- plain (median run): setup" in text
