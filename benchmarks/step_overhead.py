@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from finetune_gym import FineTuneEnv  # noqa: E402
-from finetune_gym.device import autocast, resolve_precision  # noqa: E402
+from finetune_gym.device import autocast, resolve_channels_last, resolve_precision  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DATA = "data pipeline alone (part of plain)"
@@ -461,9 +461,7 @@ def settings(config: dict[str, Any], device: str) -> str:
     """The precision and memory format the configuration runs in (the environment's defaults
     for the device unless the configuration sets them)."""
     dtype = resolve_precision(config.get("precision", "auto"), torch.device(device))
-    channels_last = config.get("channels_last")
-    if channels_last is None:
-        channels_last = device.startswith("cuda")
+    channels_last = resolve_channels_last(config.get("channels_last"), torch.device(device))
     return f"{'bf16 autocast' if dtype else 'fp32'}, {'channels-last' if channels_last else 'contiguous'}"
 
 

@@ -40,7 +40,7 @@ from torch import nn
 from .actions import LR_SCALES, LearningRateMap
 from .augment import BatchAugment, resolve_augment
 from .datasets import load_dataset, sample_per_class, split_validation
-from .device import autocast, place_cache, resolve_device, resolve_precision
+from .device import autocast, place_cache, resolve_channels_last, resolve_device, resolve_precision
 from .models import build_backbone
 from .observation import OBS_LIMIT, ActivationPooler
 
@@ -163,7 +163,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.adam_kwargs = dict(adam_kwargs or {})
         self.device = resolve_device(device)
         self.amp_dtype = resolve_precision(precision, self.device)
-        self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
+        self.channels_last = resolve_channels_last(channels_last, self.device)
 
         # Data: list, sample, split, decode what is used.
         self.dataset = load_dataset(dataset, data_root, download, **(dataset_kwargs or {}))

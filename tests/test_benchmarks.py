@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark scripts, imported as modules
 
 
 def test_step_overhead_quick(tmp_path):
@@ -77,7 +78,6 @@ def test_peak_rss_of_a_spawned_child_is_its_own():
     """A mode's peak memory is measured in a fresh process: it must not include the parent's."""
     import multiprocessing
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import step_overhead
 
     held = bytearray(600 * 2**20)  # the parent holds 600 MiB more than the child ever does
@@ -96,7 +96,6 @@ def test_peak_rss_of_a_spawned_child_is_its_own():
 def test_synthetic_stand_in_gives_full_epochs(monkeypatch, tmp_path):
     """Without ../shared (the GPU machine) the benchmark writes random images: enough of them that
     an epoch is 40 batches at the configuration's batch size, written once per process."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import step_overhead
 
     from finetune_gym import FineTuneEnv
@@ -119,7 +118,6 @@ def test_synthetic_stand_in_gives_full_epochs(monkeypatch, tmp_path):
 
 
 def test_gtsrb_benchmark_grid_is_declared():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import gtsrb_lowdata as bench
 
     cells = bench.all_cells()
