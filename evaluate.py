@@ -23,7 +23,10 @@ import sys
 from pathlib import Path
 
 from agents import report
-from agents.run import CONFIG, RESULTS, RunConfig, RunDirectoryError, load_final_model, run_training
+from agents.config import RunConfig
+from agents.outputs import load_final_model
+from agents.run import run_training
+from agents.rundir import CONFIG, FINAL_MODEL, RESULTS, RunDirectoryError
 from finetune_gym.cli import parse_kwargs
 
 TOLERANCE = 1e-6
@@ -36,7 +39,7 @@ def recompute(run_dirs: list[Path], device: str) -> int:
     print("|---|---|---|---|---|---|")
     for run_dir in run_dirs:
         results = json.loads((run_dir / RESULTS).read_text())
-        env, _ = load_final_model(run_dir / "final_model.pt", device=device)
+        env, _ = load_final_model(run_dir / FINAL_MODEL, device=device)
         test = env.evaluate("test")
         val = env.evaluate("val") if len(env.val_indices) else None
         stored_test, stored_val = results["final_test_accuracy"], results["final_val_accuracy"]

@@ -18,28 +18,37 @@ import sys
 from pathlib import Path
 
 from agents import AGENT_NAMES
-from agents.run import RunConfig, RunDirectoryError, run_training
+from agents.config import WANDB_MODES, RunConfig
+from agents.run import run_training
+from agents.rundir import RunDirectoryError
 from finetune_gym import ENV_IDS
 from finetune_gym.cli import parse_kwargs
+from finetune_gym.env import REWARDS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    defaults = RunConfig()
     env = parser.add_argument_group("environment")
-    env.add_argument("--env", default="FineTune-Digits-v0", choices=ENV_IDS, help="registered environment id")
+    env.add_argument("--env", default=defaults.env_id, choices=ENV_IDS, help="registered environment id")
     env.add_argument("--dataset", help="dataset name (default: the environment's)")
     env.add_argument("--data-root", help="folder holding (or receiving) the dataset")
     env.add_argument("--sampling-rate", type=float, help="fraction of the training set kept, in (0, 1]")
     env.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the environment's)")
-    env.add_argument("--reward", choices=["batch", "next_batch"], help="reward (default: the environment's)")
-    env.add_argument("--episodes", type=int, default=5, help="episodes (default 5)")
-    env.add_argument("--epochs-per-episode", type=int, default=10, help="epochs per episode (default 10)")
+    env.add_argument("--reward", choices=REWARDS, help="reward (default: the environment's)")
+    env.add_argument("--episodes", type=int, default=defaults.episodes, help="episodes (default %(default)s)")
+    env.add_argument(
+        "--epochs-per-episode",
+        type=int,
+        default=defaults.epochs_per_episode,
+        help="epochs per episode (default %(default)s)",
+    )
     env.add_argument(
         "--ema",
-        default="0.2",
-        help="EMA weight of the fine-tuned target between episodes, or 'none' (default 0.2)",
+        default=str(defaults.ema),
+        help="EMA weight of the fine-tuned target between episodes, or 'none' (default %(default)s)",
     )
     env.add_argument(
         "--env-kwargs",
@@ -49,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="any other environment argument, e.g. weights=path.th lr_scale=log batch_size=64",
     )
     agent = parser.add_argument_group("agent")
-    agent.add_argument("--algo", default="rl_tune", help=f"one of {', '.join(AGENT_NAMES)} (default rl_tune)")
+    agent.add_argument(
+        "--algo", default=defaults.algo, help=f"one of {', '.join(AGENT_NAMES)} (default %(default)s)"
+    )
     agent.add_argument(
         "--agent-kwargs",
         nargs="*",
@@ -58,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="agent hyperparameters overriding agents/hyperparams.py, e.g. lr=3e-4 ent_coef=0.0",
     )
     agent.add_argument(
-        "--seed", type=int, default=0, help="seed of data sample, split, head, agent (default 0)"
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seed of data sample, split, head, agent (default %(default)s)",
     )
     run = parser.add_argument_group("run")
     run.add_argument("--run-dir", help="output folder (default runs/<env>-<algo>-s<seed>)")
@@ -69,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     wandb = parser.add_argument_group("Weights & Biases")
-    wandb.add_argument("--wandb", choices=["disabled", "offline", "online"], default="disabled")
-    wandb.add_argument("--wandb-project", default="finetune-gym")
+    wandb.add_argument("--wandb", choices=WANDB_MODES, default=defaults.wandb_mode)
+    wandb.add_argument("--wandb-project", default=defaults.wandb_project)
     wandb.add_argument("--wandb-entity")
     wandb.add_argument("--wandb-group", help="default: <env>/<dataset>/r<rate>/<algo>")
     wandb.add_argument("--wandb-tags", nargs="*", default=[])

@@ -27,10 +27,9 @@ class RunRecorder(gym.Wrapper):
     at the end of each epoch, ``("episode", ...)`` at the end of each episode.
     """
 
-    def __init__(self, env: gym.Env, final_episode: int, evaluate_test: bool = True) -> None:
+    def __init__(self, env: gym.Env, final_episode: int) -> None:
         super().__init__(env)
         self.final_episode = int(final_episode)
-        self.evaluate_test = evaluate_test
         self.listeners: list[Listener] = []
         self.episode = 0
         self.global_step = 0
@@ -117,7 +116,7 @@ class RunRecorder(gym.Wrapper):
                 self.final = {
                     "state_dict": base.fine_tuned_state_dict(),
                     "val_accuracy": info.get("val_accuracy"),
-                    "test_accuracy": self._timed_test(base) if self.evaluate_test else None,
+                    "test_accuracy": self._timed_test(base),
                     "episode": self.episode,
                     "step": self.global_step,
                 }
@@ -181,4 +180,4 @@ class RunRecorder(gym.Wrapper):
         self.step_log = {k: list(v) for k, v in state["step_log"].items()}
         self.epochs, self.episodes = list(state["epochs"]), list(state["episodes"])
         self._episode_rewards, self.final = list(state["episode_rewards"]), state["final"]
-        self.env_seconds = state.get("env_seconds", 0.0)  # absent from checkpoints of older code
+        self.env_seconds = state["env_seconds"]

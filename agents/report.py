@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = "results.json"
+from .rundir import RESULTS
 
 
 @dataclass(frozen=True)

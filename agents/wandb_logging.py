@@ -1,5 +1,8 @@
 """Weights & Biases logging of a run: config, per-step, per-epoch and per-episode metrics,
-the agent's training statistics, the learning-rate heatmap, and the results as an artifact."""
+the agent's training statistics, the learning-rate heatmap, and the results as an artifact.
+
+Imported only when a run logs to W&B (``wandb`` is slow to import).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ import numpy as np
 import wandb
 from stable_baselines3.common.logger import KVWriter
 
-WANDB_MODES = ("disabled", "offline", "online")
+from finetune_gym import FineTuneEnv
+
+from .config import RunConfig
+from .outputs import jsonable
 
 
 class WandbKVWriter(KVWriter):
@@ -50,8 +56,6 @@ class WandbRun:
         name: str,
         layer_names: list[str],
     ) -> None:
-        if mode not in WANDB_MODES:
-            raise ValueError(f"unknown W&B mode {mode!r}: choose one of {', '.join(WANDB_MODES)}")
         id_file = run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
@@ -118,3 +122,22 @@ class WandbRun:
     def abort(self) -> None:
         if wandb.run is not None:
             wandb.finish(exit_code=1)
+
+
+def start_wandb(config: RunConfig, run_dir: Path, base: FineTuneEnv) -> WandbRun:
+    """The W&B run of a training run, grouped ``<env>/<dataset>/r<rate>/<algo>`` unless the
+    configuration names a group, so that seeds of one setting compare side by side."""
+    dataset = base.config.get("dataset")
+    rate = base.config.get("sampling_rate")
+    group = config.wandb_group or f"{config.env_id}/{dataset}/r{rate}/{config.algo}"
+    return WandbRun(
+        config.wandb_mode,
+        run_dir,
+        {**config.to_json(), "env_config": jsonable(base.config)},
+        project=config.wandb_project,
+        entity=config.wandb_entity,
+        group=group,
+        tags=list(config.wandb_tags) + [config.env_id, str(dataset), config.algo],
+        name=f"{config.algo}-{dataset}-r{rate}-s{config.seed}",
+        layer_names=list(base.layer_names),
+    )

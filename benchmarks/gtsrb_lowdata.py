@@ -149,7 +149,7 @@ def best_uniform_lr(done: dict[str, dict[str, Any]], rate: float) -> float | Non
 
 
 def run_config(method: str, rate: float, seed: int, done: dict[str, dict[str, Any]]):
-    from agents.run import RunConfig
+    from agents.config import RunConfig
 
     spec = METHODS[method]
     agent = dict(spec.agent)
@@ -176,7 +176,8 @@ def _init_worker(threads: int) -> None:
 
 def run_cell(method: str, rate: float, seed: int, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Run (or resume) one cell in this process; returns its results line."""
-    from agents.run import CHECKPOINT, RESULTS, run_training
+    from agents.run import run_training
+    from agents.rundir import CHECKPOINT, RESULTS
 
     run_dir = RUNS_DIR / cell_id(method, rate, seed)
     if (run_dir / RESULTS).is_file():
@@ -315,14 +316,12 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         ),
         "",
         "Each cell's training-loop time (`timing.loop_s`: fine-tuning steps, the agent, checkpoints,",
-        "validation and the final test evaluation) where the cell recorded it (cells run from",
-        "2026-11-26 08:42 on), else its whole-run wall time (earlier cells; it adds building the",
-        "environment and writing outputs, 0.4-11 s on the cells that record both). Not `wall_time_s`",
-        "of later cells: for baselines it counted only from the last checkpoint (a bug fixed in",
-        "agents/run.py after those cells ran). Cells ran two at a time on 2 cores, sometimes beside",
-        "other work on the machine: compare them loosely. Cells whose time is partial (the benchmark",
-        "was paused while they ran, or they resumed from a checkpoint under code that timed only the",
-        "last process) are left out; their accuracies stand.",
+        "validation and the final test evaluation) where the cell recorded it, else its whole-run wall",
+        "time (`wall_time_s`; it adds building the environment and writing outputs, 0.4-11 s on the cells",
+        "that record both). `wall_time_s` is not used where `loop_s` exists: some cells' `wall_time_s`",
+        "covers only the time since their last checkpoint. Cells ran two at a time on 2 cores, sometimes",
+        "beside other work on the machine: compare them loosely. Cells whose time is partial are left",
+        "out (the results file gives each one's reason in `wall_time_invalid`); their accuracies stand.",
         "",
         "## The agent's share of the training loop (%, mean over cells (n))",
         "",
@@ -342,10 +341,8 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
 
 
 def _time_covers_run(line: dict[str, Any]) -> bool:
-    """False for cells whose time is known to be partial: paused while running, or resumed by
-    code that timed only the last process (before ``timing.whole_run`` was recorded)."""
-    timing = line["results"].get("timing", {})
-    return not line.get("wall_time_invalid") and (not timing.get("resumed") or timing.get("whole_run", False))
+    """False for cells whose time is known to be partial (the results line says why)."""
+    return "wall_time_invalid" not in line
 
 
 def _loop_time_row(line: dict[str, Any]) -> report.Row:

@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from finetune_gym import FineTuneEnv  # noqa: E402
-from finetune_gym.device import autocast, resolve_channels_last, resolve_precision  # noqa: E402
+from finetune_gym.device import resolve_channels_last, resolve_precision  # noqa: E402
+from finetune_gym.plain import PlainFineTuning  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DATA = "data pipeline alone (part of plain)"
@@ -117,54 +117,6 @@ def _synthetic_folder(batch_size: int) -> str:
     return str(root)
 
 
-class PlainLoop:
-    """Plain fine-tuning on the environment's own cache and augmentation, without the environment:
-    a fresh copy of the network (no hooks), one Adam param group per layer."""
-
-    def __init__(self, env: FineTuneEnv) -> None:
-        import copy
-
-        self.env = env
-        self.model = copy.deepcopy(env.source_model).train().requires_grad_(True)
-        names = dict(env.model.named_parameters())
-        own = dict(self.model.named_parameters())
-        index = {id(p): n for n, p in names.items()}
-        groups = [
-            {"params": [own[index[id(p)]] for p in layer.parameters], "lr": 1e-3} for layer in env.layers
-        ]
-        self.optimizer = torch.optim.Adam(groups, **({"fused": True} if env.device.type == "cuda" else {}))
-        self.generator = torch.Generator(device=env.device).manual_seed(0)
-        self.order = torch.Generator().manual_seed(0)
-        self.batches: list[torch.Tensor] = []
-
-    def data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The data pipeline alone: the next batch's indices, its images from the uint8 cache (to
-        the device if the cache is not there), augmented on the device."""
-        env = self.env
-        if not self.batches:
-            order = torch.randperm(len(env.train_indices), generator=self.order)
-            self.batches = list(order.split(env.batch_size))
-        batch = self.batches.pop().to(env._train_x.device)
-        images = env._train_x[batch].to(env.device, non_blocking=True)
-        inputs = env.augmenter.train(images, self.generator)
-        return inputs, env._train_y[batch.to(env._train_y.device)]
-
-    def step(self) -> None:
-        env = self.env
-        inputs, labels = self.data()
-        with autocast(env.device, env.amp_dtype):
-            logits = self.model(inputs)
-        loss = F.cross_entropy(logits.float(), labels)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def epoch(self) -> None:
-        self.batches = []
-        for _ in range(self.env.steps_per_epoch):
-            self.step()
-
-
 def _rotated(names: list[str], round_index: int) -> list[str]:
     """``names`` starting one later each round, so that no mode always runs first (after another
     mode's allocations, or on a CPU that has just warmed up or throttled)."""
@@ -189,7 +141,7 @@ def time_steps(fn, steps: int, device: torch.device) -> float:
 def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int) -> dict[str, Any]:
     envs = {reward: FineTuneEnv(**env_kwargs(config, device, reward)) for reward in ("batch", "next_batch")}
     dev = envs["batch"].device
-    plain = PlainLoop(envs["batch"])
+    plain = PlainFineTuning(envs["batch"])
     action = np.full(envs["batch"].n_layers, 2)
     for env in envs.values():
         env.reset(seed=0)
@@ -230,7 +182,7 @@ def _peak_child(config: dict[str, Any], device: str, mode: str, steps: int, queu
     env = FineTuneEnv(**env_kwargs(config, device, "next_batch" if mode.endswith("next_batch") else "batch"))
     unused = 0.0
     if mode == "plain":
-        loop = PlainLoop(env)
+        loop = PlainFineTuning(env)
         unused = _model_mib(env.model) + _model_mib(env.source_model)
         step = loop.step
     else:
@@ -308,8 +260,8 @@ def agent_benchmark(config: dict[str, Any], device: str, epochs: int, rounds: in
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from agents.registry import make_agent
-    from agents.run import AgentUpdates, Timer
     from agents.threads import AGENT_THREADS, torch_threads
+    from agents.timing import AgentUpdates, Timer
 
     env = FineTuneEnv(**env_kwargs(config, device, "next_batch"))
     all_threads = torch.get_num_threads()
@@ -352,7 +304,8 @@ def agent_benchmark(config: dict[str, Any], device: str, epochs: int, rounds: in
 
 def _rl_tune_run(config: dict[str, Any], device: str, reward: str, episodes: int, epochs: int):
     """One whole RL-Tune run: its wall time and the run's own timing breakdown."""
-    from agents.run import RunConfig, run_training
+    from agents.config import RunConfig
+    from agents.run import run_training
 
     with tempfile.TemporaryDirectory() as tmp:
         kwargs = env_kwargs(config, device, reward, epochs)
@@ -379,7 +332,7 @@ def _plain_run(config: dict[str, Any], device: str, episodes: int, epochs: int):
     and the model; training; validation; test evaluation, which decodes the test set first)."""
     marks = [time.perf_counter()]
     env = FineTuneEnv(**env_kwargs(config, device, "batch", epochs))
-    loop = PlainLoop(env)
+    loop = PlainFineTuning(env)
     marks.append(time.perf_counter())
     for _ in range(episodes * epochs):
         loop.epoch()

@@ -3,6 +3,7 @@
 Importing the package registers :data:`ENV_IDS` with gymnasium.
 """
 
+from . import digits_source  # noqa: F401  (registers the built-in source's "digits" weights)
 from .actions import LearningRateMap, learning_rate_steps
 from .env import FineTuneEnv
 from .registration import ENV_IDS, default_config, make_env, register_envs

@@ -31,6 +31,22 @@ def learning_rate_steps(n_steps: int, lr_min: float, lr_max: float, scale: str) 
     raise ValueError(f"unknown lr_scale {scale!r}: choose one of {', '.join(LR_SCALES)}")
 
 
+def lr_grid(
+    n_steps: int, lr_min: float, lr_max: float, scale: str, rates: Sequence[float] | None = None
+) -> np.ndarray:
+    """The action's rate steps: ``rates`` when given (ascending, >= 0: baselines use it to apply
+    exact rates such as 3e-4 that the paper's grid does not contain), else
+    :func:`learning_rate_steps`. Every check of the grid's arguments is here: the grid's are
+    checked even when ``rates`` replaces it, so a misspelt ``lr_scale`` is never ignored."""
+    grid = learning_rate_steps(n_steps, lr_min, lr_max, scale)
+    if rates is None:
+        return grid
+    array = np.asarray(rates, dtype=np.float64)
+    if array.ndim != 1 or len(array) < 2 or np.any(array < 0) or np.any(np.diff(array) <= 0):
+        raise ValueError(f"lr_steps must be at least 2 ascending rates >= 0, got {list(rates)}")
+    return array
+
+
 class LearningRateMap:
     """Validates actions of ``MultiDiscrete([n_steps] * n_layers)`` and maps them to rates."""
 
@@ -43,20 +59,9 @@ class LearningRateMap:
         scale: str = "linear",
         rates: Sequence[float] | None = None,
     ) -> None:
-        """``rates``, when given, is the explicit list of steps (ascending, >= 0) and replaces
-        the ``n_steps``/``lr_min``/``lr_max``/``scale`` grid: baselines use it to apply exact
-        rates such as 3e-4 that the paper's grid does not contain."""
-        if rates is None:
-            self.rates = learning_rate_steps(n_steps, lr_min, lr_max, scale)
-        else:
-            self.rates = np.asarray(rates, dtype=np.float64)
-            if (
-                self.rates.ndim != 1
-                or len(self.rates) < 2
-                or np.any(self.rates < 0)
-                or np.any(np.diff(self.rates) <= 0)
-            ):
-                raise ValueError(f"lr_steps must be at least 2 ascending rates >= 0, got {list(rates)}")
+        """``rates``, when given, is the explicit list of steps and replaces the grid (see
+        :func:`lr_grid`)."""
+        self.rates = lr_grid(n_steps, lr_min, lr_max, scale, rates)
         self.space = spaces.MultiDiscrete([len(self.rates)] * n_layers)
 
     def __call__(self, action: object) -> np.ndarray:

@@ -58,3 +58,32 @@ def place_cache(images: torch.Tensor, device: torch.device, share_of_free: float
     if images.numel() * images.element_size() <= share_of_free * free:
         return images.to(device)
     return images.pin_memory()
+
+
+class HostCopy:
+    """One device-to-host copy of a packed tensor, started early and waited for late.
+
+    On CUDA the copy goes without blocking into a reused pinned buffer, so the host can queue
+    more device work (the backward) before it waits; on the CPU the tensor is the host copy.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffer: torch.Tensor | None = None
+        self._copied: torch.cuda.Event | None = None
+
+    def start(self, packed: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return packed
+        if self._buffer is None or self._buffer.shape != packed.shape:
+            self._buffer = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            self._copied = torch.cuda.Event()
+        self._buffer.copy_(packed, non_blocking=True)
+        self._copied.record()
+        return self._buffer
+
+    def wait(self, staged: torch.Tensor) -> torch.Tensor:
+        """The host tensor of :meth:`start`, once its copy has landed."""
+        if self._copied is not None and staged is self._buffer:
+            self._copied.synchronize()
+        return staged

@@ -23,52 +23,35 @@ next batch's correct count) comes in one transfer.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from .actions import LR_SCALES, LearningRateMap
+from .actions import LearningRateMap, lr_grid
 from .augment import BatchAugment, resolve_augment
 from .datasets import load_dataset, sample_per_class, split_validation
-from .device import autocast, place_cache, resolve_channels_last, resolve_device, resolve_precision
+from .device import (
+    HostCopy,
+    place_cache,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+)
+from .evaluation import HeldOutSplits
 from .models import build_backbone
 from .observation import OBS_LIMIT, ActivationPooler
+from .storage import cpu_copy
+from .stream import TrainingStream
+from .training import TrainingForward, backward, batch_correct, frozen_buffers, layer_adam, train_forward
 
 REWARDS = ("batch", "next_batch")
-
-
-@dataclass
-class _Forward:
-    """A training-mode forward of one batch: what the next ``step`` trains on."""
-
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    loss: torch.Tensor | None  # with its graph until :meth:`FineTuneEnv._backward`; None without one
-    loss_tensor: torch.Tensor  # detached, on the device until :meth:`FineTuneEnv._collect`
-    correct_tensor: torch.Tensor  # on the device until :meth:`FineTuneEnv._collect`
-    loss_value: float = math.nan
-    correct: int = 0
-
-
-def _cpu_copy(obj: Any) -> Any:
-    """Deep copy with every tensor cloned to the CPU (a state dict must not alias live tensors)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
-    return copy.deepcopy(obj)
 
 
 class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -84,34 +67,12 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
-        """Constructor defaults: the paper's ResNet-50 / FGVC-Aircraft setting."""
+        """Every constructor argument with its default (the paper's ResNet-50 / FGVC-Aircraft
+        setting), read from the signature: the one place the defaults are written."""
         return {
-            "model": "resnet50",
-            "weights": "imagenet",
-            "dataset": "aircraft",
-            "data_root": "data",
-            "download": False,
-            "dataset_kwargs": None,
-            "sampling_rate": 1.0,
-            "val_fraction": 0.1,
-            "seed": 0,
-            "batch_size": 32,
-            "image_size": 224,
-            "epochs_per_episode": 10,
-            "n_lr_steps": 20,
-            "lr_max": 0.01,
-            "lr_min": 0.0,
-            "lr_scale": "linear",
-            "lr_steps": None,
-            "granularity": "block",
-            "obs_features": 8,
-            "reward": "batch",
-            "augment": "auto",
-            "device": "auto",
-            "precision": "auto",
-            "channels_last": None,
-            "eval_batch_size": 256,
-            "adam_kwargs": None,
+            name: copy.deepcopy(parameter.default)
+            for name, parameter in inspect.signature(cls.__init__).parameters.items()
+            if name != "self"
         }
 
     def __init__(
@@ -154,9 +115,9 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}: choose one of {', '.join(REWARDS)}")
-        if lr_scale not in LR_SCALES:
-            raise ValueError(f"unknown lr_scale {lr_scale!r}: choose one of {', '.join(LR_SCALES)}")
-        self.config = {k: v for k, v in locals().items() if k in self.default_config()}
+        rates = lr_grid(n_lr_steps, lr_min, lr_max, lr_scale, lr_steps)  # checked before any data is read
+        arguments = locals()
+        self.config = {name: arguments[name] for name in self.default_config()}
         self.reward_mode = reward
         self.batch_size, self.image_size = int(batch_size), int(image_size)
         self.epochs_per_episode, self.eval_batch_size = int(epochs_per_episode), int(eval_batch_size)
@@ -175,9 +136,9 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         )
         if len(self.train_indices) < 2:
             raise ValueError("the sampled training set has fewer than 2 images: raise sampling_rate")
-        self.augment_mode = resolve_augment(augment, self.image_size)
+        augment_mode = resolve_augment(augment, self.image_size)
         self.cache_size = (
-            self.image_size if self.augment_mode != "resized_crop" else round(self.image_size * 8 / 7)
+            self.image_size if augment_mode != "resized_crop" else round(self.image_size * 8 / 7)
         )
 
         # Model: source weights, new head, layer cut.
@@ -198,7 +159,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.source_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.pooler = ActivationPooler([layer.probe for layer in self.layers], obs_features)
         self.augmenter = BatchAugment(
-            self.augment_mode,
+            augment_mode,
             self.image_size,
             backbone.mean,
             backbone.std,
@@ -206,43 +167,51 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             self.device,
             self.channels_last,
         )
+        self.stream = TrainingStream(
+            place_cache(train.decoder.decode(self.train_indices, self.cache_size), self.device),
+            torch.as_tensor(train.labels[self.train_indices], device=self.device),
+            self.augmenter,
+            self.batch_size,
+            self.device,
+            seed,
+        )
+        self.held_out = HeldOutSplits(
+            self.dataset,
+            self.val_indices,
+            self.cache_size,
+            self.augmenter,
+            self.device,
+            self.amp_dtype,
+            self.eval_batch_size,
+        )
 
-        self._train_x = place_cache(train.decoder.decode(self.train_indices, self.cache_size), self.device)
-        self._train_y = torch.as_tensor(train.labels[self.train_indices], device=self.device)
-        self._eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if len(self.val_indices):
-            self._eval_sets["val"] = (
-                place_cache(train.decoder.decode(self.val_indices, self.cache_size), self.device),
-                torch.as_tensor(train.labels[self.val_indices], device=self.device),
-            )
-
-        self.lr_map = LearningRateMap(self.n_layers, n_lr_steps, lr_min, lr_max, lr_scale, rates=lr_steps)
+        self.lr_map = LearningRateMap(self.n_layers, rates=rates)
         self.action_space = self.lr_map.space
         self.observation_space = spaces.Box(
             -OBS_LIMIT, OBS_LIMIT, (self.n_layers * obs_features,), np.float32
         )
 
-        self._order_generator = torch.Generator()
-        self._augment_generator = torch.Generator(device=self.device)
-        self._generators_seeded = False
-        self._seed = int(seed)
         self.optimizer: torch.optim.Optimizer | None = None
-        self._pending: _Forward | None = None
-        self._host_buffer: torch.Tensor | None = None  # pinned, reused by every step's copy (CUDA)
-        self._copied: torch.cuda.Event | None = None
+        self._pending: TrainingForward | None = None
+        self._readback = HostCopy(self.device)  # every step's one device-to-host copy
         self._needs_reset = True
-        self._batches: list[torch.Tensor] = []
+        self._epoch = self._step = self._epoch_correct = self._epoch_seen = 0
 
     # ------------------------------------------------------------------ public API
 
     @property
     def steps_per_epoch(self) -> int:
-        n = len(self.train_indices)
-        return math.ceil(n / self.batch_size) - (1 if n % self.batch_size == 1 else 0)
+        return self.stream.steps_per_epoch
 
     @property
     def episode_steps(self) -> int:
         return self.steps_per_epoch * self.epochs_per_episode
+
+    @property
+    def pending_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The augmented inputs and labels the next ``step`` trains on (their forward and backward
+        have run); None before ``reset`` and after an episode's end."""
+        return None if self._pending is None else (self._pending.inputs, self._pending.labels)
 
     def action_to_learning_rates(self, action: object) -> np.ndarray:
         """The learning rate each layer gets for ``action`` (ValueError outside the action space)."""
@@ -253,25 +222,15 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
         Eval mode, centre crop and no other augmentation, batched, no gradients.
         """
-        images, labels = self._eval_set(split)
-        was_training = self.model.training
-        self.model.eval()
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        with torch.inference_mode(), autocast(self.device, self.amp_dtype):
-            for start in range(0, len(labels), self.eval_batch_size):
-                x = images[start : start + self.eval_batch_size].to(self.device, non_blocking=True)
-                logits = self.model(self.augmenter.eval(x))
-                correct += (logits.argmax(1) == labels[start : start + self.eval_batch_size]).sum()
-        self.model.train(was_training)
-        return correct.item() / len(labels)
+        return self.held_out.accuracy(self.model, split)
 
     def fine_tuned_state_dict(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the target model's weights and buffers as they are now."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return cpu_copy(self.model.state_dict())
 
     def source_state_dict(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the source weights that each episode starts from."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.source_model.state_dict().items()}
+        return cpu_copy(self.source_model.state_dict())
 
     def load_source_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Replace the source weights (used by the next ``reset``)."""
@@ -286,34 +245,21 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         """
         pending = self._pending
         return {
-            "version": 1,
+            "version": 2,
             "layer_names": list(self.layer_names),
             "n_train": len(self.train_indices),
             "model": self.fine_tuned_state_dict(),
             "source": self.source_state_dict(),
-            "optimizer": None if self.optimizer is None else _cpu_copy(self.optimizer.state_dict()),
-            "order_generator": self._order_generator.get_state(),
-            "augment_generator": self._augment_generator.get_state().cpu(),
-            "generators_seeded": self._generators_seeded,
-            "counters": {
-                k: getattr(self, k, 0)
-                for k in ("_epoch", "_step_in_epoch", "_step", "_epoch_correct", "_epoch_seen")
-            },
-            "batches": [b.cpu() for b in getattr(self, "_batches", [])],
-            "pending": None
-            if pending is None
-            else {
-                "inputs": pending.inputs.cpu(),
-                "labels": pending.labels.cpu(),
-                "loss_value": pending.loss_value,
-                "correct": pending.correct,
-            },
+            "optimizer": None if self.optimizer is None else cpu_copy(self.optimizer.state_dict()),
+            "stream": self.stream.get_state(),
+            "counters": {k: getattr(self, k) for k in ("_epoch", "_step", "_epoch_correct", "_epoch_seen")},
+            "pending": None if pending is None else pending.get_state(),
             "needs_reset": self._needs_reset,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`get_state` of an environment built with the same arguments."""
-        if state.get("version") != 1:
+        if state.get("version") != 2:
             raise ValueError(f"unsupported environment state version {state.get('version')!r}")
         if state["layer_names"] != self.layer_names or state["n_train"] != len(self.train_indices):
             raise ValueError("the saved state comes from an environment with other layers or training data")
@@ -322,34 +268,28 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.optimizer = self._make_optimizer()
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self._order_generator.set_state(state["order_generator"])
-        self._augment_generator.set_state(state["augment_generator"])
-        self._generators_seeded = state["generators_seeded"]
+        self.stream.set_state(state["stream"])
         for key, value in state["counters"].items():
             setattr(self, key, value)
-        self._batches = [b.to(self._train_x.device) for b in state["batches"]]
         self._needs_reset = state["needs_reset"]
         self._pending = None
         self.model.zero_grad(set_to_none=True)
         if state["pending"] is not None:
             saved = state["pending"]
             # The saved weights already include this forward's BatchNorm update: freeze buffers.
-            with self._frozen_buffers():
+            with frozen_buffers(self.model):
                 self._pending = self._forward(
                     saved["inputs"].to(self.device), saved["labels"].to(self.device)
                 )
-            self._backward(self._pending)
+            backward(self._pending)
             self._pending.loss_value, self._pending.correct = saved["loss_value"], saved["correct"]
 
     # ------------------------------------------------------------------ gymnasium API
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if seed is not None or not self._generators_seeded:
-            base = self._seed if seed is None else int(seed)
-            self._order_generator.manual_seed(base)
-            self._augment_generator.manual_seed(base + 1)
-            self._generators_seeded = True
+        if seed is not None:  # else the stream goes on from the constructor's seed or where it was
+            self.stream.seed(seed)
         with torch.no_grad():
             for target, source in zip(
                 self.model.state_dict().values(), self.source_model.state_dict().values(), strict=True
@@ -358,10 +298,10 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.model.train()
         self.model.zero_grad(set_to_none=True)  # an episode cut short leaves its last gradients
         self.optimizer = self._make_optimizer()
-        self._epoch, self._step_in_epoch, self._step = 0, 0, 0
+        self._epoch, self._step = 0, 0
         self._epoch_correct, self._epoch_seen = 0, 0
-        self._batches = self._epoch_batches()
-        self._pending = self._train_forward(self._batches[0])
+        self.stream.new_epoch()
+        self._pending = self._train_forward()
         observation, _ = self._observe(self._pending)
         self._needs_reset = False
         info = {
@@ -386,7 +326,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.optimizer.zero_grad(set_to_none=True)
         reward_correct = None
         if self.reward_mode == "batch" and not skipped:
-            reward_correct = self._eval_correct(pending.inputs, pending.labels)
+            reward_correct = batch_correct(self.model, pending.inputs, pending.labels, self.amp_dtype)
 
         info: dict[str, Any] = {
             "learning_rates": learning_rates,
@@ -395,27 +335,25 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "batch_size": len(pending.labels),
             "epoch": self._epoch,
             "step": self._step,
-            "step_in_epoch": self._step_in_epoch,
+            "step_in_epoch": self.stream.position,
             "skipped_update": skipped,
         }
         self._epoch_correct += pending.correct
         self._epoch_seen += len(pending.labels)
         self._step += 1
-        self._step_in_epoch += 1
-        if self._step_in_epoch == len(self._batches):
+        if self.stream.advance():  # the epoch is over; the stream has started the next one
             info["epoch_train_accuracy"] = self._epoch_correct / self._epoch_seen
             self._epoch += 1
-            self._step_in_epoch, self._epoch_correct, self._epoch_seen = 0, 0, 0
-            self._batches = self._epoch_batches()
+            self._epoch_correct, self._epoch_seen = 0, 0
         terminated = self._epoch == self.epochs_per_episode
 
         if terminated:
             # The episode's model is final: observe the next batch without training on it or
             # letting it move BatchNorm statistics.
-            with torch.no_grad(), self._frozen_buffers():
-                nxt = self._train_forward(self._batches[0])
+            with torch.no_grad(), frozen_buffers(self.model):
+                nxt = self._train_forward()
         else:
-            nxt = self._train_forward(self._batches[self._step_in_epoch])
+            nxt = self._train_forward()
         observation, reward_count = self._observe(nxt, reward_correct)
         self._pending = None if terminated else nxt
 
@@ -429,83 +367,36 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         if terminated:
             self._needs_reset = True
             info["episode_steps"] = self._step
-            if "val" in self._eval_sets:
+            if self.held_out.has_val:
                 info["val_accuracy"] = self.evaluate("val")
         return observation, reward, terminated, False, info
 
     def close(self) -> None:
         self._pending = None
-        self._eval_sets.clear()
+        self.held_out.clear()
 
     # ------------------------------------------------------------------ internals
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        groups = [{"params": layer.parameters, "lr": 0.0, "name": layer.name} for layer in self.layers]
-        kwargs = dict(self.adam_kwargs)
-        if self.device.type == "cuda":
-            kwargs.setdefault("fused", True)
-        return torch.optim.Adam(groups, **kwargs)
-
-    def _epoch_batches(self) -> list[torch.Tensor]:
-        """Index batches for one pass, reshuffled; a lone leftover image waits for the next epoch
-        (a batch of one breaks BatchNorm on 1x1 feature maps)."""
-        n = len(self.train_indices)
-        order = torch.randperm(n, generator=self._order_generator)
-        if n % self.batch_size == 1:
-            order = order[:-1]
-        return list(order.to(self._train_x.device).split(self.batch_size))  # one copy per epoch
-
-    def _train_forward(self, batch: torch.Tensor) -> _Forward:
-        images = self._train_x[batch].to(self.device, non_blocking=True)
-        labels = self._train_y[batch.to(self._train_y.device)]
-        return self._forward(self.augmenter.train(images, self._augment_generator), labels)
-
-    def _forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> _Forward:
-        self.pooler.recording = True
-        try:
-            with autocast(self.device, self.amp_dtype):
-                logits = self.model(inputs)
-        finally:
-            self.pooler.recording = False
-        loss = F.cross_entropy(logits.float(), labels)
-        return _Forward(
-            inputs,
-            labels,
-            loss if loss.requires_grad else None,
-            loss.detach(),
-            (logits.argmax(1) == labels).sum(),
+        return layer_adam(
+            [(layer.name, layer.parameters) for layer in self.layers], self.device, **self.adam_kwargs
         )
 
-    @staticmethod
-    def _backward(forward: _Forward) -> None:
-        """Gradients of ``forward``'s loss for the next update (queued on the device on CUDA).
-        Called after :meth:`_stage`, so that the host's read of the observation does not wait
-        for it."""
-        if forward.loss is not None:
-            forward.loss.backward()
-            forward.loss = None
+    def _train_forward(self) -> TrainingForward:
+        return self._forward(*self.stream.load())
 
-    def _eval_correct(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
-        with torch.inference_mode(), autocast(self.device, self.amp_dtype):
-            correct = (self.model(inputs).argmax(1) == labels).sum()
-        self.model.train()
-        return correct
+    def _forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> TrainingForward:
+        with self.pooler.record():
+            return train_forward(self.model, inputs, labels, self.amp_dtype)
 
     def _observe(
-        self, forward: _Forward, reward_correct: torch.Tensor | None = None
+        self, forward: TrainingForward, reward_correct: torch.Tensor | None = None
     ) -> tuple[np.ndarray, float]:
         """Read the step's values back and backpropagate ``forward``, in the order that lets the
-        device run the backward while the host goes on: copy started, backward queued, then the
-        wait for the copy. Returns (observation, reward's correct count)."""
-        staged = self._stage(forward, reward_correct)
-        self._backward(forward)
-        return self._collect(forward, staged)
-
-    def _stage(self, forward: _Forward, reward_correct: torch.Tensor | None = None) -> torch.Tensor:
-        """Start the step's one device-to-host copy: the observation, the reward's correct count,
-        and the loss and correct count of ``forward``. On CUDA the copy goes to a pinned buffer
-        without blocking; :meth:`_collect` waits for it."""
+        device run the backward while the host goes on: the one copy of the observation, the
+        reward's correct count and ``forward``'s loss and correct count started, backward queued,
+        then the wait for the copy. Stores the loss and correct count on ``forward``; returns
+        (observation, reward's correct count)."""
         zero = torch.zeros((), device=self.device)
         scalars = torch.stack(
             [
@@ -514,54 +405,9 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 forward.correct_tensor.float(),
             ]
         )
-        packed = torch.cat([self.pooler.observation(), scalars])
-        if self.device.type != "cuda":
-            return packed
-        if self._host_buffer is None or self._host_buffer.shape != packed.shape:
-            self._host_buffer = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
-            self._copied = torch.cuda.Event()
-        self._host_buffer.copy_(packed, non_blocking=True)
-        self._copied.record()
-        return self._host_buffer
-
-    def _collect(self, forward: _Forward, staged: torch.Tensor) -> tuple[np.ndarray, float]:
-        """Wait for :meth:`_stage`'s copy; store the loss and correct count on ``forward``.
-        Returns (observation, reward's correct count)."""
-        if self.device.type == "cuda":
-            self._copied.synchronize()
-        packed = staged.numpy()
+        staged = self._readback.start(torch.cat([self.pooler.observation(), scalars]))
+        backward(forward)
+        packed = self._readback.wait(staged).numpy()
         n = self.observation_space.shape[0]
-        forward.loss_value = float(packed[n + 1])
-        forward.correct = int(packed[n + 2])
+        forward.loss_value, forward.correct = float(packed[n + 1]), int(packed[n + 2])
         return packed[:n].astype(np.float32), float(packed[n])
-
-    @contextmanager
-    def _frozen_buffers(self) -> Iterator[None]:
-        """Undo what a forward does to BatchNorm running statistics.
-
-        The restore writes through ``.data``: a forward with gradients saved the
-        buffers in its graph, and an in-place write that autograd sees would make
-        that graph's backward fail. The backward of a training-mode BatchNorm uses
-        the batch statistics it saved, not the running ones, so the gradients are
-        unaffected.
-        """
-        saved = [b.detach().clone() for b in self.model.buffers()]
-        try:
-            yield
-        finally:
-            for buffer, value in zip(self.model.buffers(), saved, strict=True):
-                buffer.data.copy_(value)
-
-    def _eval_set(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in ("val", "test"):
-            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-        if split == "test" and "test" not in self._eval_sets:
-            test = self.dataset.test
-            indices = np.arange(len(test))
-            self._eval_sets["test"] = (
-                place_cache(test.decoder.decode(indices, self.cache_size), self.device),
-                torch.as_tensor(test.labels, device=self.device),
-            )
-        if split not in self._eval_sets:
-            raise ValueError("this environment has no validation split: construct it with val_fraction > 0")
-        return self._eval_sets[split]

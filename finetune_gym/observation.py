@@ -12,7 +12,8 @@ non-finite number.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,15 @@ class ActivationPooler:
                 )
 
         return record
+
+    @contextmanager
+    def record(self) -> Iterator[None]:
+        """Record the forwards inside the block (the training forwards, not evaluations)."""
+        self.recording = True
+        try:
+            yield
+        finally:
+            self.recording = False
 
     def observation(self) -> torch.Tensor:
         """The last recorded forward as one finite float32 vector, still on the device."""

@@ -8,9 +8,7 @@ from typing import Any
 import gymnasium as gym
 
 from .env import FineTuneEnv
-from .wrappers import EMAEpisodeWrapper
-
-DEFAULT_EMA = 0.2
+from .wrappers import DEFAULT_EMA, EMAEpisodeWrapper, check_ema
 
 _OVERRIDES: dict[str, dict[str, Any]] = {
     # The paper: ImageNet ResNet-50 fine-tuned on FGVC Aircraft (or CUB, Cars) at 224 px.
@@ -39,15 +37,22 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
 ENV_IDS: list[str] = list(_OVERRIDES)
 
 
-def default_config(env_id: str) -> dict[str, Any]:
-    """Every constructor argument of ``env_id`` with its default, ``ema`` included."""
+def check_env_id(env_id: str) -> str:
+    """``env_id`` if this package registers it; a clear error naming the ids otherwise."""
     if env_id not in _OVERRIDES:
         raise ValueError(f"unknown env id {env_id!r}: choose one of {', '.join(ENV_IDS)}")
+    return env_id
+
+
+def default_config(env_id: str) -> dict[str, Any]:
+    """Every constructor argument of ``env_id`` with its default, ``ema`` included."""
+    check_env_id(env_id)
     return {**FineTuneEnv.default_config(), **copy.deepcopy(_OVERRIDES[env_id]), "ema": DEFAULT_EMA}
 
 
 def make_env(ema: float | None = DEFAULT_EMA, **kwargs: Any) -> gym.Env:
     """A :class:`FineTuneEnv`, wrapped in :class:`EMAEpisodeWrapper` unless ``ema`` is None."""
+    ema = check_ema(ema)  # before the environment decodes its data
     env = FineTuneEnv(**kwargs)
     return env if ema is None else EMAEpisodeWrapper(env, ema=ema)
 

@@ -10,6 +10,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .env import FineTuneEnv
 
+DEFAULT_EMA = 0.2  # the paper's weight of the fine-tuned target
+
+
+def check_ema(ema: float | None) -> float | None:
+    """``ema`` as a float in (0, 1], or None (no EMA scheme); a clear error otherwise."""
+    if ema is None:
+        return None
+    if not (0.0 < float(ema) <= 1.0):
+        raise ValueError(f"ema must be in (0, 1], the weight of the fine-tuned target, or None; got {ema}")
+    return float(ema)
+
 
 class EMAEpisodeWrapper(gym.Wrapper):
     """Between episodes, move the source weights towards the fine-tuned target.
@@ -33,13 +44,13 @@ class EMAEpisodeWrapper(gym.Wrapper):
     stays the one source of truth, so a source loaded from a checkpoint is used.
     """
 
-    def __init__(self, env: gym.Env, ema: float = 0.2) -> None:
+    def __init__(self, env: gym.Env, ema: float = DEFAULT_EMA) -> None:
         super().__init__(env)
         if not isinstance(env.unwrapped, FineTuneEnv):
             raise TypeError("EMAEpisodeWrapper needs a FineTuneEnv (or a wrapper of one)")
-        if not (0.0 < float(ema) <= 1.0):
-            raise ValueError(f"ema must be in (0, 1], the weight of the fine-tuned target; got {ema}")
-        self.ema = float(ema)
+        if ema is None:
+            raise ValueError("EMAEpisodeWrapper needs an ema in (0, 1]; without the scheme, do not wrap")
+        self.ema = check_ema(ema)
         base: FineTuneEnv = env.unwrapped
         self._average = AveragedModel(
             base.source_model, multi_avg_fn=get_ema_multi_avg_fn(1.0 - self.ema), use_buffers=True

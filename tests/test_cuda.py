@@ -31,7 +31,7 @@ def cuda_env(**overrides) -> FineTuneEnv:
 def test_device_defaults_and_an_episode():
     env = cuda_env(epochs_per_episode=2)
     assert env.amp_dtype == torch.bfloat16 and env.channels_last
-    assert env._train_x.device.type == "cuda"  # the uint8 cache lives on the device
+    assert env.stream.images.device.type == "cuda"  # the uint8 cache lives on the device
     obs, _ = env.reset(seed=0)
     assert env.optimizer.defaults.get("fused") is True
     rewards, terminated = [], False

@@ -105,8 +105,7 @@ def test_fine_tuning_learns(env):
 
 def test_batch_reward_is_updated_model_accuracy_on_that_batch(env):
     env.reset(seed=0)
-    pending = env._pending
-    inputs, labels = pending.inputs.clone(), pending.labels.clone()
+    inputs, labels = (t.clone() for t in env.pending_batch)
     _, reward, *_ = env.step(np.full(env.n_layers, 5))
     env.model.eval()
     with torch.no_grad():
@@ -119,8 +118,9 @@ def test_next_batch_reward_reads_the_next_training_forward():
     env = digits_env(reward="next_batch")
     env.reset(seed=0)
     _, reward, _, _, _ = env.step(np.full(env.n_layers, 5))
-    nxt = env._pending
-    assert reward == pytest.approx(nxt.correct / len(nxt.labels))
+    # The next step trains on that batch and reports the accuracy its training forward had.
+    _, _, _, _, info = env.step(np.full(env.n_layers, 5))
+    assert reward == info["batch_accuracy"]
     _, _, infos = run_episode(env, lambda: np.full(env.n_layers, 5))
     assert all(0.0 <= i["reward"] <= 1.0 for i in infos)
 
@@ -137,7 +137,7 @@ def test_reset_restores_the_source_exactly(env):
     # Buffers: exactly the source's after the one training forward that reset runs on batch 0.
     reference = copy.deepcopy(env.source_model).train()
     with torch.no_grad():
-        reference(env._pending.inputs)
+        reference(env.pending_batch[0])
     for name, buffer in reference.named_buffers():
         assert torch.equal(restored[name], buffer), name
     assert len(env.optimizer.state) == 0
@@ -159,9 +159,9 @@ def test_gradients_are_ready_before_the_agent_acts_and_never_stale():
     env = digits_env()
     env.reset(seed=5)
     grads = [p.grad.clone() for p in env.model.parameters()]
-    pending = env._pending
+    inputs, labels = env.pending_batch
     model = copy.deepcopy(env.source_model).train().requires_grad_(True)
-    loss = torch.nn.functional.cross_entropy(model(pending.inputs), pending.labels)
+    loss = torch.nn.functional.cross_entropy(model(inputs), labels)
     loss.backward()
     for ours, expected in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(ours, expected.grad, rtol=1e-5, atol=1e-7)

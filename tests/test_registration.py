@@ -1,5 +1,7 @@
 """Every registered id passes gymnasium's and Stable-Baselines3's env checkers (tiny settings)."""
 
+import inspect
+
 import gymnasium as gym
 import pytest
 from conftest import CIFAR_CHECKPOINT, GTSRB_ROOT, TINY_DIGITS, make_image_folder
@@ -40,10 +42,24 @@ def tiny_kwargs(env_id, tmp_path):
 
 def test_ids_are_registered_and_exported():
     assert ENV_IDS == ["FineTune-ResNet50-v0", "FineTune-CIFARResNet-v0", "FineTune-Digits-v0"]
+    parameters = set(inspect.signature(finetune_gym.FineTuneEnv).parameters)
     for env_id in ENV_IDS:
         spec = gym.spec(env_id)
         assert spec.nondeterministic
-        assert spec.kwargs == default_config(env_id)
+        # Every argument the id sets is one the environment takes (a misspelt override would not be).
+        assert set(spec.kwargs) == parameters | {"ema"}
+
+
+def test_an_environment_records_the_configuration_it_was_built_with():
+    """The id's defaults, then the call's arguments, reach the environment (and its EMA wrapper)."""
+    env = gym.make("FineTune-Digits-v0", ema=0.5, **TINY_DIGITS)
+    expected = {**default_config("FineTune-Digits-v0"), **TINY_DIGITS}
+    assert expected.pop("ema") == 0.2
+    assert env.unwrapped.config == expected
+    wrapper = env
+    while not isinstance(wrapper, finetune_gym.EMAEpisodeWrapper):
+        wrapper = wrapper.env
+    assert wrapper.ema == 0.5
 
 
 def test_paper_defaults_of_the_resnet50_id():

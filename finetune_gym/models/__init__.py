@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from . import digits_source
-from .cifar_resnet import cifar_resnet
+from .cifar_resnet import cifar_resnet, digits_resnet
 from .layers import GRANULARITIES, Layer, check_granularity, generic_layers, resnet_layers
 from .weights import (
     WeightsError,
@@ -28,6 +27,7 @@ from .weights import (
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DIGITS_MEAN, DIGITS_STD = (0.5,), (0.5,)
 CIFAR_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/{file}"
 CIFAR_FILES = {
     20: "resnet20-12fca82f.th",
@@ -108,18 +108,24 @@ def _cifar_spec(depth: int) -> BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     **{f"resnet{d}": _torchvision_spec(d) for d in (18, 34, 50, 101)},
     **{f"cifar_resnet{d}": _cifar_spec(d) for d in CIFAR_FILES},
+    # Its "digits" weights are trained by finetune_gym.digits_source, which registers them.
     "digits_resnet8": BackboneSpec(
-        build=digits_source.digits_resnet,
+        build=lambda: digits_resnet(5),  # the five source digits; the head is replaced
         head="linear",
         stem=("conv1", "bn1"),
         stem_probe="bn1",
         stages=("layer1", "layer2", "layer3"),
-        pretrained={"digits": digits_source.digits_source_state},
         in_channels=1,
-        mean=digits_source.MEAN,
-        std=digits_source.STD,
+        mean=DIGITS_MEAN,
+        std=DIGITS_STD,
     ),
 }
+
+
+def register_pretrained(model: str, name: str, load: Callable[[], dict[str, torch.Tensor]]) -> None:
+    """Make ``weights=name`` load ``load()`` for ``model``: for weights made by a layer above
+    this package (trained on a dataset, say)."""
+    BACKBONES[model].pretrained[name] = load
 
 
 def build_backbone(
@@ -202,4 +208,5 @@ __all__ = [
     "Layer",
     "WeightsError",
     "build_backbone",
+    "register_pretrained",
 ]

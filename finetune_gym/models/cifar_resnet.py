@@ -82,3 +82,8 @@ def cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, widths
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
     return CifarResNet((depth - 2) // 6, num_classes, in_channels, widths)
+
+
+def digits_resnet(num_classes: int) -> CifarResNet:
+    """ResNet-8 (one block per stage) for 1-channel 8x8 images: the built-in offline source."""
+    return cifar_resnet(8, num_classes=num_classes, in_channels=1, widths=(16, 32, 64))

@@ -1,8 +1,10 @@
-"""The built-in source network: a small CIFAR-style ResNet pretrained on digits 0-4.
+"""The built-in source weights: ``digits_resnet8`` pretrained on digits 0-4.
 
 The offline default environment needs a real pretrained source without a
 download, so the package trains one on first use (a few seconds on a CPU),
-seeded, and caches it atomically; later uses load the cached file.
+seeded, and caches it atomically; later uses load the cached file. Training it
+takes a dataset and a model, so it sits above both and registers itself as the
+model's ``"digits"`` weights (the models package knows no datasets).
 """
 
 from __future__ import annotations
@@ -11,20 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets.digits import SOURCE_DIGITS, load_digits
-from ..storage import atomic_torch_save, cache_dir
-from .cifar_resnet import CifarResNet, cifar_resnet
-from .weights import read_state_dict
+from .datasets.digits import SOURCE_DIGITS, load_digits
+from .models import DIGITS_MEAN, DIGITS_STD, register_pretrained
+from .models.cifar_resnet import digits_resnet
+from .models.weights import read_state_dict
+from .storage import atomic_torch_save, cache_dir
 
 VERSION = 1
-DEPTH, WIDTHS = 8, (16, 32, 64)
 EPOCHS, BATCH, LR = 30, 64, 3e-3
-MEAN, STD = (0.5,), (0.5,)
-
-
-def digits_resnet(num_classes: int = len(SOURCE_DIGITS)) -> CifarResNet:
-    """ResNet-8 (one block per stage) for 1-channel 8x8 images."""
-    return cifar_resnet(DEPTH, num_classes=num_classes, in_channels=1, widths=WIDTHS)
 
 
 def digits_source_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -40,7 +36,7 @@ def digits_source_state(seed: int = 0) -> dict[str, torch.Tensor]:
 def _tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split as normalised float images and labels (digits are tiny: no batching needed)."""
     images = split.decoder.decode(np.arange(len(split)), 8).float().div_(255)
-    return images.sub_(MEAN[0]).div_(STD[0]), torch.from_numpy(split.labels)
+    return images.sub_(DIGITS_MEAN[0]).div_(DIGITS_STD[0]), torch.from_numpy(split.labels)
 
 
 def _pretrain(seed: int) -> tuple[dict[str, torch.Tensor], float]:
@@ -48,7 +44,7 @@ def _pretrain(seed: int) -> tuple[dict[str, torch.Tensor], float]:
     x, y = _tensors(data.train)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = digits_resnet()
+        model = digits_resnet(len(SOURCE_DIGITS))
         optimizer = torch.optim.Adam(model.parameters(), lr=LR)
         for _ in range(EPOCHS):
             model.train()
@@ -62,3 +58,6 @@ def _pretrain(seed: int) -> tuple[dict[str, torch.Tensor], float]:
     with torch.inference_mode():
         accuracy = (model(xt).argmax(1) == yt).float().mean().item()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, float(accuracy)
+
+
+register_pretrained("digits_resnet8", "digits", digits_source_state)

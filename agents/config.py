@@ -1,0 +1,63 @@
+"""``RunConfig``: everything that defines a training run, checked before anything is built.
+
+Saved as ``config.json`` in the run directory and reused by ``--resume``; ``train.py``
+takes its defaults from here and the environment's from :mod:`finetune_gym`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from finetune_gym import FineTuneEnv
+from finetune_gym.registration import check_env_id
+from finetune_gym.wrappers import DEFAULT_EMA, check_ema
+
+from .registry import baseline_env_overrides, canonical_name
+
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+@dataclass
+class RunConfig:
+    """A run: which environment and agent, how long, and where it is logged."""
+
+    env_id: str = "FineTune-Digits-v0"
+    algo: str = "rl_tune"
+    seed: int = 0
+    episodes: int = 5
+    epochs_per_episode: int = FineTuneEnv.default_config()["epochs_per_episode"]
+    ema: float | None = DEFAULT_EMA
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    agent_kwargs: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # the method's name in tables (default: algo)
+    replay_agent: str | None = None  # a saved agent directory: act with it, frozen, instead of training one
+    wandb_mode: str = "disabled"
+    wandb_project: str = "finetune-gym"
+    wandb_entity: str | None = None
+    wandb_group: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.algo = canonical_name(self.algo)
+        check_env_id(self.env_id)
+        if self.episodes < 1 or self.epochs_per_episode < 1:
+            raise ValueError("episodes and epochs_per_episode must be at least 1")
+        self.ema = check_ema(self.ema)
+        if self.wandb_mode not in WANDB_MODES:
+            raise ValueError(f"unknown W&B mode {self.wandb_mode!r}: choose one of {', '.join(WANDB_MODES)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        return cls(**data)
+
+    def full_env_kwargs(self) -> dict[str, Any]:
+        """What the environment is built with: user arguments, the run's seed and epochs, and
+        what a baseline needs (its exact learning-rate grid)."""
+        kwargs = {**self.env_kwargs, "seed": self.seed, "epochs_per_episode": self.epochs_per_episode}
+        kwargs.update(baseline_env_overrides(self.algo, **self.agent_kwargs))
+        return kwargs

@@ -1,0 +1,132 @@
+"""What a finished run leaves in its directory, and how its final model is rebuilt.
+
+``results.json`` (config, final accuracies, per-episode and per-epoch records, wall time,
+images seen, machine, timing), ``final_model.pt`` (state dict plus what rebuilds it,
+loadable with ``weights_only=True``), ``agent/``, ``lr_schedule.npz`` and two plots.
+``results.json`` is written last: its presence means the run finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_gym import FineTuneEnv
+
+from . import plots
+from .config import RunConfig
+from .recording import RunRecorder
+from .registry import Agent, save_agent
+from .rundir import ACCURACY_PLOT, AGENT_DIR, FINAL_MODEL, LR_HEATMAP, LR_SCHEDULE, RESULTS
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as JSON values: paths as strings, anything else JSON lacks as its repr."""
+    return json.loads(
+        json.dumps(obj, default=lambda o: str(o) if isinstance(o, (Path, os.PathLike)) else repr(o))
+    )
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} (torch threads {torch.get_num_threads()})"
+
+
+def write_outputs(
+    run_dir: Path,
+    config: RunConfig,
+    agent: Agent,
+    recorder: RunRecorder,
+    wall_time_s: float,
+    timing: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Write the run directory's outputs; returns the results and the plots' paths."""
+    base: FineTuneEnv = recorder.unwrapped
+    final = recorder.final
+    if final is None:
+        raise RuntimeError("the run ended without capturing the final model: the last episode did not finish")
+    env_config = jsonable(base.config)
+    torch.save(
+        {
+            "state_dict": final["state_dict"],
+            "model": env_config["model"],
+            "num_classes": len(base.dataset.classes),
+            "env_id": config.env_id,
+            "env_kwargs": env_config,
+            "layer_names": list(base.layer_names),
+            "val_accuracy": final["val_accuracy"],
+            "test_accuracy": final["test_accuracy"],
+        },
+        run_dir / FINAL_MODEL,
+    )
+    schedule = recorder.lr_schedule()
+    np.savez_compressed(run_dir / LR_SCHEDULE, **schedule)
+    save_agent(agent, run_dir / AGENT_DIR, config.algo)
+    title = f"{config.algo} on {config.env_id}"
+    images = {
+        "lr_heatmap": plots.lr_heatmap(
+            schedule, run_dir / LR_HEATMAP, f"{title}: learning rate by layer and step"
+        ),
+        "accuracy": plots.accuracy_curves(
+            recorder.epochs, recorder.episodes, run_dir / ACCURACY_PLOT, config.epochs_per_episode, title
+        ),
+    }
+    results = {
+        "env_id": config.env_id,
+        "algo": config.algo,
+        "config": config.to_json(),
+        "env_config": env_config,
+        "final_val_accuracy": final["val_accuracy"],
+        "final_test_accuracy": final["test_accuracy"],
+        "episodes": [
+            {"episode": e["episode"], "val_accuracy": e.get("val_accuracy"), "mean_reward": e["mean_reward"]}
+            for e in recorder.episodes
+        ],
+        "epochs": recorder.epochs,
+        "wall_time_s": wall_time_s,
+        "steps": recorder.global_step,
+        "images_seen": int(sum(recorder.step_log["images"])),
+        "machine": machine_name(base.device),
+        "timing": timing,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (run_dir / RESULTS).write_text(json.dumps(results, indent=2))
+    return results, images
+
+
+def load_final_model(path: str | os.PathLike, device: str = "cpu") -> tuple[FineTuneEnv, dict[str, Any]]:
+    """Rebuild the environment of a run with its fine-tuned model loaded, to re-evaluate it.
+
+    Returns the :class:`~finetune_gym.FineTuneEnv` (same data, split and
+    preprocessing as the run) and the saved metadata. Source weights are not
+    fetched: the saved state dict replaces every tensor.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} does not exist: a run directory holds {FINAL_MODEL} when it finished"
+        )
+    meta = torch.load(path, map_location="cpu", weights_only=True)
+    kwargs = dict(meta["env_kwargs"])
+    if not isinstance(kwargs.get("model"), str) or kwargs["model"].startswith(("<", "(")):
+        raise ValueError(
+            f"{str(path)!r} was trained with a custom nn.Module; rebuild that module and load "
+            "meta['state_dict'] into it yourself"
+        )
+    kwargs.update(weights=None, device=device)
+    env = FineTuneEnv(**kwargs)
+    try:
+        env.model.load_state_dict(meta["state_dict"])
+    except RuntimeError as error:
+        raise ValueError(
+            f"{str(path)!r} does not match the model its configuration describes: {error}"
+        ) from error
+    return env, meta

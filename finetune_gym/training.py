@@ -1,0 +1,107 @@
+"""One network fine-tuned a batch at a time: the pieces the environment's step and a plain
+fine-tuning loop share, so that the two do the same work per batch.
+
+The training forward keeps its loss and correct count on the device (read back later, in
+one transfer); its backward can run at once, since gradients do not depend on the learning
+rates the agent will choose; the optimizer has one Adam param group per layer, so an action
+sets each layer's rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .device import autocast
+
+
+@dataclass
+class TrainingForward:
+    """A training-mode forward of one batch: what the next update trains on."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    loss: torch.Tensor | None  # with its graph until :func:`backward`; None without one
+    loss_tensor: torch.Tensor  # detached, on the device until read back
+    correct_tensor: torch.Tensor  # on the device until read back
+    loss_value: float = math.nan
+    correct: int = 0
+
+    def get_state(self) -> dict[str, Any]:
+        """The batch and what was read back of it: enough to recompute the forward (its graph is
+        not saved)."""
+        return {
+            "inputs": self.inputs.cpu(),
+            "labels": self.labels.cpu(),
+            "loss_value": self.loss_value,
+            "correct": self.correct,
+        }
+
+
+def layer_adam(
+    layers: Sequence[tuple[str, Sequence[nn.Parameter]]], device: torch.device, lr: float = 0.0, **kwargs: Any
+) -> torch.optim.Adam:
+    """Adam with one param group per ``(name, parameters)`` layer, each at ``lr`` until a step sets
+    its own; fused on CUDA."""
+    groups = [{"params": list(params), "lr": lr, "name": name} for name, params in layers]
+    if device.type == "cuda":
+        kwargs.setdefault("fused", True)
+    return torch.optim.Adam(groups, **kwargs)
+
+
+def train_forward(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None
+) -> TrainingForward:
+    """Forward ``inputs`` with the model in its current mode; cross-entropy in fp32."""
+    with autocast(inputs.device, amp_dtype):
+        logits = model(inputs)
+    loss = F.cross_entropy(logits.float(), labels)
+    return TrainingForward(
+        inputs,
+        labels,
+        loss if loss.requires_grad else None,
+        loss.detach(),
+        (logits.argmax(1) == labels).sum(),
+    )
+
+
+def backward(forward: TrainingForward) -> None:
+    """Gradients of ``forward``'s loss (queued on the device on CUDA); its graph is released."""
+    if forward.loss is not None:
+        forward.loss.backward()
+        forward.loss = None
+
+
+def batch_correct(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None
+) -> torch.Tensor:
+    """How many of ``inputs`` the model classifies right in eval mode (a device scalar)."""
+    model.eval()
+    with torch.inference_mode(), autocast(inputs.device, amp_dtype):
+        correct = (model(inputs).argmax(1) == labels).sum()
+    model.train()
+    return correct
+
+
+@contextmanager
+def frozen_buffers(model: nn.Module) -> Iterator[None]:
+    """Undo what the forwards inside the block do to BatchNorm running statistics.
+
+    The restore writes through ``.data``: a forward with gradients saved the buffers in its
+    graph, and an in-place write that autograd sees would make that graph's backward fail.
+    The backward of a training-mode BatchNorm uses the batch statistics it saved, not the
+    running ones, so the gradients are unaffected.
+    """
+    saved = [b.detach().clone() for b in model.buffers()]
+    try:
+        yield
+    finally:
+        for buffer, value in zip(model.buffers(), saved, strict=True):
+            buffer.data.copy_(value)
