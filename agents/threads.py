@@ -1,12 +1,12 @@
 """CPU threads: all of them for the fine-tuned network, one for the agent.
 
 The agent's networks are tiny (a 64-unit LSTM over a few hundred inputs): extra
-intra-op threads only add synchronisation. Measured on this project's 2-core
-machine while it was busy: one RecurrentPPO update took 4 s with two threads
-instead of 0.1 s with one, and acting for ResNet-50's 18 layers took 2.6-3.6 ms
-per step with two threads instead of 0.8-0.9 ms with one. A run therefore keeps
-the process at one thread and gives the environment (forward, backward, Adam,
-augmentation, evaluation) every thread only while it steps or resets.
+intra-op threads only add synchronisation, and on a busy machine OpenMP threads
+that spin while another process holds a core make its updates many times slower.
+A run therefore keeps the process at one thread and gives the environment
+(forward, backward, Adam, augmentation, evaluation) every thread only while it
+steps or resets. ``benchmarks/step_overhead.py`` measures the agent with one and
+with all threads side by side.
 """
 
 from __future__ import annotations
