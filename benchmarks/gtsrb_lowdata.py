@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents import report  # noqa: E402
+from finetune_gym.wrappers import DEFAULT_EMA  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -63,7 +64,7 @@ class Method:
     algo: str
     episodes: int = 5
     epochs_per_episode: int = 10
-    ema: float | None = 0.2
+    ema: float | None = DEFAULT_EMA  # the protocol's 0.2, the paper's
     env: dict[str, Any] = field(default_factory=dict)
     agent: dict[str, Any] = field(default_factory=dict)
     rates: tuple[float, ...] = RATES
