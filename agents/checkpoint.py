@@ -1,15 +1,15 @@
 """Checkpoints: after every epoch a run saves all it needs to continue exactly, atomically.
 
-A checkpoint holds the agent and its rollout position (or a fixed policy's acting loop),
-the normalisation statistics, the environment (source and target weights, Adam's state,
-data order, counters), the run's log so far, its clocks and every RNG state. On the CPU
-a resumed run ends with the same weights, bit for bit, as an uninterrupted one.
+A checkpoint holds the agent's learned state and rollout position (or a fixed policy's acting
+loop), the normalisation statistics, the environment (source and target weights, Adam's state,
+data order, counters), the run's log so far, its clocks, the environment's thread count and
+every RNG state. On the CPU a resumed run ends with the same weights, bit for bit, as an
+uninterrupted one. The file loads with ``weights_only=True`` (:mod:`agents.safe_state`): a
+crafted checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
 import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,62 +25,63 @@ from finetune_gym.storage import atomic_torch_save
 
 from .baselines import Baseline
 from .recording import RunRecorder
-from .registry import LEARNERS, Agent
+from .registry import Agent
+from .rundir import RunDirectoryError
+from .safe_state import (
+    learner_state,
+    load_learner_state,
+    load_normalisation_state,
+    normalisation_state,
+    plain,
+    unplain,
+)
 from .timing import Timer
 
-# What SB3 keeps between rollouts outside the saved model: where the rollout stands.
-_LEARNER_ATTRS = (
-    "_last_obs",
-    "_last_episode_starts",
-    "_last_original_obs",
-    "num_timesteps",
-    "_n_updates",
-    "_episode_num",
-    "_last_lstm_states",
-)
+FORMAT = "finetune-gym-checkpoint-2"
 
 
 class Checkpointer:
     """Saves a run's checkpoint to ``path``, writing on a background thread, one at a time.
 
-    The snapshot (CPU copies of every tensor, the agent's bytes) is taken synchronously, so it
-    is consistent; only serialising and writing it overlaps with the next epoch. For ResNet-50
-    a checkpoint holds ~400 MB (target, source, Adam's two moments), seconds of disk writing
-    that would otherwise stall every epoch. Each file is written atomically, so a kill
-    mid-write leaves the previous checkpoint.
+    The snapshot (CPU copies of every tensor) is taken synchronously, so it is consistent; only
+    serialising and writing it overlaps with the next epoch. For ResNet-50 a checkpoint holds
+    ~400 MB (target, source, Adam's two moments), seconds of disk writing that would otherwise
+    stall every epoch. Each file is written atomically, so a kill mid-write leaves the previous
+    checkpoint.
     """
 
     def __init__(self, path: Path, recorder: RunRecorder, timer: Timer) -> None:
         self.path, self.recorder, self.timer = path, recorder, timer
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: Future | None = None
+        self.saved = 0  # checkpoints written by this process
 
     def save(self, agent: Agent, venv: VecNormalize, steps: int, loop: dict[str, Any] | None = None) -> None:
         """Snapshot the run after ``steps`` steps; ``loop`` is a fixed policy's acting loop (None
         for a learning agent, whose rollout position is saved instead). Its time is counted."""
         started = time.perf_counter()
         payload: dict[str, Any] = {
+            "format": FORMAT,
             "steps": steps,
+            "threads": self.recorder.env_threads,
             "timing": self.timer.get_state(),
-            "recorder": self.recorder.get_state(),
-            "vecnormalize": pickle.dumps(venv),  # VecNormalize pickles its statistics, not the envs under it
+            "recorder": plain(self.recorder.get_state()),
+            "vecnormalize": normalisation_state(venv),
             "rng": {
                 "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
+                "numpy": plain(np.random.get_state()),
                 "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
         }
-        if loop is None:  # a learning agent: the whole algorithm, and where its rollout stands
-            buffer = io.BytesIO()
-            agent.save(buffer)
-            payload["agent_zip"] = buffer.getvalue()
-            payload["agent_attrs"] = {a: getattr(agent, a, None) for a in _LEARNER_ATTRS}
+        if loop is None:  # a learning agent: its weights, optimizer, and where its rollout stands
+            payload["learner"] = learner_state(agent)
         else:  # a fixed policy: the acting loop's position (observation, recurrent state) and its RNG
-            payload["loop"] = dict(loop)  # the loop keeps stepping while the writer thread pickles
+            payload["loop"] = plain(loop)  # copies: the loop keeps stepping while the writer saves
             payload["baseline_rng"] = agent.get_rng_state() if isinstance(agent, Baseline) else None
         self.wait()
         self._pending = self._pool.submit(atomic_torch_save, payload, self.path)
+        self.saved += 1
         self.timer.checkpoints_s += time.perf_counter() - started
 
     def wait(self) -> None:
@@ -96,38 +97,53 @@ class Checkpointer:
             self._pool.shutdown(wait=True)
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded without unpickling any object (nothing in it can run code)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a truncated, empty or foreign file
+        raise RunDirectoryError(
+            f"{str(path)!r} is not a readable checkpoint ({type(error).__name__}: {str(error)[:160]}); "
+            "start the run again with --overwrite"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise RunDirectoryError(
+            f"{str(path)!r} is not a checkpoint of this version of finetune-gym; "
+            "start the run again with --overwrite"
+        )
+    return payload
+
+
 def load_checkpoint(
-    path: Path, algo: str, agent: Agent, venv: VecNormalize, recorder: RunRecorder, timer: Timer
-) -> tuple[Agent, VecNormalize, dict[str, Any]]:
-    """Restore a run saved by :class:`Checkpointer` into freshly built agent and environment;
-    returns them and the payload (``steps``, and ``loop`` for a fixed policy)."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file: pickled SB3 objects
-    for env in venv.venv.envs:
-        env.reset()  # marks the episode started in every wrapper; set_state then replaces it
-    recorder.set_state(payload["recorder"])
+    payload: dict[str, Any], path: Path, agent: Agent, venv: VecNormalize, recorder: RunRecorder, timer: Timer
+) -> dict[str, Any] | None:
+    """Restore a run saved by :class:`Checkpointer` into the freshly built agent and environment
+    of the same configuration; returns a fixed policy's acting loop (None for a learning agent)."""
+    recorder.env_threads = payload["threads"]  # the same reductions, so the same numbers
+    try:
+        for env in venv.venv.envs:
+            env.reset()  # marks the episode started in every wrapper; set_state then replaces it
+        recorder.set_state(unplain(payload["recorder"]))
+        load_normalisation_state(venv, payload["vecnormalize"])
+        if "learner" in payload:
+            load_learner_state(agent, payload["learner"])
+        elif isinstance(agent, Baseline):
+            agent.set_rng_state(payload["baseline_rng"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as error:
+        raise RunDirectoryError(
+            f"{str(path)!r} does not match the run's configuration ({type(error).__name__}: "
+            f"{str(error)[:160]}); start the run again with --overwrite"
+        ) from error
     timer.resume(payload["timing"])
-    venv = _restored_normalisation(payload["vecnormalize"], venv)
-    if "agent_zip" in payload:
-        agent = LEARNERS[algo].load(io.BytesIO(payload["agent_zip"]), env=venv, device="cpu")
-        for attr, value in payload["agent_attrs"].items():
-            setattr(agent, attr, value)
-    elif isinstance(agent, Baseline):
-        agent.set_rng_state(payload["baseline_rng"])
     venv.venv._reset_seeds()  # the first reset's seed was used long ago
-    # Last: loading an SB3 agent reseeds the global generators.
+    # Last: building an SB3 agent seeds the global generators.
     rng = payload["rng"]
     torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
+    np.random.set_state(unplain(rng["numpy"]))
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return agent, venv, payload
-
-
-def _restored_normalisation(pickled: bytes, venv: VecNormalize) -> VecNormalize:
-    saved: VecNormalize = pickle.loads(pickled)
-    saved.set_venv(venv.venv)
-    return saved
+    return None if "loop" not in payload else unplain(payload["loop"])
 
 
 class EpochCheckpoint(BaseCallback):

@@ -17,6 +17,7 @@ from finetune_gym.wrappers import DEFAULT_EMA, check_ema
 from .registry import baseline_env_overrides, canonical_name
 
 WANDB_MODES = ("disabled", "offline", "online")
+RUN_OWNED = {"seed", "epochs_per_episode", "ema"}  # environment arguments the run sets itself
 
 
 @dataclass
@@ -38,6 +39,8 @@ class RunConfig:
     wandb_entity: str | None = None
     wandb_group: str | None = None
     wandb_tags: list[str] = field(default_factory=list)
+    # A run stops with an error after this many consecutive updates skipped for a non-finite loss.
+    max_skipped_in_a_row: int = 10
 
     def __post_init__(self) -> None:
         self.algo = canonical_name(self.algo)
@@ -45,6 +48,16 @@ class RunConfig:
         if self.episodes < 1 or self.epochs_per_episode < 1:
             raise ValueError("episodes and epochs_per_episode must be at least 1")
         self.ema = check_ema(self.ema)
+        owned = sorted(set(self.env_kwargs) & RUN_OWNED)
+        if owned:
+            raise ValueError(
+                f"set {', '.join(owned)} as the run's own setting (--{owned[0].replace('_', '-')}), not in "
+                "env_kwargs: the run applies it to every episode and records it"
+            )
+        if int(self.max_skipped_in_a_row) != self.max_skipped_in_a_row or self.max_skipped_in_a_row < 1:
+            raise ValueError(
+                f"max_skipped_in_a_row must be a positive integer, got {self.max_skipped_in_a_row!r}"
+            )
         if self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"unknown W&B mode {self.wandb_mode!r}: choose one of {', '.join(WANDB_MODES)}")
 

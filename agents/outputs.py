@@ -94,6 +94,7 @@ def write_outputs(
         "wall_time_s": wall_time_s,
         "steps": recorder.global_step,
         "images_seen": int(sum(recorder.step_log["images"])),
+        "skipped_updates": recorder.skipped_updates,  # non-finite loss: weights and BatchNorm untouched
         "machine": machine_name(base.device),
         "timing": timing,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -22,6 +22,8 @@ class RunProgress:
         if event == "step":
             self.rewards.append(payload["reward"])
             self.postfix.update(ep=payload["episode"], epoch=payload["epoch"])
+            if payload["skipped_updates"]:
+                self.postfix["skipped"] = payload["skipped_updates"]
             self.bar.update(1)
             if len(self.rewards) % 10 == 0:
                 self.postfix["reward"] = f"{sum(self.rewards[-50:]) / len(self.rewards[-50:]):.3f}"

@@ -20,16 +20,27 @@ from .threads import torch_threads
 Listener = Callable[[str, dict[str, Any]], None]
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss stayed non-finite for too many updates in a row: the run cannot recover."""
+
+
 class RunRecorder(gym.Wrapper):
     """Logs every step and captures the model at the end of episode ``final_episode``.
+
+    Counts updates the environment skipped for a non-finite loss, and stops the run with
+    :class:`TrainingDiverged` after ``max_skipped_in_a_row`` of them in a row (the weights
+    that produced them are unchanged by a skip, so later batches would fail alike).
 
     Events sent to listeners: ``("step", ...)`` every step, ``("epoch", ...)``
     at the end of each epoch, ``("episode", ...)`` at the end of each episode.
     """
 
-    def __init__(self, env: gym.Env, final_episode: int) -> None:
+    def __init__(self, env: gym.Env, final_episode: int, max_skipped_in_a_row: int = 10) -> None:
         super().__init__(env)
         self.final_episode = int(final_episode)
+        self.max_skipped_in_a_row = int(max_skipped_in_a_row)
+        self.skipped_updates = 0
+        self.skipped_in_a_row = 0
         self.listeners: list[Listener] = []
         self.episode = 0
         self.global_step = 0
@@ -81,6 +92,18 @@ class RunRecorder(gym.Wrapper):
             self.step_log[key].append(float(value))
         self._episode_rewards.append(float(reward))
         self.global_step += 1
+        if info["skipped_update"]:
+            self.skipped_updates += 1
+            self.skipped_in_a_row += 1
+            if self.skipped_in_a_row >= self.max_skipped_in_a_row:
+                rates = np.asarray(info["learning_rates"])
+                raise TrainingDiverged(
+                    f"{self.skipped_in_a_row} updates in a row were skipped at step {self.global_step}: the "
+                    f"loss is not finite (learning rates {rates.min():.3g}-{rates.max():.3g} at the last "
+                    "step). Lower the learning rates (lr_max, or the agent's rate) and start again"
+                )
+        else:
+            self.skipped_in_a_row = 0
         self._emit(
             "step",
             {
@@ -91,6 +114,7 @@ class RunRecorder(gym.Wrapper):
                 "loss": float(info["loss"]),
                 "learning_rates": info["learning_rates"],
                 "skipped": info["skipped_update"],
+                "skipped_updates": self.skipped_updates,
             },
         )
         if "epoch_train_accuracy" in info:
@@ -168,16 +192,19 @@ class RunRecorder(gym.Wrapper):
             "episode_rewards": list(self._episode_rewards),
             "final": self.final,
             "env_seconds": self.env_seconds,
+            "skipped": (self.skipped_updates, self.skipped_in_a_row),
             "env": self._stateful().get_state(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_state`. Reset the outermost wrapper first, so that order-enforcing
         wrappers (gymnasium's, SB3's Monitor) see a started episode; this then replaces it."""
-        self._stateful().set_state(state["env"])
+        with torch_threads(self.env_threads):  # it recomputes the pending forward
+            self._stateful().set_state(state["env"])
         self.episode, self.global_step = state["episode"], state["global_step"]
         self.learning_rates = list(state["learning_rates"])
         self.step_log = {k: list(v) for k, v in state["step_log"].items()}
         self.epochs, self.episodes = list(state["epochs"]), list(state["episodes"])
         self._episode_rewards, self.final = list(state["episode_rewards"]), state["final"]
         self.env_seconds = state["env_seconds"]
+        self.skipped_updates, self.skipped_in_a_row = state["skipped"]

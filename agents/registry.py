@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import torch
 from sb3_contrib import TRPO, RecurrentPPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -15,6 +16,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 from .baselines import BASELINES, Baseline, load_baseline
 from .hyperparams import HYPERPARAMS
 from .policies import LinearFeatures, LstmPolicy, MlpPolicy
+from .safe_state import load_normalisation_state, normalisation_state
 
 Agent = BaseAlgorithm | Baseline
 
@@ -66,6 +68,19 @@ def baseline_env_overrides(name: str, **overrides: Any) -> dict[str, Any]:
     return {}
 
 
+def check_hyperparameters(name: str, overrides: dict[str, Any]) -> None:
+    """A number where agents/hyperparams.py has a number (``clip_range=(0.1`` arrives as a string)."""
+    for key, value in overrides.items():
+        default = HYPERPARAMS[name].get(key)
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        unset = value is None and name in BASELINES  # a baseline's alternative (uniform: lr=None, index=3)
+        if numeric and not unset and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(
+                f"agent {name!r}: {key} must be a number (default {default}), got {value!r}; "
+                f"write it as {key}=<number> in --agent-kwargs"
+            )
+
+
 def _baseline(name: str, seed: int, overrides: dict[str, Any]) -> Baseline:
     try:
         return BASELINES[name](seed=seed, **{**HYPERPARAMS[name], **overrides})
@@ -92,12 +107,19 @@ def make_agent(
     fine-tuned model's).
     """
     name = canonical_name(name)
+    check_hyperparameters(name, overrides)
     venv = _as_vec_env(env)
     if name in BASELINES:
         return _bind(_baseline(name, seed, overrides), venv)
 
     params = {**HYPERPARAMS[name], **overrides}
     n_steps = int(params.pop("n_steps", venv.get_attr("steps_per_epoch")[0]))
+    if n_steps < 2:
+        raise ValueError(
+            f"agent {name!r} learns from each epoch's steps, but an epoch here is {n_steps} step: its update "
+            "would divide by zero (advantage normalisation over one sample). Use a smaller batch_size or a "
+            "larger sampling_rate so that an epoch has at least 2 batches (or set n_steps=...)"
+        )
     kwargs: dict[str, Any] = {
         "n_steps": n_steps,
         "seed": seed,
@@ -126,32 +148,42 @@ def make_agent(
         if name in ("ppo", "trpo"):
             kwargs["batch_size"] = params.pop("batch_size", n_steps)
     try:
-        return LEARNERS[name](policy, venv, **kwargs, **params)
+        agent = LEARNERS[name](policy, venv, **kwargs, **params)
     except TypeError as error:
         raise ValueError(f"agent {name!r} got an argument it does not take: {error}") from error
+    # What rebuilds it (save_agent): the overrides of agents/hyperparams.py and the rollout length.
+    agent.finetune_gym_spec = {"overrides": dict(overrides), "n_steps": n_steps}
+    return agent
 
 
 AGENT_FILE = "agent.json"
+POLICY_FILE = "policy.pt"  # the policy's state dict: loads with weights_only=True
+NORMALISATION_FILE = "vecnormalize.pt"  # VecNormalize's statistics: loads with weights_only=True
+SB3_FILE = "model.zip"  # SB3's own format, for SB3 tools; never read here (it unpickles objects)
 
 
 def save_agent(agent: Agent, directory: str | Path, name: str) -> None:
-    """Everything needed to run the agent later: weights, normalisation statistics, hyperparameters."""
+    """Everything needed to run the agent later, in files that cannot run code when loaded:
+    ``agent.json`` (what to build), the policy's weights, the normalisation statistics; and
+    SB3's ``model.zip`` for SB3's own tools."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(agent, Baseline):
         agent.save(directory / AGENT_FILE)
         return
-    agent.save(directory / "model.zip")
+    spec = getattr(agent, "finetune_gym_spec", None) or {"overrides": {}, "n_steps": agent.n_steps}
+    torch.save(agent.policy.state_dict(), directory / POLICY_FILE)
     vec_normalize = agent.get_vec_normalize_env()
     if vec_normalize is not None:
-        vec_normalize.save(str(directory / "vecnormalize.pkl"))
+        torch.save(normalisation_state(vec_normalize), directory / NORMALISATION_FILE)
+    agent.save(directory / SB3_FILE)
     (directory / AGENT_FILE).write_text(
-        json.dumps({"agent": name, "algorithm": type(agent).__name__}, indent=2)
+        json.dumps({"agent": name, "algorithm": type(agent).__name__, **spec}, indent=2)
     )
 
 
 def load_agent(directory: str | Path, env: gym.Env | VecEnv) -> tuple[Agent, VecEnv]:
-    """Load what :func:`save_agent` wrote, for ``env`` (not yet normalised).
+    """Load what :func:`save_agent` wrote, for ``env`` (not yet normalised); no file is unpickled.
 
     Returns the agent and the environment to run it in: for an RL agent, ``env``
     wrapped in its saved ``VecNormalize`` statistics, frozen (``training=False``).
@@ -160,14 +192,34 @@ def load_agent(directory: str | Path, env: gym.Env | VecEnv) -> tuple[Agent, Vec
     meta_file = directory / AGENT_FILE
     if not meta_file.is_file():
         raise FileNotFoundError(f"{str(directory)!r} holds no saved agent ({AGENT_FILE} is missing)")
-    meta = json.loads(meta_file.read_text())
-    name = canonical_name(meta["agent"])
+    try:
+        meta = json.loads(meta_file.read_text())
+        name = canonical_name(meta["agent"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{str(meta_file)!r} is not a saved agent's description ({error})") from error
     venv = _as_vec_env(env)
     if name in BASELINES:
         agent = load_baseline(meta_file)
         return _bind(agent, venv), venv
-    stats = directory / "vecnormalize.pkl"
+    stats = directory / NORMALISATION_FILE
     if stats.is_file():
-        venv = VecNormalize.load(str(stats), venv)
-        venv.training = False
-    return LEARNERS[name].load(directory / "model.zip", env=venv, device="cpu"), venv
+        normalised = VecNormalize(venv, norm_obs=True, norm_reward=False, training=False)
+        load_normalisation_state(normalised, _load_tensors(stats))
+        venv = normalised
+    agent = make_agent(name, venv, **{**meta.get("overrides", {}), "n_steps": meta["n_steps"]})
+    try:
+        agent.policy.load_state_dict(_load_tensors(directory / POLICY_FILE))
+    except RuntimeError as error:
+        raise ValueError(
+            f"the policy in {str(directory)!r} does not fit this environment: {error}"
+        ) from error
+    return agent, venv
+
+
+def _load_tensors(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a truncated or foreign file
+        raise ValueError(
+            f"{str(path)!r} cannot be read as saved tensors ({type(error).__name__}: {error})"
+        ) from error

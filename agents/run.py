@@ -29,15 +29,15 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-import finetune_gym  # noqa: F401  (registers the environment ids)
+from finetune_gym import default_config
 
-from .checkpoint import Checkpointer, EpochCheckpoint, load_checkpoint
+from .checkpoint import Checkpointer, EpochCheckpoint, load_checkpoint, read_checkpoint
 from .config import RunConfig
 from .outputs import write_outputs
 from .progress import RunProgress
 from .recording import RunRecorder
 from .registry import Agent, is_learning, load_agent, make_agent
-from .rundir import CHECKPOINT, FINAL_MODEL, RESULTS, prepare_run_dir
+from .rundir import CHECKPOINT, FINAL_MODEL, RESULTS, RunDirectory, RunDirectoryError, read_config
 from .threads import AGENT_THREADS, torch_threads
 from .timing import AgentUpdates, Timer
 
@@ -47,8 +47,13 @@ def build_env(config: RunConfig) -> tuple[VecNormalize, RunRecorder]:
     kwargs = config.full_env_kwargs()
 
     def make() -> gym.Env:
-        env = gym.make(config.env_id, ema=config.ema, **kwargs)
-        return Monitor(RunRecorder(env, final_episode=config.episodes - 1))
+        try:
+            env = gym.make(config.env_id, ema=config.ema, **kwargs)
+        except TypeError as error:  # an argument the environment does not take
+            raise ValueError(
+                f"{config.env_id}: {error}; its arguments are {', '.join(default_config(config.env_id))}"
+            ) from error
+        return Monitor(RunRecorder(env, config.episodes - 1, config.max_skipped_in_a_row))
 
     dummy = DummyVecEnv([make])
     recorder = dummy.envs[0].env
@@ -65,9 +70,17 @@ def run_training(
     progress: bool = True,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """Execute (or continue) a run and write its directory; returns the contents of ``results.json``."""
+    """Execute (or continue) a run and write its directory; returns the contents of ``results.json``.
+
+    Everything (arguments, environment, data, weights, agent) is built and checked before the
+    run directory is touched; the directory stays locked while the run goes on; a run that fails
+    before its first checkpoint leaves nothing behind.
+    """
     run_dir = Path(run_dir)
-    config = prepare_run_dir(run_dir, config, resume, overwrite)
+    if resume and overwrite:
+        raise RunDirectoryError("--resume and --overwrite exclude each other")
+    if resume:
+        config = read_config(run_dir)
     timer = Timer()
     venv, recorder = build_env(config)
     base = recorder.unwrapped
@@ -77,63 +90,106 @@ def run_training(
         agent, venv = _load_replayed(config.replay_agent, venv)
     else:
         agent = make_agent(config.algo, venv, seed=config.seed, **config.agent_kwargs)
-    done_steps, loop = 0, None
-    if resume:
-        agent, venv, payload = load_checkpoint(
-            run_dir / CHECKPOINT, config.algo, agent, venv, recorder, timer
-        )
-        done_steps, loop = payload["steps"], payload.get("loop")
-        if verbose:
-            print(f"resuming {run_dir} at step {done_steps} of {total_steps}")
-    else:
-        venv.seed(config.seed)
+    recorder.env_threads = torch.get_num_threads()  # the environment's; the agent gets one
 
+    with RunDirectory.claim(run_dir, config, resume=resume, overwrite=overwrite) as directory:
+        done_steps, loop = 0, None
+        if resume:
+            payload = read_checkpoint(run_dir / CHECKPOINT)
+            threads = recorder.env_threads
+            loop = load_checkpoint(payload, run_dir / CHECKPOINT, agent, venv, recorder, timer)
+            done_steps = payload["steps"]
+            if verbose:
+                print(f"resuming {run_dir} at step {done_steps} of {total_steps}")
+                if recorder.env_threads != threads:
+                    print(
+                        f"the environment runs on {recorder.env_threads} threads, as before the resume ({threads} now)"
+                    )
+        else:
+            venv.seed(config.seed)
+        checkpointer = Checkpointer(run_dir / CHECKPOINT, recorder, timer)
+        try:
+            wandb_run, timing = _train(
+                config,
+                agent,
+                venv,
+                recorder,
+                checkpointer,
+                loop,
+                range(done_steps, total_steps),
+                progress,
+                resume,
+            )
+        except BaseException:
+            if not resume and checkpointer.saved == 0:
+                directory.abandon()  # nothing to resume: leave nothing behind
+            raise
+        results, images = write_outputs(run_dir, config, agent, recorder, timer.wall_s(), timing)
+        if wandb_run is not None:
+            wandb_run.finish(results, run_dir, images, [run_dir / RESULTS, run_dir / FINAL_MODEL])
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    venv.close()
+    if verbose:
+        val = results["final_val_accuracy"]
+        print(
+            f"run directory: {run_dir}\nfinal test accuracy: {results['final_test_accuracy']:.4f} "
+            f"(validation {'n/a' if val is None else f'{val:.4f}'}, {results['wall_time_s']:.1f} s"
+            + (
+                f"; {results['skipped_updates']} updates skipped: non-finite loss"
+                if results["skipped_updates"]
+                else ""
+            )
+            + ")"
+        )
+    return results
+
+
+def _train(
+    config: RunConfig,
+    agent: Agent,
+    venv: VecNormalize,
+    recorder: RunRecorder,
+    checkpointer: Checkpointer,
+    loop: dict[str, Any] | None,
+    steps: range,
+    progress: bool,
+    resume: bool,
+) -> tuple[Any | None, dict[str, Any]]:
+    """The training loop, with its progress bar, W&B run and checkpoints; returns the W&B run and
+    where the loop's time went (before the last checkpoint's write is waited for)."""
+    timer = checkpointer.timer
     with ExitStack() as stack:
-        bar = RunProgress(total_steps, initial=done_steps, disable=not progress)
+        bar = RunProgress(steps.stop, initial=steps.start, disable=not progress)
         stack.callback(bar.close)
         recorder.listeners = [bar]
         wandb_run = None
         if config.wandb_mode != "disabled":
             from .wandb_logging import start_wandb
 
-            wandb_run = start_wandb(config, run_dir, base)
+            wandb_run = start_wandb(config, checkpointer.path.parent, recorder.unwrapped)
             stack.push(lambda error, *_: wandb_run.abort() if error is not None else None)
             recorder.listeners.append(wandb_run)
-        checkpointer = Checkpointer(run_dir / CHECKPOINT, recorder, timer)
         stack.callback(checkpointer.close)  # the last checkpoint is complete before the outputs
-        recorder.env_threads = torch.get_num_threads()  # the environment's; the agent gets one
         timer.start_loop()
         with torch_threads(AGENT_THREADS):
             if is_learning(agent) and not config.replay_agent:
                 callbacks: list[BaseCallback] = [
                     AgentUpdates(timer),  # first: an update ends before the checkpoint starts
-                    EpochCheckpoint(checkpointer, done_steps),
+                    EpochCheckpoint(checkpointer, steps.start),
                 ]
-                _learn(agent, total_steps - done_steps, callbacks, resume, wandb_run)
+                _learn(agent, len(steps), callbacks, resume, wandb_run)
             else:
                 _act_fixed(
                     agent,
                     venv,
                     loop,
-                    range(done_steps, total_steps),
-                    base.steps_per_epoch,
+                    steps,
+                    recorder.unwrapped.steps_per_epoch,
                     lambda step, loop: checkpointer.save(agent, venv, step, loop),
                 )
         bar.close()
         timing = timer.breakdown(recorder.env_seconds, recorder.test_seconds, resume)
-
-    results, images = write_outputs(run_dir, config, agent, recorder, timer.wall_s(), timing)
-    if wandb_run is not None:
-        wandb_run.finish(results, run_dir, images, [run_dir / RESULTS, run_dir / FINAL_MODEL])
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)
-    venv.close()
-    if verbose:
-        val = results["final_val_accuracy"]
-        print(
-            f"run directory: {run_dir}\nfinal test accuracy: {results['final_test_accuracy']:.4f} "
-            f"(validation {'n/a' if val is None else f'{val:.4f}'}, {results['wall_time_s']:.1f} s)"
-        )
-    return results
+    return wandb_run, timing
 
 
 def _learn(

@@ -1,14 +1,22 @@
-"""The run directory: what a run writes, under which names, and when a folder may be used.
+"""The run directory: what a run writes, under which names, and who may touch it.
 
-Every file name a run directory holds is defined here once; ``train.py``,
-``evaluate.py``, the benchmarks and the tests refer to these names.
+Every file name a run directory holds is defined here once. A run holds an advisory lock
+(``fcntl``) on its directory for its whole life, so a second process cannot write, replace
+or resume it meanwhile. ``--overwrite`` replaces only a directory that a run made (it holds
+:data:`MARKER`), never another folder. A run that fails before its first checkpoint leaves
+nothing behind, so the corrected command can be run as it is.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 from .config import RunConfig
 
@@ -20,31 +28,124 @@ AGENT_DIR = "agent"
 LR_SCHEDULE = "lr_schedule.npz"
 LR_HEATMAP = "lr_heatmap.png"
 ACCURACY_PLOT = "accuracy.png"
+MARKER = ".finetune_gym_run"  # says "a finetune-gym run made this folder": --overwrite may replace it
+LOCK = ".lock"  # held (fcntl) by the process running the run; holds its PID
 
 
 class RunDirectoryError(RuntimeError):
-    """The run directory cannot be used as asked (exists, or has nothing to resume)."""
+    """The run directory cannot be used as asked (exists, is held, has nothing to resume, ...)."""
 
 
-def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool) -> RunConfig:
-    """Create, clear or reopen ``run_dir``; on resume the saved configuration wins."""
-    if resume and overwrite:
-        raise RunDirectoryError("--resume and --overwrite exclude each other")
-    if resume:
-        if (run_dir / RESULTS).is_file():
-            raise RunDirectoryError(f"{str(run_dir)!r} holds a finished run ({RESULTS}); nothing to resume")
-        if not (run_dir / CHECKPOINT).is_file():
+def read_config(run_dir: Path) -> RunConfig:
+    """The configuration a run directory was started with (for ``--resume``), read-only."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(f"{str(run_dir)!r} is a file, not a run directory")
+    if (run_dir / RESULTS).is_file():
+        raise RunDirectoryError(f"{str(run_dir)!r} holds a finished run ({RESULTS}); nothing to resume")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise RunDirectoryError(
+            f"{str(run_dir)!r} has no {CHECKPOINT} to resume from; start it again with --overwrite"
+        )
+    path = run_dir / CONFIG
+    try:
+        return RunConfig.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise RunDirectoryError(
+            f"{str(path)!r} is not a readable run configuration ({error}); start the run again with --overwrite"
+        ) from error
+
+
+class RunDirectory:
+    """A claimed run directory: locked until :meth:`release`.
+
+    ``claim`` creates it (new run), replaces it (``overwrite``) or reopens it (``resume``).
+    """
+
+    def __init__(self, path: Path, lock_fd: int, created: bool) -> None:
+        self.path, self._lock_fd, self.created = path, lock_fd, created
+
+    @classmethod
+    def claim(cls, path: Path, config: RunConfig, *, resume: bool, overwrite: bool) -> RunDirectory:
+        if resume and overwrite:
+            raise RunDirectoryError("--resume and --overwrite exclude each other")
+        if path.exists() and not path.is_dir():
+            raise RunDirectoryError(f"run directory {str(path)!r} is a file: choose another --run-dir")
+        existing = path.is_dir() and any(path.iterdir())
+        if existing and not resume:
+            if not overwrite:
+                raise RunDirectoryError(
+                    f"run directory {str(path)!r} already exists and is not empty: pass --resume to "
+                    "continue it, --overwrite to replace it, or choose another --run-dir"
+                )
+            if not (path / MARKER).is_file():
+                raise RunDirectoryError(
+                    f"{str(path)!r} is not a finetune-gym run directory (it has no {MARKER}): --overwrite "
+                    "replaces only runs; choose another --run-dir or remove the folder yourself"
+                )
+        created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
             raise RunDirectoryError(
-                f"{str(run_dir)!r} has no {CHECKPOINT} to resume from; start it again with --overwrite"
-            )
-        return RunConfig.from_json(json.loads((run_dir / CONFIG).read_text()))
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
+                f"cannot use {str(path)!r} as a run directory: {error.strerror}"
+            ) from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
             raise RunDirectoryError(
-                f"run directory {str(run_dir)!r} already exists and is not empty: pass --resume to continue "
-                "it, --overwrite to replace it, or choose another --run-dir"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(json.dumps(config.to_json(), indent=2))
-    return config
+                f"run directory {str(path)!r} is in use by another process (PID {holder}); wait for it "
+                "to finish or stop it, or choose another --run-dir"
+            ) from error
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        directory = cls(path, fd, created)
+        try:
+            if resume:
+                directory.remove_partial_writes()
+            else:
+                if existing:  # overwrite: everything but the lock this process now holds
+                    directory.clear()
+                (path / MARKER).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+                (path / CONFIG).write_text(json.dumps(config.to_json(), indent=2))
+        except BaseException:
+            directory.release()
+            raise
+        return directory
+
+    def clear(self) -> None:
+        for entry in self.path.iterdir():
+            if entry.name == LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def remove_partial_writes(self) -> None:
+        """Temporary files of atomic writes cut short by a kill (no other writer holds the lock)."""
+        for partial in self.path.glob(f".{CHECKPOINT}.*"):
+            partial.unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        """Undo a start that failed before its first checkpoint: nothing is left behind."""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            self.clear()
+            (self.path / LOCK).unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -81,6 +81,7 @@ class WandbRun:
             data = {
                 "step/reward": payload["reward"],
                 "step/loss": payload["loss"],
+                "step/skipped_updates": payload["skipped_updates"],
                 "step/episode": payload["episode"],
                 "step/epoch": payload["epoch"],
                 "lr/mean": float(rates.mean()),
@@ -107,7 +108,13 @@ class WandbRun:
     ) -> None:
         step = int(results["steps"])
         wandb.log({key: wandb.Image(str(path)) for key, path in images.items()}, step=step)
-        for key in ("final_val_accuracy", "final_test_accuracy", "wall_time_s", "images_seen"):
+        for key in (
+            "final_val_accuracy",
+            "final_test_accuracy",
+            "wall_time_s",
+            "images_seen",
+            "skipped_updates",
+        ):
             self.run.summary[key] = results[key]
         artifact = wandb.Artifact(
             f"run-{self.run.id}",

@@ -194,6 +194,9 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: TrainingForward | None = None
         self._readback = HostCopy(self.device)  # every step's one device-to-host copy
+        # BatchNorm statistics as they were before the last training forward: restored when its
+        # loss is not finite, so a skipped update leaves no trace in the network.
+        self._buffers_before = [b.detach().clone() for b in self.model.buffers()]
         self._needs_reset = True
         self._epoch = self._step = self._epoch_correct = self._epoch_seen = 0
 
@@ -254,6 +257,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "stream": self.stream.get_state(),
             "counters": {k: getattr(self, k) for k in ("_epoch", "_step", "_epoch_correct", "_epoch_seen")},
             "pending": None if pending is None else pending.get_state(),
+            "buffers_before": cpu_copy(self._buffers_before),
             "needs_reset": self._needs_reset,
         }
 
@@ -283,6 +287,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 )
             backward(self._pending)
             self._pending.loss_value, self._pending.correct = saved["loss_value"], saved["correct"]
+        for backup, value in zip(self._buffers_before, state["buffers_before"], strict=True):
+            backup.copy_(value)
 
     # ------------------------------------------------------------------ gymnasium API
 
@@ -386,6 +392,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._forward(*self.stream.load())
 
     def _forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> TrainingForward:
+        if self._buffers_before:  # one fused copy (a loop of small copies would be one kernel each)
+            torch._foreach_copy_(self._buffers_before, [b.data for b in self.model.buffers()])
         with self.pooler.record():
             return train_forward(self.model, inputs, labels, self.amp_dtype)
 
@@ -410,4 +418,6 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         packed = self._readback.wait(staged).numpy()
         n = self.observation_space.shape[0]
         forward.loss_value, forward.correct = float(packed[n + 1]), int(packed[n + 2])
+        if not math.isfinite(forward.loss_value) and self._buffers_before:  # the update will be skipped
+            torch._foreach_copy_([b.data for b in self.model.buffers()], self._buffers_before)
         return packed[:n].astype(np.float32), float(packed[n])
