@@ -32,17 +32,36 @@ from finetune_gym.cli import parse_kwargs
 TOLERANCE = 1e-6
 
 
+def _stored(results: dict, key: str, optional: bool = False) -> float | None:
+    """A stored accuracy as a float in [0, 1] (None where ``optional`` and absent); ValueError else."""
+    value = results.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{RESULTS} holds {key}={value!r}, not an accuracy in [0, 1]")
+    return float(value)
+
+
 def recompute(run_dirs: list[Path], device: str) -> int:
-    """Print stored against recomputed accuracy for each run; 1 if any differs beyond TOLERANCE."""
+    """Print stored against recomputed accuracy for each run, going on past broken runs; 1 if any
+    run differs beyond TOLERANCE or cannot be checked."""
     flagged = 0
     print("| run | stored test | recomputed test | stored val | recomputed val | status |")
     print("|---|---|---|---|---|---|")
     for run_dir in run_dirs:
-        results = json.loads((run_dir / RESULTS).read_text())
-        env, _ = load_final_model(run_dir / FINAL_MODEL, device=device)
-        test = env.evaluate("test")
-        val = env.evaluate("val") if len(env.val_indices) else None
-        stored_test, stored_val = results["final_test_accuracy"], results["final_val_accuracy"]
+        try:
+            results = json.loads((run_dir / RESULTS).read_text())
+            stored_test = _stored(results, "final_test_accuracy")
+            stored_val = _stored(results, "final_val_accuracy", optional=True)
+            env, _ = load_final_model(run_dir / FINAL_MODEL, device=device)
+            test = env.evaluate("test")
+            val = env.evaluate("val") if len(env.val_indices) else None
+            env.close()
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            flagged += 1
+            message = str(error).replace("|", "/").splitlines()[0]
+            print(f"| {run_dir} | | | | | ERROR: {type(error).__name__}: {message} |")
+            continue
         bad = abs(test - stored_test) > TOLERANCE or (
             val is not None and stored_val is not None and abs(val - stored_val) > TOLERANCE
         )
@@ -51,14 +70,26 @@ def recompute(run_dirs: list[Path], device: str) -> int:
             f"| {run_dir} | {report.fmt_pct(stored_test)} | {report.fmt_pct(test)} | "
             f"{report.fmt_pct(stored_val)} | {report.fmt_pct(val)} | {'DISAGREES' if bad else 'ok'} |"
         )
-        env.close()
     if flagged:
-        print(f"{flagged} run(s) disagree with their results.json by more than {TOLERANCE}", file=sys.stderr)
+        print(
+            f"{flagged} run(s) disagree with their {RESULTS} by more than {TOLERANCE} or could not be checked",
+            file=sys.stderr,
+        )
     return 1 if flagged else 0
 
 
 def table(out: Path, paths: list[str]) -> int:
-    rows = report.load_rows(report.find_runs(paths))
+    """Aggregate runs into OUT.md/.csv/.png; a run whose results.json cannot be read is named and
+    left out (exit status 1), the rest are tabulated."""
+    rows, broken = [], 0
+    for run_dir in report.find_runs(paths):
+        try:
+            results = json.loads((run_dir / RESULTS).read_text())
+            _stored(results, "final_test_accuracy")
+            rows.append(report.row_from_results(results, str(run_dir)))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            broken += 1
+            print(f"evaluate.py: left out {run_dir}: {type(error).__name__}: {error}", file=sys.stderr)
     groups = report.aggregate(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = report.markdown_table(groups)
@@ -67,7 +98,7 @@ def table(out: Path, paths: list[str]) -> int:
     report.plot_rates(groups, out.with_suffix(".png"))
     print(text)
     print(f"wrote {out}, {out.with_suffix('.csv')}, {out.with_suffix('.png')} ({len(rows)} runs)")
-    return 0
+    return 1 if broken else 0
 
 
 def replay(agent_dir: Path, args: argparse.Namespace) -> int:

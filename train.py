@@ -15,15 +15,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from agents import AGENT_NAMES
 from agents.config import WANDB_MODES, RunConfig
+from agents.recording import TrainingDiverged
 from agents.run import run_training
-from agents.rundir import RunDirectoryError
+from agents.rundir import RunDirectoryError, read_config
 from finetune_gym import ENV_IDS
 from finetune_gym.cli import parse_kwargs
 from finetune_gym.env import REWARDS
+from finetune_gym.wrappers import check_ema
+
+
+def parse_ema(text: str) -> float | None:
+    """``--ema``: a weight in (0, 1], or ``none`` for no EMA scheme."""
+    if text.lower() == "none":
+        return None
+    try:
+        return check_ema(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a weight in (0, 1] or 'none', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env.add_argument(
         "--ema",
-        default=str(defaults.ema),
+        type=parse_ema,
+        default=defaults.ema,
         help="EMA weight of the fine-tuned target between episodes, or 'none' (default %(default)s)",
     )
     env.add_argument(
@@ -91,48 +105,90 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The run configuration an argument list describes (raises ValueError for bad values)."""
-    env_kwargs = parse_kwargs(args.env_kwargs)
-    for key in ("dataset", "data_root", "sampling_rate", "device", "reward"):
+ENV_FLAGS = ("dataset", "data_root", "sampling_rate", "device", "reward")  # each also an env argument
+FIELDS = {  # argument -> RunConfig field, for the arguments that set one directly
+    "env": "env_id",
+    "algo": "algo",
+    "seed": "seed",
+    "episodes": "episodes",
+    "epochs_per_episode": "epochs_per_episode",
+    "ema": "ema",
+    "label": "label",
+    "wandb": "wandb_mode",
+    "wandb_project": "wandb_project",
+    "wandb_entity": "wandb_entity",
+    "wandb_group": "wandb_group",
+    "wandb_tags": "wandb_tags",
+}
+
+
+def given_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options ``argv`` names (an option given its default value counts)."""
+    given = set()
+    for action in parser._actions:
+        if any(arg == flag or arg.startswith(flag + "=") for arg in argv for flag in action.option_strings):
+            given.add(action.dest)
+    return given
+
+
+def config_from_args(
+    args: argparse.Namespace, given: set[str] | None = None, base: RunConfig | None = None
+) -> RunConfig:
+    """The run configuration an argument list describes (ValueError for bad or conflicting values).
+
+    With ``base`` (a saved configuration, for ``--resume``) only the ``given`` arguments change it.
+    """
+    given = set(vars(args)) if given is None else given
+    env_kwargs = parse_kwargs(args.env_kwargs) if "env_kwargs" in given else {}
+    for key in ENV_FLAGS:
         value = getattr(args, key)
-        if value is not None:
+        if value is not None and key in given:
+            if key in env_kwargs:
+                raise ValueError(
+                    f"{key} is given twice, as --{key.replace('_', '-')} and in --env-kwargs: give it once"
+                )
             env_kwargs[key] = value
-    ema = None if str(args.ema).lower() == "none" else float(args.ema)
-    return RunConfig(
-        env_id=args.env,
-        algo=args.algo,
-        seed=args.seed,
-        episodes=args.episodes,
-        epochs_per_episode=args.epochs_per_episode,
-        ema=ema,
-        env_kwargs=env_kwargs,
-        agent_kwargs=parse_kwargs(args.agent_kwargs, "--agent-kwargs"),
-        label=args.label,
-        wandb_mode=args.wandb,
-        wandb_project=args.wandb_project,
-        wandb_entity=args.wandb_entity,
-        wandb_group=args.wandb_group,
-        wandb_tags=list(args.wandb_tags),
-    )
+    fields = {field: getattr(args, dest) for dest, field in FIELDS.items() if dest in given}
+    if "agent_kwargs" in given:
+        fields["agent_kwargs"] = parse_kwargs(args.agent_kwargs, "--agent-kwargs")
+    if base is None:
+        return RunConfig(**{**fields, "env_kwargs": env_kwargs})
+    return replace(base, **fields, env_kwargs={**base.env_kwargs, **env_kwargs})
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir) if args.run_dir else None
     try:
-        config = config_from_args(args)
+        if args.resume:
+            if run_dir is None:
+                parser.error("--resume needs --run-dir: the run to continue")
+            # The saved configuration, with what the command line gives on top: run_training
+            # refuses any difference but the W&B settings.
+            config = config_from_args(args, given_arguments(parser, argv), read_config(run_dir))
+        else:
+            config = config_from_args(args)
+    except RunDirectoryError as error:
+        return _fail(str(error))
     except ValueError as error:
         parser.error(str(error))
-    run_dir = Path(args.run_dir or f"runs/{config.env_id}-{config.algo}-s{config.seed}")
+    run_dir = run_dir or Path(f"runs/{config.env_id}-{config.algo}-s{config.seed}")
     try:
         run_training(
             config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
         )
-    except (RunDirectoryError, ValueError, FileNotFoundError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
+    except (RunDirectoryError, ValueError, FileNotFoundError, TrainingDiverged) as error:
+        return _fail(str(error))
+    except OSError as error:  # disk full, permissions, ...: the file and the reason, in one line
+        return _fail(f"{error.strerror or error} ({error.filename or 'while writing the run'})")
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"train.py: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -61,6 +61,24 @@ class RunConfig:
         if self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"unknown W&B mode {self.wandb_mode!r}: choose one of {', '.join(WANDB_MODES)}")
 
+    def differences(self, other: RunConfig) -> list[str]:
+        """What ``other`` changes of this configuration, one ``field: this -> other`` each, besides
+        the W&B settings (a resumed run may log elsewhere without changing what it computes)."""
+        mine, theirs = self.to_json(), other.to_json()
+        out = []
+        for key in mine:
+            if key.startswith("wandb_"):
+                continue
+            if isinstance(mine[key], dict) and isinstance(theirs[key], dict):
+                out += [
+                    f"{key}.{k}: {mine[key].get(k, '(unset)')!r} -> {theirs[key].get(k, '(unset)')!r}"
+                    for k in sorted(set(mine[key]) | set(theirs[key]))
+                    if mine[key].get(k, "(unset)") != theirs[key].get(k, "(unset)")
+                ]
+            elif mine[key] != theirs[key]:
+                out.append(f"{key}: {mine[key]!r} -> {theirs[key]!r}")
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
 

@@ -37,7 +37,7 @@ from .outputs import write_outputs
 from .progress import RunProgress
 from .recording import RunRecorder
 from .registry import Agent, is_learning, load_agent, make_agent
-from .rundir import CHECKPOINT, FINAL_MODEL, RESULTS, RunDirectory, RunDirectoryError, read_config
+from .rundir import CHECKPOINT, CONFIG, FINAL_MODEL, RESULTS, RunDirectory, RunDirectoryError, read_config
 from .threads import AGENT_THREADS, torch_threads
 from .timing import AgentUpdates, Timer
 
@@ -79,8 +79,15 @@ def run_training(
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise RunDirectoryError("--resume and --overwrite exclude each other")
-    if resume:
-        config = read_config(run_dir)
+    if resume:  # the saved configuration continues; only where the run logs to may change
+        saved = read_config(run_dir)
+        differences = saved.differences(config)
+        if differences:
+            raise RunDirectoryError(
+                f"--resume continues {str(run_dir)!r} as it was started; these arguments differ from its "
+                f"{CONFIG}: {'; '.join(differences)}. Drop them, or start a new run (--overwrite or another "
+                "--run-dir)"
+            )
     timer = Timer()
     venv, recorder = build_env(config)
     base = recorder.unwrapped

@@ -105,7 +105,9 @@ class RunDirectory:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         directory = cls(path, fd, created)
         try:
-            if resume:
+            if resume:  # checked again under the lock: another process may have finished it meanwhile
+                if (path / RESULTS).is_file() or not (path / CHECKPOINT).is_file():
+                    raise RunDirectoryError(f"{str(path)!r} has no unfinished run to resume")
                 directory.remove_partial_writes()
             else:
                 if existing:  # overwrite: everything but the lock this process now holds

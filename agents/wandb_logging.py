@@ -60,19 +60,25 @@ class WandbRun:
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
         self.layer_names = layer_names
-        self.run = wandb.init(
-            mode=mode,
-            dir=str(run_dir),
-            project=project,
-            entity=entity,
-            group=group,
-            tags=tags,
-            name=name,
-            id=run_id,
-            resume="allow",
-            config=config,
-            settings=wandb.Settings(silent=True, console="off"),
-        )
+        try:
+            self.run = wandb.init(
+                mode=mode,
+                dir=str(run_dir),
+                project=project,
+                entity=entity,
+                group=group,
+                tags=tags,
+                name=name,
+                id=run_id,
+                resume="allow",
+                config=config,
+                settings=wandb.Settings(silent=True, console="off"),
+            )
+        except wandb.errors.Error as error:
+            raise ValueError(
+                f"W&B could not start a {mode} run: {error} Run `wandb login` or set WANDB_API_KEY, "
+                "or log with --wandb offline (sync later with `wandb sync`)"
+            ) from error
 
     def __call__(self, event: str, payload: dict[str, Any]) -> None:
         step = int(payload["step"])

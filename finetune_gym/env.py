@@ -34,22 +34,18 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from . import training
 from .actions import LearningRateMap, lr_grid
+from .arguments import check_positive_integers, check_types
 from .augment import BatchAugment, resolve_augment
 from .datasets import load_dataset, sample_per_class, split_validation
-from .device import (
-    HostCopy,
-    place_cache,
-    resolve_channels_last,
-    resolve_device,
-    resolve_precision,
-)
+from .device import HostCopy, place_cache, resolve_channels_last, resolve_device, resolve_precision
 from .evaluation import HeldOutSplits
 from .models import build_backbone
 from .observation import OBS_LIMIT, ActivationPooler
 from .storage import cpu_copy
 from .stream import TrainingStream
-from .training import TrainingForward, backward, batch_correct, frozen_buffers, layer_adam, train_forward
+from .training import TrainingForward, frozen_buffers
 
 REWARDS = ("batch", "next_batch")
 
@@ -105,18 +101,17 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         adam_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("batch_size", batch_size),
-            ("image_size", image_size),
-            ("epochs_per_episode", epochs_per_episode),
-            ("eval_batch_size", eval_batch_size),
-        ):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        arguments = locals()
+        check_types(FineTuneEnv.__init__, arguments)
+        check_positive_integers(
+            batch_size=batch_size,
+            image_size=image_size,
+            epochs_per_episode=epochs_per_episode,
+            eval_batch_size=eval_batch_size,
+        )
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}: choose one of {', '.join(REWARDS)}")
         rates = lr_grid(n_lr_steps, lr_min, lr_max, lr_scale, lr_steps)  # checked before any data is read
-        arguments = locals()
         self.config = {name: arguments[name] for name in self.default_config()}
         self.reward_mode = reward
         self.batch_size, self.image_size = int(batch_size), int(image_size)
@@ -285,7 +280,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 self._pending = self._forward(
                     saved["inputs"].to(self.device), saved["labels"].to(self.device)
                 )
-            backward(self._pending)
+            training.backward(self._pending)
             self._pending.loss_value, self._pending.correct = saved["loss_value"], saved["correct"]
         for backup, value in zip(self._buffers_before, state["buffers_before"], strict=True):
             backup.copy_(value)
@@ -332,7 +327,9 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.optimizer.zero_grad(set_to_none=True)
         reward_correct = None
         if self.reward_mode == "batch" and not skipped:
-            reward_correct = batch_correct(self.model, pending.inputs, pending.labels, self.amp_dtype)
+            reward_correct = training.batch_correct(
+                self.model, pending.inputs, pending.labels, self.amp_dtype
+            )
 
         info: dict[str, Any] = {
             "learning_rates": learning_rates,
@@ -384,7 +381,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     # ------------------------------------------------------------------ internals
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        return layer_adam(
+        return training.layer_adam(
             [(layer.name, layer.parameters) for layer in self.layers], self.device, **self.adam_kwargs
         )
 
@@ -395,29 +392,16 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._buffers_before:  # one fused copy (a loop of small copies would be one kernel each)
             torch._foreach_copy_(self._buffers_before, [b.data for b in self.model.buffers()])
         with self.pooler.record():
-            return train_forward(self.model, inputs, labels, self.amp_dtype)
+            return training.train_forward(self.model, inputs, labels, self.amp_dtype)
 
     def _observe(
         self, forward: TrainingForward, reward_correct: torch.Tensor | None = None
     ) -> tuple[np.ndarray, float]:
-        """Read the step's values back and backpropagate ``forward``, in the order that lets the
-        device run the backward while the host goes on: the one copy of the observation, the
-        reward's correct count and ``forward``'s loss and correct count started, backward queued,
-        then the wait for the copy. Stores the loss and correct count on ``forward``; returns
-        (observation, reward's correct count)."""
-        zero = torch.zeros((), device=self.device)
-        scalars = torch.stack(
-            [
-                zero if reward_correct is None else reward_correct.float(),
-                forward.loss_tensor.float(),
-                forward.correct_tensor.float(),
-            ]
+        """Backpropagate ``forward`` and read the step's values back in one transfer
+        (:func:`~finetune_gym.training.read_back`); returns (observation, reward's correct count)."""
+        observation, reward_count = training.read_back(
+            forward, self.pooler.observation(), reward_correct, self._readback
         )
-        staged = self._readback.start(torch.cat([self.pooler.observation(), scalars]))
-        backward(forward)
-        packed = self._readback.wait(staged).numpy()
-        n = self.observation_space.shape[0]
-        forward.loss_value, forward.correct = float(packed[n + 1]), int(packed[n + 2])
         if not math.isfinite(forward.loss_value) and self._buffers_before:  # the update will be skipped
             torch._foreach_copy_([b.data for b in self.model.buffers()], self._buffers_before)
-        return packed[:n].astype(np.float32), float(packed[n])
+        return observation, reward_count

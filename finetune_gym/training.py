@@ -15,11 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import autocast
+from .device import HostCopy, autocast
 
 
 @dataclass
@@ -77,6 +78,35 @@ def backward(forward: TrainingForward) -> None:
     if forward.loss is not None:
         forward.loss.backward()
         forward.loss = None
+
+
+def read_back(
+    forward: TrainingForward,
+    observation: torch.Tensor,
+    reward_correct: torch.Tensor | None,
+    copy: HostCopy,
+) -> tuple[np.ndarray, float]:
+    """Backpropagate ``forward`` and read what a step needs in one device-to-host transfer.
+
+    The order lets the device run the backward while the host goes on: the copy of the
+    observation, the reward's correct count and ``forward``'s loss and correct count is started,
+    the backward queued, then the copy waited for. Stores the loss and correct count on
+    ``forward``; returns the observation (float32) and the reward's correct count.
+    """
+    zero = torch.zeros((), device=observation.device)
+    scalars = torch.stack(
+        [
+            zero if reward_correct is None else reward_correct.float(),
+            forward.loss_tensor.float(),
+            forward.correct_tensor.float(),
+        ]
+    )
+    staged = copy.start(torch.cat([observation, scalars]))
+    backward(forward)
+    packed = copy.wait(staged).numpy()
+    n = len(observation)
+    forward.loss_value, forward.correct = float(packed[n + 1]), int(packed[n + 2])
+    return packed[:n].astype(np.float32), float(packed[n])
 
 
 def batch_correct(

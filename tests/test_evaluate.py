@@ -112,8 +112,11 @@ def test_errors_name_the_problem(runs, tmp_path, capsys):
     saved = torch.load(broken / "final_model.pt", weights_only=True)
     saved["state_dict"].pop("linear.weight")
     torch.save(saved, broken / "final_model.pt")
-    assert evaluate.main([str(broken)]) == 2
-    assert "does not match the model" in capsys.readouterr().err
+    # A broken run is reported in its row and the others are still checked.
+    assert evaluate.main([str(broken), str(runs / "uniform-s0")]) == 1
+    out = capsys.readouterr().out
+    assert "ERROR: ValueError:" in out and "does not match the model" in out
+    assert f"| {runs / 'uniform-s0'} |" in out and out.rstrip().endswith("| ok |")
     assert evaluate.main(["--agent", str(tmp_path)]) == 2
     assert "is not the agent/ folder of a run" in capsys.readouterr().err
 
@@ -147,8 +150,9 @@ def test_missing_data_is_reported(tmp_path, capsys):
         == 0
     )
     shutil.rmtree(folder)
-    assert evaluate.main([str(run_dir)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert evaluate.main([str(run_dir)]) == 1
+    row = capsys.readouterr().out.split("final test accuracy")[-1]
+    assert "ERROR: DatasetNotFoundError" in row and "does not exist" in row
 
 
 @pytest.mark.parametrize("sweep", ["paper_sweep.yaml", "paper_sweep_uniform.yaml"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,8 +40,17 @@ def load_dataset(
                 f"data_root {str(Path(root).resolve())!r} does not exist: create it and place the "
                 f"{name!r} files there, or pass download=True"
             )
+    created = root is not None and not Path(root).exists()
     try:
         return DATASETS[name](root, download, **options)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        if created:  # leave no empty folder behind for the next attempt to trip on
+            shutil.rmtree(root, ignore_errors=True)
+        reason = getattr(error, "reason", error)
+        raise DatasetNotFoundError(
+            f"downloading dataset {name!r} failed ({reason}); without a network, place its files under "
+            f"{str(Path(root).resolve())!r} yourself and drop download=True"
+        ) from error
     except TypeError as error:
         if "unexpected keyword" in str(error):
             raise ValueError(
