@@ -109,9 +109,7 @@ def run_training(
             if verbose:
                 print(f"resuming {run_dir} at step {done_steps} of {total_steps}")
                 if recorder.env_threads != threads:
-                    print(
-                        f"the environment runs on {recorder.env_threads} threads, as before the resume ({threads} now)"
-                    )
+                    print(f"the environment runs on {recorder.env_threads} threads as before, not {threads}")
         else:
             venv.seed(config.seed)
         checkpointer = Checkpointer(run_dir / CHECKPOINT, recorder, timer)
@@ -127,26 +125,22 @@ def run_training(
                 progress,
                 resume,
             )
+            results, images = write_outputs(run_dir, config, agent, recorder, timer.wall_s(), timing)
         except BaseException:
             if not resume and checkpointer.saved == 0:
                 directory.abandon()  # nothing to resume: leave nothing behind
             raise
-        results, images = write_outputs(run_dir, config, agent, recorder, timer.wall_s(), timing)
         if wandb_run is not None:
             wandb_run.finish(results, run_dir, images, [run_dir / RESULTS, run_dir / FINAL_MODEL])
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     venv.close()
     if verbose:
-        val = results["final_val_accuracy"]
+        val, skipped = results["final_val_accuracy"], results["skipped_updates"]
+        notes = [f"validation {'n/a' if val is None else f'{val:.4f}'}", f"{results['wall_time_s']:.1f} s"]
+        if skipped:
+            notes.append(f"{skipped} updates skipped: non-finite loss")
         print(
-            f"run directory: {run_dir}\nfinal test accuracy: {results['final_test_accuracy']:.4f} "
-            f"(validation {'n/a' if val is None else f'{val:.4f}'}, {results['wall_time_s']:.1f} s"
-            + (
-                f"; {results['skipped_updates']} updates skipped: non-finite loss"
-                if results["skipped_updates"]
-                else ""
-            )
-            + ")"
+            f"run directory: {run_dir}\nfinal test accuracy: {results['final_test_accuracy']:.4f} ({', '.join(notes)})"
         )
     return results
 
