@@ -25,7 +25,7 @@ from agents.run import run_training
 from agents.rundir import RunDirectoryError, read_config
 from finetune_gym import ENV_IDS
 from finetune_gym.cli import parse_kwargs
-from finetune_gym.env import REWARDS
+from finetune_gym.rewards import REWARDS
 from finetune_gym.wrappers import check_ema
 
 

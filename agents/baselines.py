@@ -82,16 +82,63 @@ class Uniform(Baseline):
         super().__init__(seed, lr=lr, index=index)
 
     def env_overrides(self) -> dict[str, Any]:
-        return {} if self.params["index"] is not None else {"lr_steps": [0.0, float(self.params["lr"])]}
+        return {} if self.params.get("index") is not None else {"lr_steps": [0.0, float(self.params["lr"])]}
 
     def action(self) -> np.ndarray:
-        index = self.params["index"]
+        index = self.params.get("index")
         if index is None:
             index = self._index(self.params["lr"])
         assert self.rates is not None and self.n_layers is not None
         if not 0 <= index < len(self.rates):
             raise ValueError(f"uniform: index {index} outside the grid of {len(self.rates)} steps")
         return np.full(self.n_layers, index, dtype=np.int64)
+
+
+class Cosine(Uniform):
+    """One rate for every layer, decayed to 0 over the episode by a cosine (after ``warmup``, a
+    fraction of the episode with linear warm-up): the tuned schedule practitioners use. Run as one
+    episode it spans the whole run; under the EMA scheme it restarts each episode."""
+
+    name = "cosine"
+
+    def __init__(self, seed: int = 0, lr: float = 1e-3, warmup: float = 0.0) -> None:
+        if lr is None or lr <= 0:
+            raise ValueError("cosine needs a peak learning rate lr > 0")
+        Baseline.__init__(self, seed, lr=lr, warmup=warmup)
+
+    def env_overrides(self) -> dict[str, Any]:
+        return {**super().env_overrides(), "schedule": "cosine", "warmup": float(self.params["warmup"])}
+
+
+class PublishedOptimizer(Uniform):
+    """An optimizer that avoids a learning-rate search, run as its authors ship it: one rate for
+    every layer, its published default unless ``lr`` is given, no schedule."""
+
+    optimizer = ""
+
+    def __init__(self, seed: int = 0, lr: float | None = None) -> None:
+        from finetune_gym.optimizers import DEFAULT_LR
+
+        lr = DEFAULT_LR[self.optimizer] if lr is None else lr
+        if lr <= 0:
+            raise ValueError(f"{self.name} needs a rate (multiplier) lr > 0")
+        Baseline.__init__(self, seed, lr=lr)
+
+    def env_overrides(self) -> dict[str, Any]:
+        return {**super().env_overrides(), "optimizer": self.optimizer}
+
+
+class ScheduleFreeAdamW(PublishedOptimizer):
+    """Schedule-Free AdamW (Defazio et al. 2024) at its default rate 0.0025; evaluated at its
+    averaged weights with BatchNorm statistics recomputed there."""
+
+    name = optimizer = "schedulefree_adamw"
+
+
+class Prodigy(PublishedOptimizer):
+    """Prodigy (Mishchenko & Defazio 2023), which estimates its own rate; multiplier 1.0."""
+
+    name = optimizer = "prodigy"
 
 
 class LayerwiseDecay(Baseline):
@@ -161,7 +208,8 @@ class RandomRates(Baseline):
 
 
 BASELINES: dict[str, type[Baseline]] = {
-    cls.name: cls for cls in (Uniform, LayerwiseDecay, LinearProbe, RandomRates)
+    cls.name: cls
+    for cls in (Uniform, Cosine, ScheduleFreeAdamW, Prodigy, LayerwiseDecay, LinearProbe, RandomRates)
 }
 
 

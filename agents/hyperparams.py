@@ -50,6 +50,11 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     },
     # Plain fine-tuning: one learning rate for every layer (a rate, or an action index if given).
     "uniform": {"lr": 1e-3, "index": None},
+    # One rate decayed by a cosine over the episode, optional linear warm-up (fraction of it).
+    "cosine": {"lr": 1e-3, "warmup": 0.0},
+    # Optimizers that avoid a learning-rate search, at their published defaults (lr None).
+    "schedulefree_adamw": {"lr": None},
+    "prodigy": {"lr": None},
     # Discriminative fine-tuning: the head at base_lr, each earlier layer `decay` times lower.
     "layerwise_decay": {"base_lr": 1e-3, "decay": 0.8},
     # The control: uniformly random actions in the environment's own action space.

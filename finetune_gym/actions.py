@@ -8,20 +8,36 @@ from typing import Literal
 import numpy as np
 from gymnasium import spaces
 
-LrScale = Literal["linear", "log"]
-LR_SCALES = ("linear", "log")
+LrScale = Literal["linear", "log", "relative"]
+LR_SCALES = ("linear", "log", "relative")
+RELATIVE_RANGE = 8.0  # relative steps multiply the base rate by 1/8 ... 8
 
 
-def learning_rate_steps(n_steps: int, lr_min: float, lr_max: float, scale: str) -> np.ndarray:
+def learning_rate_steps(
+    n_steps: int, lr_min: float, lr_max: float, scale: str, base_lr: float | None = None
+) -> np.ndarray:
     """The ``n_steps`` learning rates an action index selects, ascending.
 
     - ``"linear"`` (the paper's): ``lr_min + k (lr_max - lr_min) / (n_steps - 1)``.
     - ``"log"``: step 0 is learning rate 0 (freeze the layer) and steps 1.. are
       log-spaced from ``lr_max / 1000`` to ``lr_max``; linear steps spend most of
       the range on rates above 1e-3, where fine-tuning usually diverges.
+    - ``"relative"``: ``base_lr`` times multipliers log-spaced from 1/8 to 8, the middle one 1
+      (``n_steps`` odd): a policy that knows nothing reproduces the base method, and random
+      actions are random multipliers around it.
     """
     if n_steps < 2:
         raise ValueError(f"n_lr_steps must be at least 2, got {n_steps}")
+    if scale == "relative":
+        if base_lr is None or not base_lr > 0:
+            raise ValueError(
+                f"lr_scale='relative' needs base_lr > 0, the rate a multiplier of 1 gives; got {base_lr}"
+            )
+        if n_steps % 2 == 0:
+            raise ValueError(
+                f"lr_scale='relative' needs an odd n_lr_steps, so that a multiplier of 1 is a step; got {n_steps}"
+            )
+        return base_lr * np.geomspace(1 / RELATIVE_RANGE, RELATIVE_RANGE, n_steps)
     if not (0.0 <= lr_min < lr_max):
         raise ValueError(f"need 0 <= lr_min < lr_max, got lr_min={lr_min}, lr_max={lr_max}")
     if scale == "linear":
@@ -32,13 +48,18 @@ def learning_rate_steps(n_steps: int, lr_min: float, lr_max: float, scale: str) 
 
 
 def lr_grid(
-    n_steps: int, lr_min: float, lr_max: float, scale: str, rates: Sequence[float] | None = None
+    n_steps: int,
+    lr_min: float,
+    lr_max: float,
+    scale: str,
+    rates: Sequence[float] | None = None,
+    base_lr: float | None = None,
 ) -> np.ndarray:
     """The action's rate steps: ``rates`` when given (ascending, >= 0: baselines use it to apply
     exact rates such as 3e-4 that the paper's grid does not contain), else
     :func:`learning_rate_steps`. Every check of the grid's arguments is here: the grid's are
     checked even when ``rates`` replaces it, so a misspelt ``lr_scale`` is never ignored."""
-    grid = learning_rate_steps(n_steps, lr_min, lr_max, scale)
+    grid = learning_rate_steps(n_steps, lr_min, lr_max, scale, base_lr)
     if rates is None:
         return grid
     array = np.asarray(rates, dtype=np.float64)
@@ -58,10 +79,11 @@ class LearningRateMap:
         lr_max: float = 0.01,
         scale: str = "linear",
         rates: Sequence[float] | None = None,
+        base_lr: float | None = None,
     ) -> None:
         """``rates``, when given, is the explicit list of steps and replaces the grid (see
         :func:`lr_grid`)."""
-        self.rates = lr_grid(n_steps, lr_min, lr_max, scale, rates)
+        self.rates = lr_grid(n_steps, lr_min, lr_max, scale, rates, base_lr)
         self.space = spaces.MultiDiscrete([len(self.rates)] * n_layers)
 
     def __call__(self, action: object) -> np.ndarray:

@@ -27,6 +27,7 @@ _ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "nn.Module": lambda v: isinstance(v, nn.Module),
     "torch.device": lambda v: isinstance(v, torch.device),
     "list[float]": lambda v: isinstance(v, (list, tuple)),
+    "list[str]": lambda v: isinstance(v, (list, tuple)),
     "dict[str, Any]": lambda v: isinstance(v, dict),
 }
 

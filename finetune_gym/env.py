@@ -10,11 +10,9 @@ the training forward and backward on ``b_{t+1}``, which yield ``s_{t+1}`` and
 the gradients of ``L_{t+1}``. Every batch is forwarded and backpropagated once,
 as in plain fine-tuning.
 
-Rewards: ``"batch"`` (the paper's) is the accuracy of the updated model on
-``b_t`` (one extra forward, in eval mode, under ``inference_mode``);
-``"next_batch"`` is the accuracy of the updated model on ``b_{t+1}``, read from
-the training forward the step runs anyway: no extra cost, and a batch the model
-has not been trained on yet this epoch.
+Rewards (:mod:`finetune_gym.rewards`): the paper's ``"batch"`` needs one extra
+forward of ``b_t`` in eval mode; ``"next_batch"`` and ``"loss_improvement"`` read
+the training forward of ``b_{t+1}`` that the step runs anyway.
 
 Everything a step reads back from the device (observation, reward, next loss,
 next batch's correct count) comes in one transfer.
@@ -25,6 +23,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,17 @@ from . import training
 from .actions import LearningRateMap, lr_grid
 from .arguments import check_positive_integers, check_types
 from .augment import BatchAugment, resolve_augment
-from .datasets import load_dataset, sample_per_class, split_validation
+from .datasets import load_dataset, sample_and_split
 from .device import HostCopy, place_cache, resolve_channels_last, resolve_device, resolve_precision
 from .evaluation import HeldOutSplits
 from .models import build_backbone
-from .observation import OBS_LIMIT, ActivationPooler
+from .observation import OBS_LIMIT, ActivationPooler, TrainingSignals, check_obs_extras, extras_size
+from .optimizers import check_optimizer, check_rates, evaluation_point, layer_optimizer
+from .rewards import check_reward, step_reward
+from .schedules import check_schedule, schedule_factor
 from .storage import cpu_copy
 from .stream import TrainingStream
 from .training import TrainingForward, frozen_buffers
-
-REWARDS = ("batch", "next_batch")
 
 
 class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -90,15 +90,20 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         lr_min: float = 0.0,
         lr_scale: str = "linear",
         lr_steps: list[float] | None = None,
+        base_lr: float | None = None,
+        schedule: str = "constant",
+        warmup: float = 0.0,
         granularity: str = "block",
         obs_features: int = 8,
+        obs_extras: list[str] | None = None,
         reward: str = "batch",
         augment: str = "auto",
         device: str | torch.device = "auto",
         precision: str = "auto",
         channels_last: bool | None = None,
         eval_batch_size: int = 256,
-        adam_kwargs: dict[str, Any] | None = None,
+        optimizer: str = "adam",
+        optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         arguments = locals()
@@ -109,28 +114,26 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             epochs_per_episode=epochs_per_episode,
             eval_batch_size=eval_batch_size,
         )
-        if reward not in REWARDS:
-            raise ValueError(f"unknown reward {reward!r}: choose one of {', '.join(REWARDS)}")
-        rates = lr_grid(n_lr_steps, lr_min, lr_max, lr_scale, lr_steps)  # checked before any data is read
+        # Checked before any data is read:
+        rates = lr_grid(n_lr_steps, lr_min, lr_max, lr_scale, lr_steps, base_lr)
+        check_schedule(schedule, warmup)
+        self.obs_extras = check_obs_extras(obs_extras)
+        self.optimizer_name, self.optimizer_kwargs = check_optimizer(optimizer), dict(optimizer_kwargs or {})
+        self.schedule, self.warmup = schedule, float(warmup)
         self.config = {name: arguments[name] for name in self.default_config()}
-        self.reward_mode = reward
+        self.reward_mode = check_reward(reward)
         self.batch_size, self.image_size = int(batch_size), int(image_size)
         self.epochs_per_episode, self.eval_batch_size = int(epochs_per_episode), int(eval_batch_size)
-        self.adam_kwargs = dict(adam_kwargs or {})
         self.device = resolve_device(device)
         self.amp_dtype = resolve_precision(precision, self.device)
         self.channels_last = resolve_channels_last(channels_last, self.device)
 
         # Data: list, sample, split, decode what is used.
         self.dataset = load_dataset(dataset, data_root, download, **(dataset_kwargs or {}))
-        rng = np.random.default_rng(seed)
         train = self.dataset.train
-        sampled = sample_per_class(train.labels, train.groups, sampling_rate, rng)
-        self.train_indices, self.val_indices = split_validation(
-            sampled, train.labels, train.groups, val_fraction, rng
+        self.train_indices, self.val_indices = sample_and_split(
+            train.labels, train.groups, sampling_rate, val_fraction, seed
         )
-        if len(self.train_indices) < 2:
-            raise ValueError("the sampled training set has fewer than 2 images: raise sampling_rate")
         augment_mode = resolve_augment(augment, self.image_size)
         self.cache_size = (
             self.image_size if augment_mode != "resized_crop" else round(self.image_size * 8 / 7)
@@ -182,9 +185,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
         self.lr_map = LearningRateMap(self.n_layers, rates=rates)
         self.action_space = self.lr_map.space
-        self.observation_space = spaces.Box(
-            -OBS_LIMIT, OBS_LIMIT, (self.n_layers * obs_features,), np.float32
-        )
+        n_obs = self.n_layers * obs_features + extras_size(self.obs_extras, self.n_layers)
+        self.observation_space = spaces.Box(-OBS_LIMIT, OBS_LIMIT, (n_obs,), np.float32)
 
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: TrainingForward | None = None
@@ -194,6 +196,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self._buffers_before = [b.detach().clone() for b in self.model.buffers()]
         self._needs_reset = True
         self._epoch = self._step = self._epoch_correct = self._epoch_seen = 0
+        self._statistics_seed = seed  # the batches Schedule-Free's BatchNorm statistics are computed on
+        self.signals = TrainingSignals(self.obs_extras, self.n_layers)  # for the extras and rewards
 
     # ------------------------------------------------------------------ public API
 
@@ -218,13 +222,24 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     def evaluate(self, split: str = "val") -> float:
         """Top-1 accuracy of the current target model on ``"val"`` or ``"test"``.
 
-        Eval mode, centre crop and no other augmentation, batched, no gradients.
+        Eval mode, centre crop and no other augmentation, batched, no gradients, at the optimizer's
+        evaluation point (:meth:`evaluation_weights`).
         """
-        return self.held_out.accuracy(self.model, split)
+        with self.evaluation_weights():
+            return self.held_out.accuracy(self.model, split)
 
     def fine_tuned_state_dict(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the target model's weights and buffers as they are now."""
-        return cpu_copy(self.model.state_dict())
+        """A CPU copy of the target model's weights and buffers as they are now (at the optimizer's
+        evaluation point: the model a run reports)."""
+        with self.evaluation_weights():
+            return cpu_copy(self.model.state_dict())
+
+    def evaluation_weights(self) -> AbstractContextManager[None]:
+        """Inside the block the target model is at the optimizer's evaluation point (Schedule-Free's
+        average, BatchNorm statistics recomputed there over a pass of training batches); after it,
+        exactly as before. Other optimizers evaluate where they train."""
+        batches = lambda: self.stream.inputs(self._statistics_seed, 50)  # noqa: E731
+        return evaluation_point(self.optimizer, self.model, batches)
 
     def source_state_dict(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the source weights that each episode starts from."""
@@ -246,11 +261,12 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "version": 2,
             "layer_names": list(self.layer_names),
             "n_train": len(self.train_indices),
-            "model": self.fine_tuned_state_dict(),
+            "model": cpu_copy(self.model.state_dict()),
             "source": self.source_state_dict(),
             "optimizer": None if self.optimizer is None else cpu_copy(self.optimizer.state_dict()),
             "stream": self.stream.get_state(),
             "counters": {k: getattr(self, k) for k in ("_epoch", "_step", "_epoch_correct", "_epoch_seen")},
+            "signals": self.signals.get_state(),
             "pending": None if pending is None else pending.get_state(),
             "buffers_before": cpu_copy(self._buffers_before),
             "needs_reset": self._needs_reset,
@@ -270,6 +286,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.stream.set_state(state["stream"])
         for key, value in state["counters"].items():
             setattr(self, key, value)
+        self.signals.set_state(state["signals"])
         self._needs_reset = state["needs_reset"]
         self._pending = None
         self.model.zero_grad(set_to_none=True)
@@ -300,6 +317,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.model.zero_grad(set_to_none=True)  # an episode cut short leaves its last gradients
         self.optimizer = self._make_optimizer()
         self._epoch, self._step = 0, 0
+        self.signals.reset()
         self._epoch_correct, self._epoch_seen = 0, 0
         self.stream.new_epoch()
         self._pending = self._train_forward()
@@ -316,7 +334,11 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     def step(self, action):
         if self._needs_reset:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
-        learning_rates = self.lr_map(action)
+        learning_rates = self.lr_map(action) * schedule_factor(
+            self.schedule, self.warmup, self._step, self.episode_steps
+        )
+        check_rates(self.optimizer_name, learning_rates)
+        self.signals.rates = learning_rates
         pending = self._pending
         assert pending is not None and self.optimizer is not None
         skipped = not math.isfinite(pending.loss_value)
@@ -350,22 +372,19 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             self._epoch_correct, self._epoch_seen = 0, 0
         terminated = self._epoch == self.epochs_per_episode
 
-        if terminated:
-            # The episode's model is final: observe the next batch without training on it or
-            # letting it move BatchNorm statistics.
-            with torch.no_grad(), frozen_buffers(self.model):
-                nxt = self._train_forward()
-        else:
+        # At the episode's end the model is final: observe the next batch without training on it
+        # or letting it move BatchNorm statistics.
+        with (
+            torch.set_grad_enabled(not terminated),
+            frozen_buffers(self.model) if terminated else nullcontext(),
+        ):
             nxt = self._train_forward()
         observation, reward_count = self._observe(nxt, reward_correct)
         self._pending = None if terminated else nxt
 
-        if skipped:
-            reward = 0.0
-        elif self.reward_mode == "batch":
-            reward = reward_count / len(pending.labels)
-        else:
-            reward = nxt.correct / len(nxt.labels)
+        reward = step_reward(
+            self.reward_mode, skipped, pending, reward_count, nxt, self.signals.previous_mean
+        )
         info["reward"] = reward
         if terminated:
             self._needs_reset = True
@@ -381,9 +400,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     # ------------------------------------------------------------------ internals
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        return training.layer_adam(
-            [(layer.name, layer.parameters) for layer in self.layers], self.device, **self.adam_kwargs
-        )
+        layers = [(layer.name, layer.parameters) for layer in self.layers]
+        return layer_optimizer(self.optimizer_name, layers, self.device, **self.optimizer_kwargs)
 
     def _train_forward(self) -> TrainingForward:
         return self._forward(*self.stream.load())
@@ -404,4 +422,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         )
         if not math.isfinite(forward.loss_value) and self._buffers_before:  # the update will be skipped
             torch._foreach_copy_([b.data for b in self.model.buffers()], self._buffers_before)
+        self.signals.record_loss(forward.loss_value)
+        if self.obs_extras:
+            extras = self.signals.features(self._step / self.episode_steps, forward.loss_value)
+            observation = np.concatenate([observation, extras])
         return observation, reward_count

@@ -8,18 +8,31 @@ channel), then average-pooled over channels into ``features`` equal bins
 on the dataset's number of classes. Values are clipped to ``[-OBS_LIMIT,
 OBS_LIMIT]`` (NaN becomes 0) so a diverging network never feeds the agent a
 non-finite number.
+
+Opt-in extras (``obs_extras``), appended after the layers' blocks in this order, for agents
+that must know where training stands (the paper's observation has none of them):
+
+- ``"progress"``: one value, the fraction of the episode's steps done, in [0, 1].
+- ``"lr"``: one value per layer, ``log10`` of the rate the last step gave it (``-8`` for a rate
+  of 0 and before the first step).
+- ``"loss"``: three values, the training loss of the batch just forwarded, its running mean
+  (exponential, weight 0.1 for the newest) and their difference, each as ``log1p`` of a loss
+  (difference: of each loss) so that they stay in a few units whatever the dataset.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 OBS_LIMIT = 1e6
+OBS_EXTRAS = ("progress", "lr", "loss")
 
 
 def channel_means(out: torch.Tensor) -> torch.Tensor:
@@ -77,3 +90,56 @@ class ActivationPooler:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def check_obs_extras(extras: Sequence[str] | None) -> tuple[str, ...]:
+    extras = tuple(extras or ())
+    unknown = sorted(set(extras) - set(OBS_EXTRAS))
+    if unknown or len(set(extras)) != len(extras):
+        raise ValueError(
+            f"obs_extras must be distinct names among {', '.join(OBS_EXTRAS)}; got {list(extras)}"
+        )
+    return tuple(e for e in OBS_EXTRAS if e in extras)  # one layout whatever the order given
+
+
+def extras_size(extras: Sequence[str], n_layers: int) -> int:
+    return sum({"progress": 1, "lr": n_layers, "loss": 3}[e] for e in extras)
+
+
+class TrainingSignals:
+    """What the extras and the ``loss_improvement`` reward read, kept across steps: the rates the
+    last step gave each layer and the running mean of training losses (non-finite ones skipped)."""
+
+    def __init__(self, extras: Sequence[str], n_layers: int) -> None:
+        self.extras, self.n_layers = tuple(extras), n_layers
+        self.reset()
+
+    def reset(self) -> None:
+        self.rates = np.zeros(self.n_layers)
+        self.loss_mean = self.previous_mean = math.nan
+
+    def record_loss(self, loss: float) -> None:
+        """Take in a training loss; :attr:`previous_mean` keeps the mean from before it."""
+        self.previous_mean = self.loss_mean
+        if math.isfinite(loss):
+            self.loss_mean = loss if math.isnan(self.loss_mean) else 0.9 * self.loss_mean + 0.1 * loss
+
+    def features(self, progress: float, loss: float) -> np.ndarray:
+        """The opt-in extras (see the module's docstring), finite float32."""
+        parts: list[np.ndarray] = []
+        if "progress" in self.extras:
+            parts.append(np.array([progress]))
+        if "lr" in self.extras:
+            parts.append(np.log10(np.maximum(np.asarray(self.rates, dtype=np.float64), 1e-8)))
+        if "loss" in self.extras:
+            now, mean = math.log1p(max(loss, 0.0)), math.log1p(max(self.loss_mean, 0.0))
+            parts.append(np.array([now, mean, now - mean]))
+        out = np.concatenate(parts) if parts else np.zeros(0)
+        return np.clip(np.nan_to_num(out, nan=0.0), -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
+
+    def get_state(self) -> dict:
+        return {"rates": self.rates.copy(), "loss_mean": self.loss_mean, "previous_mean": self.previous_mean}
+
+    def set_state(self, state: dict) -> None:
+        self.rates = np.asarray(state["rates"], dtype=np.float64)
+        self.loss_mean, self.previous_mean = state["loss_mean"], state["previous_mean"]

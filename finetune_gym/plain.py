@@ -14,11 +14,13 @@ import copy
 import torch
 
 from .env import FineTuneEnv
-from .training import backward, layer_adam, train_forward
+from .optimizers import layer_optimizer
+from .training import backward, train_forward
 
 
 class PlainFineTuning:
-    """One fixed learning rate for every layer, no agent, no environment step."""
+    """One fixed learning rate for every layer with the environment's optimizer, no agent, no
+    environment step."""
 
     def __init__(self, env: FineTuneEnv, lr: float = 1e-3, seed: int = 0) -> None:
         self.env = env
@@ -27,7 +29,9 @@ class PlainFineTuning:
         name_of = {id(p): n for n, p in env.model.named_parameters()}
         # The environment's layer cut, on this copy's parameters.
         layers = [(layer.name, [own[name_of[id(p)]] for p in layer.parameters]) for layer in env.layers]
-        self.optimizer = layer_adam(layers, env.device, lr=float(lr))
+        self.optimizer = layer_optimizer(
+            env.optimizer_name, layers, env.device, lr=float(lr), **env.optimizer_kwargs
+        )
         self.stream = env.stream.fork(seed)
 
     def data(self) -> tuple[torch.Tensor, torch.Tensor]:

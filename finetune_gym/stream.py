@@ -10,6 +10,7 @@ the epoch's order, the position in it) restores it exactly from a checkpoint.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -84,6 +85,15 @@ class TrainingStream:
         images = self.images[batch].to(self.device, non_blocking=True)
         labels = self.labels[batch.to(self.labels.device)]
         return self.augmenter.train(images, self.augment_generator), labels
+
+    def inputs(self, seed: int, max_batches: int) -> Iterator[torch.Tensor]:
+        """Augmented inputs of up to ``max_batches`` batches of one pass, from a fork seeded
+        ``seed`` (this stream does not move): e.g. to recompute BatchNorm statistics."""
+        fork = self.fork(seed)
+        fork.new_epoch()
+        for _ in range(min(max_batches, self.steps_per_epoch)):
+            yield fork.load()[0]
+            fork.advance()
 
     def get_state(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,7 @@ sets each layer's rate.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -44,17 +44,6 @@ class TrainingForward:
             "loss_value": self.loss_value,
             "correct": self.correct,
         }
-
-
-def layer_adam(
-    layers: Sequence[tuple[str, Sequence[nn.Parameter]]], device: torch.device, lr: float = 0.0, **kwargs: Any
-) -> torch.optim.Adam:
-    """Adam with one param group per ``(name, parameters)`` layer, each at ``lr`` until a step sets
-    its own; fused on CUDA."""
-    groups = [{"params": list(params), "lr": lr, "name": name} for name, params in layers]
-    if device.type == "cuda":
-        kwargs.setdefault("fused", True)
-    return torch.optim.Adam(groups, **kwargs)
 
 
 def train_forward(

@@ -88,7 +88,8 @@ class EMAEpisodeWrapper(gym.Wrapper):
         self._average.module.load_state_dict(base.source_model.state_dict())
         # n_averaged > 0 makes AveragedModel average rather than copy the target over the source.
         self._average.n_averaged.fill_(1)
-        self._average.update_parameters(base.model)
+        with base.evaluation_weights():  # the fine-tuned model as a run reports it
+            self._average.update_parameters(base.model)
         base.load_source_state_dict(self._average.module.state_dict())
         self._episode_finished = False
         self.ema_updates += 1

@@ -34,7 +34,20 @@ def run_train(tmp_path, *args, name="run"):
 
 
 @pytest.mark.parametrize(
-    "algo", ["rl_tune", "ppo", "a2c", "trpo", "uniform", "layerwise_decay", "random", "linear_probe"]
+    "algo",
+    [
+        "rl_tune",
+        "ppo",
+        "a2c",
+        "trpo",
+        "uniform",
+        "cosine",
+        "schedulefree_adamw",
+        "prodigy",
+        "layerwise_decay",
+        "random",
+        "linear_probe",
+    ],
 )
 def test_every_agent_runs_end_to_end(tmp_path, algo):
     run_dir = run_train(tmp_path, "--algo", algo)
@@ -59,6 +72,11 @@ def test_every_agent_runs_end_to_end(tmp_path, algo):
     rates = schedule["learning_rates"]
     if algo == "uniform":
         np.testing.assert_allclose(rates, 1e-3, rtol=1e-6)
+    elif algo in ("schedulefree_adamw", "prodigy"):  # one rate, the optimizer's published default
+        np.testing.assert_allclose(rates, {"schedulefree_adamw": 0.0025, "prodigy": 1.0}[algo], rtol=1e-6)
+        assert results["env_config"]["optimizer"] == algo
+    elif algo == "cosine":  # 1e-3 decayed over each episode
+        assert rates[0, 0] == pytest.approx(1e-3) and np.all(rates <= 1e-3 * (1 + 1e-6)) and rates.min() < 3e-4
     elif algo == "linear_probe":
         assert np.all(rates[:, :-1] == 0) and np.allclose(rates[:, -1], 1e-3)
     elif algo == "layerwise_decay":

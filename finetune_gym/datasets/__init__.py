@@ -10,7 +10,13 @@ from pathlib import Path
 from .base import DatasetNotFoundError, ImageDataset, Split
 from .cub import load_cub
 from .digits import load_digits
-from .sampling import check_sampling_rate, check_val_fraction, sample_per_class, split_validation
+from .sampling import (
+    check_sampling_rate,
+    check_val_fraction,
+    sample_and_split,
+    sample_per_class,
+    split_validation,
+)
 from .torchvision_sets import load_aircraft, load_cars, load_gtsrb, load_imagefolder
 
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
@@ -67,6 +73,7 @@ __all__ = [
     "check_sampling_rate",
     "check_val_fraction",
     "load_dataset",
+    "sample_and_split",
     "sample_per_class",
     "split_validation",
 ]

@@ -85,3 +85,17 @@ def split_validation(
         train += [class_groups[g] for g in order[n_val:]]
     val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
     return np.sort(np.concatenate(train)), val_idx
+
+
+def sample_and_split(
+    labels: np.ndarray, groups: np.ndarray | None, rate: float, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The low-data training sample and its validation hold-out, both drawn from ``seed``.
+    Training keeps at least 2 images (a batch of one breaks BatchNorm)."""
+    rng = np.random.default_rng(seed)
+    train, val = split_validation(
+        sample_per_class(labels, groups, rate, rng), labels, groups, val_fraction, rng
+    )
+    if len(train) < 2:
+        raise ValueError("the sampled training set has fewer than 2 images: raise sampling_rate")
+    return train, val

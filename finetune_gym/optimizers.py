@@ -1,0 +1,114 @@
+"""The base optimizer the agent's learning rates drive: one param group per layer.
+
+``adam`` is the paper's. ``adamw`` and ``sgd`` (momentum 0.9, Nesterov) are the usual
+alternatives; ``schedulefree_adamw`` (the ``schedulefree`` package) and ``prodigy``
+(``prodigyopt``) are what practitioners use to avoid a learning-rate search. The action always
+sets each group's ``lr``: for Prodigy that is its multiplier of the learning rate it estimates
+(1.0 is its published default), and Prodigy estimates one step size for every group, so its
+layers share one multiplier (or 0, frozen): other actions are refused with that reason.
+
+Schedule-Free trains at one point (``y``) and is evaluated at another (``x``, an average):
+:func:`evaluation_point` switches the parameters to ``x`` and recomputes BatchNorm statistics
+there, as its documentation says, then restores both, so the training run goes on unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import update_bn
+
+from .training import frozen_buffers
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "schedulefree_adamw", "prodigy")
+# Published default rates, for baselines that run an optimizer as its authors ship it.
+DEFAULT_LR = {"schedulefree_adamw": 0.0025, "prodigy": 1.0}
+
+
+def check_optimizer(name: str) -> str:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    return name
+
+
+def layer_optimizer(
+    name: str,
+    layers: Sequence[tuple[str, Sequence[nn.Parameter]]],
+    device: torch.device,
+    lr: float = 0.0,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Optimizer ``name`` with one param group per ``(name, parameters)`` layer, each at ``lr``
+    until a step sets its own; fused kernels on CUDA where PyTorch has them."""
+    groups = [{"params": list(params), "lr": lr, "name": layer} for layer, params in layers]
+    check_optimizer(name)
+    if name in ("adam", "adamw", "sgd") and device.type == "cuda":
+        kwargs.setdefault("fused", True)
+    try:
+        if name == "adam":
+            return torch.optim.Adam(groups, **kwargs)
+        if name == "adamw":
+            return torch.optim.AdamW(groups, **kwargs)
+        if name == "sgd":
+            return torch.optim.SGD(groups, **{"momentum": 0.9, "nesterov": True, **kwargs})
+        if name == "schedulefree_adamw":
+            from schedulefree import AdamWScheduleFree
+
+            optimizer = AdamWScheduleFree(groups, **kwargs)
+            optimizer.train()  # it refuses to step until told it is training
+            return optimizer
+        from prodigyopt import Prodigy
+
+        return Prodigy(groups, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"optimizer {name!r} does not take {sorted(kwargs)}: {error}") from error
+
+
+def check_rates(name: str, rates: Sequence[float]) -> None:
+    """Prodigy estimates one step size for all groups: its groups may differ only by being at 0."""
+    if name == "prodigy" and len({float(r) for r in rates if r != 0}) > 1:
+        raise ValueError(
+            "Prodigy takes one rate multiplier for every layer it trains (0 freezes a layer): it estimates "
+            f"one step size for all of them; got {sorted({float(r) for r in rates})}. Use a uniform action, "
+            "or another optimizer for per-layer rates"
+        )
+
+
+def is_schedule_free(optimizer: torch.optim.Optimizer | None) -> bool:
+    return optimizer is not None and hasattr(optimizer, "eval") and "train_mode" in optimizer.param_groups[0]
+
+
+@contextmanager
+def evaluation_point(
+    optimizer: torch.optim.Optimizer | None,
+    model: nn.Module,
+    batches: Callable[[], Iterable[torch.Tensor]],
+) -> Iterator[None]:
+    """The model at the optimizer's evaluation point inside the block, restored after.
+
+    For Schedule-Free: parameters at ``x`` and BatchNorm statistics recomputed there over
+    ``batches()`` (``torch.optim.swa_utils.update_bn``). Every other optimizer evaluates where it
+    trains: nothing changes.
+    """
+    if not is_schedule_free(optimizer):
+        yield
+        return
+    # Switching back (y = lerp(x, z)) is exact only up to rounding: keep y and restore it bit for
+    # bit, so a run that evaluates trains exactly as one that does not.
+    training_point = [p.detach().clone() for p in model.parameters()]
+    was_training = model.training
+    optimizer.eval()
+    try:
+        with frozen_buffers(model):
+            update_bn(batches(), model)
+            yield
+    finally:
+        optimizer.train()
+        with torch.no_grad():
+            for parameter, value in zip(model.parameters(), training_point, strict=True):
+                parameter.copy_(value)
+        model.train(was_training)

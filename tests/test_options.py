@@ -1,0 +1,173 @@
+"""The environment's opt-in options: base optimizers, schedules, relative actions, observation
+extras, the loss-improvement reward; and the baselines built on them."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_DIGITS
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from test_env import digits_env
+
+from finetune_gym.optimizers import OPTIMIZERS
+from finetune_gym.schedules import schedule_factor
+
+
+def steps(env, n, action):
+    return [env.step(action) for _ in range(n)]
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_each_optimizer_trains_and_a_zero_rate_freezes_a_layer(optimizer):
+    env = digits_env(optimizer=optimizer, epochs_per_episode=3)
+    env.reset(seed=0)
+    before = env.evaluate("val")
+    frozen = [p.detach().clone() for p in env.layers[0].parameters]
+    moving = [p.detach().clone() for p in env.layers[-1].parameters]
+    action = np.full(env.n_layers, 8 if optimizer != "prodigy" else 19)
+    action[0] = 0
+    *_, (obs, _, terminated, _, info) = steps(env, env.episode_steps, action)
+    assert terminated and np.all(np.isfinite(obs))
+    assert all(torch.equal(a, b) for a, b in zip(frozen, env.layers[0].parameters, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(moving, env.layers[-1].parameters, strict=True))
+    assert info["val_accuracy"] > before  # it learns
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_each_optimizer_continues_exactly_from_its_state(optimizer):
+    """What a checkpoint holds restores an episode bit for bit, optimizer state included."""
+    action = np.full(5, 6 if optimizer != "prodigy" else 19)
+    env = digits_env(optimizer=optimizer, epochs_per_episode=3)
+    env.reset(seed=3)
+    steps(env, 5, action)
+    state = env.get_state()
+    clone = digits_env(optimizer=optimizer, epochs_per_episode=3)
+    clone.reset(seed=0)  # anything: set_state replaces it
+    clone.set_state(state)
+    a = steps(env, 4, action)
+    b = steps(clone, 4, action)
+    for (obs_a, r_a, *_), (obs_b, r_b, *_) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(obs_a, obs_b)
+        assert r_a == r_b
+    for key, value in env.model.state_dict().items():
+        assert torch.equal(value, clone.model.state_dict()[key]), key
+
+
+def test_schedule_free_is_evaluated_at_its_average_without_changing_the_run():
+    """Evaluation switches to Schedule-Free's x (BatchNorm recomputed there) and back: a run that
+    evaluates mid-episode trains exactly as one that does not."""
+    action = np.full(5, 8)
+    quiet, probed = (digits_env(optimizer="schedulefree_adamw", epochs_per_episode=2) for _ in range(2))
+    for env in (quiet, probed):
+        env.reset(seed=1)
+        steps(env, 3, action)
+    training_weights = {k: v.clone() for k, v in probed.model.state_dict().items()}
+    reported = probed.fine_tuned_state_dict()
+    probed.evaluate("val")
+    assert any(not torch.equal(reported[k], training_weights[k].cpu()) for k in reported)  # x is not y
+    for key, value in probed.model.state_dict().items():
+        assert torch.equal(value, training_weights[key]), key  # back at y, BatchNorm included
+    steps(quiet, 3, action)
+    steps(probed, 3, action)
+    for key, value in quiet.model.state_dict().items():
+        assert torch.equal(value, probed.model.state_dict()[key]), key
+
+
+def test_cosine_schedule_and_warmup_scale_the_rates():
+    assert schedule_factor("constant", 0.0, 7, 10) == 1.0
+    assert schedule_factor("cosine", 0.0, 0, 10) == 1.0
+    assert schedule_factor("cosine", 0.0, 5, 10) == pytest.approx(0.5)
+    assert [schedule_factor("cosine", 0.2, s, 10) for s in (0, 1)] == [0.5, 1.0]  # linear warm-up
+    env = digits_env(schedule="cosine", epochs_per_episode=2, lr_steps=[0.0, 1e-3])
+    env.reset(seed=0)
+    rates = [info["learning_rates"][0] for *_, info in steps(env, env.episode_steps, np.ones(5, int))]
+    expected = [1e-3 * schedule_factor("cosine", 0.0, s, env.episode_steps) for s in range(env.episode_steps)]
+    np.testing.assert_allclose(rates, expected)
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] < 1e-4 and np.all(np.diff(rates) < 0)
+
+
+def test_relative_actions_multiply_a_base_rate():
+    env = digits_env(lr_scale="relative", base_lr=2e-3, n_lr_steps=7)
+    np.testing.assert_allclose(env.lr_map.rates, 2e-3 * np.geomspace(1 / 8, 8, 7))
+    assert env.lr_map.rates[3] == pytest.approx(2e-3)  # the middle step is the base method
+    for bad, message in (({"n_lr_steps": 6}, "odd n_lr_steps"), ({"base_lr": None}, "needs base_lr")):
+        with pytest.raises(ValueError, match=message):
+            digits_env(**{"lr_scale": "relative", "base_lr": 2e-3, "n_lr_steps": 7, **bad})
+
+
+def test_observation_extras_report_progress_rates_and_losses():
+    env = digits_env(obs_extras=["loss", "progress", "lr"], epochs_per_episode=2)
+    n_pooled = env.n_layers * 4
+    assert env.observation_space.shape == (n_pooled + 1 + env.n_layers + 3,)
+    obs, info = env.reset(seed=0)
+    assert obs[n_pooled] == 0.0 and np.all(obs[n_pooled + 1 : n_pooled + 6] == -8)  # nothing taken yet
+    assert obs[-3] == pytest.approx(math.log1p(info["loss"]))
+    action = np.array([0, 2, 4, 6, 8])
+    obs, *_ = env.step(action)
+    assert obs[n_pooled] == pytest.approx(1 / env.episode_steps)
+    rates = env.action_to_learning_rates(action)
+    np.testing.assert_allclose(obs[n_pooled + 1 : n_pooled + 6], np.log10(np.maximum(rates, 1e-8)), rtol=1e-6)
+    assert np.all(np.isfinite(obs)) and env.observation_space.contains(obs)
+    with pytest.raises(ValueError, match="obs_extras"):
+        digits_env(obs_extras=["gradients"])
+
+
+def test_loss_improvement_rewards_the_next_loss_against_the_running_mean():
+    env = digits_env(reward="loss_improvement", epochs_per_episode=2)
+    env.reset(seed=0)
+    losses, rewards = [], []
+    for _ in range(6):
+        _, reward, _, _, info = env.step(np.full(env.n_layers, 3))
+        losses.append(info["loss"])  # the loss of the batch this step trained on
+        rewards.append(reward)
+    mean = losses[0]
+    for t, reward in enumerate(rewards[:-1]):  # reward t compares the loss of batch t+1
+        assert reward == pytest.approx(np.clip((mean - losses[t + 1]) / mean, -1, 1))
+        mean = 0.9 * mean + 0.1 * losses[t + 1]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"optimizer": "schedulefree_adamw", "reward": "loss_improvement"},
+        {"lr_scale": "relative", "base_lr": 1e-3, "n_lr_steps": 9, "schedule": "cosine", "warmup": 0.1},
+        {"obs_extras": ["progress", "lr", "loss"], "optimizer": "adamw"},
+    ],
+)
+def test_env_checkers_pass_with_the_options_on(kwargs):
+    env = gym.make("FineTune-Digits-v0", **TINY_DIGITS, **kwargs)
+    gym_check_env(env.unwrapped, skip_render_check=True, skip_close_check=True)
+    sb3_check_env(env, warn=True, skip_render_check=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"optimizer": "lion"}, "unknown optimizer 'lion'"),
+        ({"schedule": "step"}, "unknown schedule 'step'"),
+        ({"warmup": 1.5}, "warmup must be a fraction"),
+        ({"reward": "val"}, "unknown reward 'val'"),
+        ({"optimizer": "sgd", "optimizer_kwargs": {"betas": (0.9, 0.99)}}, "optimizer 'sgd' does not take"),
+    ],
+)
+def test_bad_option_values_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        env = digits_env(**kwargs)
+        env.reset(seed=0)  # the optimizer is built at reset
+
+
+def test_prodigy_refuses_different_rates_per_layer_with_a_reason():
+    """Prodigy estimates one rate for all groups: per-layer multipliers other than 0 must agree."""
+    env = digits_env(optimizer="prodigy")
+    env.reset(seed=0)
+    action = np.full(env.n_layers, 19)
+    action[0] = 0  # freezing a layer is allowed
+    env.step(action)
+    action[1] = 10
+    with pytest.raises(ValueError, match="Prodigy"):
+        env.step(action)
