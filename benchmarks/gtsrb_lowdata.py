@@ -11,6 +11,15 @@ Protocol (fixed before any result was seen; see benchmarks/README.md):
 - "uniform (best on val)" picks, per sampling rate, the uniform rate with the best mean validation
   accuracy over seeds; that rate is also run inside the EMA scheme (uniform_best_ema).
 - Seeds 0, 1, 2. The paper's knobs at 15% with RL-Tune's paper reward.
+- Added before any of their results (issue 13): what practitioners use instead of a rate search,
+  each one 50-epoch run without EMA: `cosine_<lr>` over the same 5 rates (`cosine (best on val)`),
+  Schedule-Free AdamW and Prodigy at their published defaults (no tuning); and RL-Tune built on
+  them (RecurrentPPO, online, one continuous 50-epoch episode, no EMA, observation extras,
+  loss-improvement reward, relative actions 1/8..8 around a base), each with its random control:
+  around Schedule-Free AdamW's default (`rl_tune_sf_rel`, `random_sf_rel`) and around the cosine
+  schedule at the rate chosen on validation (`rl_tune_cos_rel`, `random_cos_rel`). The same new
+  methods also run on two more real datasets, sign_digits and clothing10 (64 px photos, read at
+  32 px), at 15% and 100%.
 
 Every cell runs through agents.run.run_training, the code path of train.py. Finished cells are
 appended to benchmarks/results/gtsrb_lowdata.jsonl (kept in the repository) and skipped on the next
@@ -57,6 +66,15 @@ BASE_ENV = {
     "batch_size": 32,
     "device": "cpu",
 }
+# The other real target datasets (ImageFolder layout, 64 px, read at the source's 32 px).
+DATASETS: dict[str, dict[str, Any]] = {
+    "gtsrb": {},
+    **{
+        name: {"dataset": "imagefolder", "data_root": str(SHARED / name), "dataset_kwargs": {}}
+        for name in ("sign_digits", "clothing10")
+    },
+}
+NEW_RATES = {"gtsrb": RATES, "sign_digits": (0.15, 1.0), "clothing10": (0.15, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -67,12 +85,36 @@ class Method:
     ema: float | None = DEFAULT_EMA  # the protocol's 0.2, the paper's
     env: dict[str, Any] = field(default_factory=dict)
     agent: dict[str, Any] = field(default_factory=dict)
-    rates: tuple[float, ...] = RATES
-    depends_on_uniform: bool = False  # its learning rate is chosen on validation among the uniform runs
+    rates: tuple[float, ...] = RATES  # on GTSRB
+    depends_on: str | None = None  # "uniform"/"cosine": its rate is the family's best on validation
+    other_rates: dict[str, tuple[float, ...]] = field(default_factory=dict)  # other datasets' rates
+
+    def rates_on(self, dataset: str) -> tuple[float, ...]:
+        return self.rates if dataset == "gtsrb" else self.other_rates.get(dataset, ())
 
 
 def _plain(algo: str, **agent: Any) -> Method:
     return Method(algo, episodes=1, epochs_per_episode=50, ema=None, agent=agent)
+
+
+def _new(algo: str, env: dict[str, Any] | None = None, depends_on: str | None = None, **agent: Any) -> Method:
+    """A method of the second grid: one 50-epoch run, no EMA, on every dataset."""
+    others = {d: r for d, r in NEW_RATES.items() if d != "gtsrb"}
+    return Method(
+        algo, 1, 50, None, dict(env or {}), agent, NEW_RATES["gtsrb"], depends_on, other_rates=others
+    )
+
+
+# RL-Tune as issue 13 builds it: knows where training stands, is rewarded for beating the loss
+# trend, and acts as multipliers 1/8..8 of a base method (a policy that knows nothing is the base).
+LEARNED = {
+    "obs_extras": ["progress", "lr", "loss"],
+    "reward": "loss_improvement",
+    "lr_scale": "relative",
+    "n_lr_steps": 7,
+}
+SF_BASE = {"optimizer": "schedulefree_adamw", "base_lr": 0.0025}
+COSINE_BASE = {"schedule": "cosine"}  # base_lr: the cosine rate chosen on validation
 
 
 METHODS: dict[str, Method] = {
@@ -84,7 +126,7 @@ METHODS: dict[str, Method] = {
     "random": Method("random"),
     "random_log": Method("random", env={"lr_scale": "log"}),
     **{f"uniform_{lr:g}": _plain("uniform", lr=lr) for lr in UNIFORM_RATES},
-    "uniform_best_ema": Method("uniform", depends_on_uniform=True),
+    "uniform_best_ema": Method("uniform", depends_on="uniform"),
     "layerwise_decay": _plain("layerwise_decay"),
     "linear_probe": _plain("linear_probe"),
     # The paper's knobs, at 15% only, RL-Tune with the paper's reward.
@@ -94,8 +136,20 @@ METHODS: dict[str, Method] = {
     "knob_lr_steps_10": Method("rl_tune", env={"n_lr_steps": 10}, rates=(KNOB_RATE,)),
     "knob_lr_steps_25": Method("rl_tune", env={"n_lr_steps": 25}, rates=(KNOB_RATE,)),
     "knob_ema_0.8": Method("rl_tune", ema=0.8, rates=(KNOB_RATE,)),
+    # The second grid (issue 13).
+    **{f"cosine_{lr:g}": _new("cosine", lr=lr) for lr in UNIFORM_RATES},
+    "schedulefree_adamw": _new("schedulefree_adamw"),
+    "prodigy": _new("prodigy"),
+    "rl_tune_sf_rel": _new("rl_tune", {**LEARNED, **SF_BASE}),
+    "random_sf_rel": _new("random", {**LEARNED, **SF_BASE}),
+    "rl_tune_cos_rel": _new("rl_tune", {**LEARNED, **COSINE_BASE}, depends_on="cosine"),
+    "random_cos_rel": _new("random", {**LEARNED, **COSINE_BASE}, depends_on="cosine"),
 }
 UNIFORM_METHODS = [f"uniform_{lr:g}" for lr in UNIFORM_RATES]
+COSINE_METHODS = [f"cosine_{lr:g}" for lr in UNIFORM_RATES]
+FAMILIES = {"uniform": UNIFORM_METHODS, "cosine": COSINE_METHODS}
+NO_TUNING = ["schedulefree_adamw", "prodigy"]  # one run, published defaults
+RL_PAIRS = {"rl_tune_sf_rel": "random_sf_rel", "rl_tune_cos_rel": "random_cos_rel"}
 MAIN_ORDER = [
     "rl_tune",
     "rl_tune_next_batch",
@@ -109,25 +163,36 @@ MAIN_ORDER = [
     *UNIFORM_METHODS,
     "layerwise_decay",
     "linear_probe",
+    "cosine (best on val)",
+    *COSINE_METHODS,
+    "schedulefree_adamw",
+    "prodigy",
+    "rl_tune_sf_rel",
+    "random_sf_rel",
+    "rl_tune_cos_rel",
+    "random_cos_rel",
 ]
 KNOB_ORDER = ["rl_tune", *[m for m in METHODS if m.startswith("knob_")]]
 
 
-def cell_id(method: str, rate: float, seed: int) -> str:
-    return f"{method}/r{rate:g}/s{seed}"
+def cell_id(method: str, rate: float, seed: int, dataset: str = "gtsrb") -> str:
+    """``method/r<rate>/s<seed>`` on GTSRB (the first grid's ids), ``<dataset>/...`` elsewhere."""
+    cell = f"{method}/r{rate:g}/s{seed}"
+    return cell if dataset == "gtsrb" else f"{dataset}/{cell}"
 
 
-def all_cells() -> list[tuple[str, float, int]]:
-    """Cheap rates first; within a rate, all seeds of independent methods, then the dependent one."""
+def all_cells() -> list[tuple[str, float, int, str]]:
+    """Cheap rates first; within a rate, all seeds of independent methods, then the dependent ones."""
     cells = []
-    for rate in sorted(RATES):
-        for deps in (False, True):
-            for seed in SEEDS:
-                cells += [
-                    (m, rate, seed)
-                    for m, spec in METHODS.items()
-                    if rate in spec.rates and spec.depends_on_uniform == deps
-                ]
+    for rate in sorted({r for spec in METHODS.values() for d in DATASETS for r in spec.rates_on(d)}):
+        for dataset in DATASETS:
+            for deps in (False, True):
+                for seed in SEEDS:
+                    cells += [
+                        (m, rate, seed, dataset)
+                        for m, spec in METHODS.items()
+                        if rate in spec.rates_on(dataset) and (spec.depends_on is not None) == deps
+                    ]
     return cells
 
 
@@ -138,24 +203,29 @@ def load_done() -> dict[str, dict[str, Any]]:
     return {line["cell"]: line for line in lines}
 
 
-def best_uniform_lr(done: dict[str, dict[str, Any]], rate: float) -> float | None:
-    """The uniform learning rate with the best mean validation accuracy at ``rate`` (all seeds done)."""
+def best_lr(
+    done: dict[str, dict[str, Any]], family: str, rate: float, dataset: str = "gtsrb"
+) -> float | None:
+    """The family's (uniform, cosine) rate with the best mean validation accuracy at ``rate`` on
+    ``dataset``, once all its seeds are done."""
     scores = {}
     for lr in UNIFORM_RATES:
-        lines = [done.get(cell_id(f"uniform_{lr:g}", rate, s)) for s in SEEDS]
+        lines = [done.get(cell_id(f"{family}_{lr:g}", rate, s, dataset)) for s in SEEDS]
         if any(line is None for line in lines):
             return None
         scores[lr] = sum(line["results"]["final_val_accuracy"] for line in lines) / len(lines)
     return max(scores, key=scores.get)
 
 
-def run_config(method: str, rate: float, seed: int, done: dict[str, dict[str, Any]]):
+def run_config(method: str, rate: float, seed: int, done: dict[str, dict[str, Any]], dataset: str = "gtsrb"):
     from agents.config import RunConfig
 
     spec = METHODS[method]
-    agent = dict(spec.agent)
-    if spec.depends_on_uniform:
-        agent["lr"] = best_uniform_lr(done, rate)
+    agent, env = dict(spec.agent), {**BASE_ENV, **DATASETS[dataset], "sampling_rate": rate, **spec.env}
+    if spec.depends_on == "uniform":
+        agent["lr"] = best_lr(done, "uniform", rate, dataset)
+    elif spec.depends_on == "cosine":
+        env["base_lr"] = best_lr(done, "cosine", rate, dataset)
     return RunConfig(
         env_id="FineTune-CIFARResNet-v0",
         algo=spec.algo,
@@ -163,7 +233,7 @@ def run_config(method: str, rate: float, seed: int, done: dict[str, dict[str, An
         episodes=spec.episodes,
         epochs_per_episode=spec.epochs_per_episode,
         ema=spec.ema,
-        env_kwargs={**BASE_ENV, "sampling_rate": rate, **spec.env},
+        env_kwargs=env,
         agent_kwargs=agent,
         label=method,
     )
@@ -175,26 +245,29 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_cell(method: str, rate: float, seed: int, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def run_cell(
+    method: str, rate: float, seed: int, dataset: str, done: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """Run (or resume) one cell in this process; returns its results line."""
     from agents.run import run_training
     from agents.rundir import CHECKPOINT, RESULTS
 
-    run_dir = RUNS_DIR / cell_id(method, rate, seed)
+    run_dir = RUNS_DIR / cell_id(method, rate, seed, dataset)
     if (run_dir / RESULTS).is_file():
         results = json.loads((run_dir / RESULTS).read_text())
     else:
         resume = (run_dir / CHECKPOINT).is_file()
-        config = run_config(method, rate, seed, done)
+        config = run_config(method, rate, seed, done, dataset)
         results = run_training(
             config, run_dir, resume=resume, overwrite=not resume, progress=False, verbose=False
         )
     results.pop("epochs", None)
     return {
-        "cell": cell_id(method, rate, seed),
+        "cell": cell_id(method, rate, seed, dataset),
         "method": method,
         "sampling_rate": rate,
         "seed": seed,
+        "dataset": dataset,
         "results": results,
     }
 
@@ -234,17 +307,20 @@ def cmd_run(args: argparse.Namespace) -> None:
     ) as pool:
         running: dict[futures.Future, str] = {}
         while True:
-            for method, rate, seed in all_cells():
-                cid = cell_id(method, rate, seed)
+            for method, rate, seed, dataset in all_cells():
+                cid = cell_id(method, rate, seed, dataset)
                 if cid in done or cid in running.values() or len(running) >= args.workers:
                     continue
-                if args.only and method not in args.only:
+                if (args.only and method not in args.only) or (
+                    args.datasets and dataset not in args.datasets
+                ):
                     continue
-                if METHODS[method].depends_on_uniform and best_uniform_lr(done, rate) is None:
+                family = METHODS[method].depends_on
+                if family is not None and best_lr(done, family, rate, dataset) is None:
                     continue
                 if args.max_cells is not None and finished + len(running) >= args.max_cells:
                     break
-                running[pool.submit(run_cell, method, rate, seed, dict(done))] = cid
+                running[pool.submit(run_cell, method, rate, seed, dataset, dict(done))] = cid
             if not running:
                 break
             complete, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
@@ -267,17 +343,26 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def write_report(done: dict[str, dict[str, Any]]) -> None:
     """benchmarks/results/gtsrb_lowdata.{md,csv,png} from the results file."""
-    rows = [report.row_from_results(line["results"], line["cell"]) for line in done.values()]
+    rows = [
+        replace(report.row_from_results(line["results"], line["cell"]), dataset=line["dataset"])
+        for line in done.values()
+    ]
     groups = report.aggregate(rows)
-    main = [g for g in groups if not g.method.startswith("knob_") and g.method in METHODS]
-    best = report.select_by_validation(main, UNIFORM_METHODS, "uniform (best on val)")
+    everywhere = [g for g in groups if not g.method.startswith("knob_") and g.method in METHODS]
+    best_everywhere = report.select_by_validation(
+        everywhere, COSINE_METHODS, "cosine (best on val)"
+    ) + report.select_by_validation(everywhere, UNIFORM_METHODS, "uniform (best on val)")
+    main = [g for g in everywhere if g.dataset == "gtsrb"]
+    best = [g for g in best_everywhere if g.dataset == "gtsrb"]
+    done_gtsrb = {cell: line for cell, line in done.items() if line["dataset"] == "gtsrb"}
     knobs = [
         g
         for g in groups
         if g.sampling_rate == KNOB_RATE and (g.method.startswith("knob_") or g.method == "rl_tune")
     ]
     report.write_csv(
-        main + best + [g for g in knobs if g.method.startswith("knob_")], RESULTS_DIR / f"{NAME}.csv"
+        everywhere + best_everywhere + [g for g in knobs if g.method.startswith("knob_")],
+        RESULTS_DIR / f"{NAME}.csv",
     )
     plot_methods = [
         "rl_tune",
@@ -288,6 +373,11 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "uniform_best_ema",
         "layerwise_decay",
         "linear_probe",
+        "cosine (best on val)",
+        "schedulefree_adamw",
+        "prodigy",
+        "rl_tune_sf_rel",
+        "rl_tune_cos_rel",
     ]
     report.plot_rates(main + best, RESULTS_DIR / f"{NAME}.png", plot_methods)
     machines = sorted({line["results"].get("machine", "") for line in done.values()})
@@ -303,17 +393,28 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "## Main grid",
         "",
         report.markdown_table(main + best, MAIN_ORDER),
-        "`uniform (best on val)`: per sampling rate, the uniform rate with the best mean validation accuracy",
-        "(the test column only reports it). `= uniform_X` names the rate chosen.",
+        "`uniform (best on val)`, `cosine (best on val)`: per sampling rate, the rate with the best mean",
+        "validation accuracy (the test column only reports it). `= uniform_X` names the rate chosen.",
         "",
+        "## One run, no learning-rate search: the bar for a learned schedule",
+        "",
+        _no_tuning_table(everywhere + best_everywhere),
+        "",
+        "Per dataset and sampling rate: the best method that needs no tuning (Schedule-Free AdamW or Prodigy",
+        "at their published defaults, the one with the better mean validation accuracy), the tuned cosine",
+        "schedule (5 runs, rate chosen on validation), and each RL-Tune variant of the second grid against",
+        "the best no-tuning method and against its own random control (test accuracy, points). Empty cells:",
+        "not run yet.",
+        "",
+        *_other_datasets(everywhere + best_everywhere),
         "## The paper's knobs at 15% (RL-Tune, paper reward)",
         "",
         report.markdown_table(knobs, KNOB_ORDER),
         "",
-        "## Wall time per cell (s, mean over seeds)",
+        "## Wall time per cell on GTSRB (s, mean over seeds)",
         "",
         _wall_table(
-            report.aggregate([_loop_time_row(line) for line in done.values() if _time_covers_run(line)])
+            report.aggregate([_loop_time_row(line) for line in done_gtsrb.values() if _time_covers_run(line)])
         ),
         "",
         "Each cell's training-loop time (`timing.loop_s`: fine-tuning steps, the agent, checkpoints,",
@@ -324,9 +425,9 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "beside other work on the machine: compare them loosely. Cells whose time is partial are left",
         "out (the results file gives each one's reason in `wall_time_invalid`); their accuracies stand.",
         "",
-        "## The agent's share of the training loop (%, mean over cells (n))",
+        "## The agent's share of the training loop on GTSRB (%, mean over cells (n))",
         "",
-        _agent_share_table(done),
+        _agent_share_table(done_gtsrb),
         "",
         "Agent acting (policy inference, SB3's bookkeeping and the vectorised-env wrappers) plus agent",
         "updates, as a share of the training loop without the final test evaluation, in the cells that",
@@ -339,6 +440,47 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "",
     ]
     (RESULTS_DIR / f"{NAME}.md").write_text("\n".join(text))
+
+
+def _no_tuning_table(groups: list[report.Group]) -> str:
+    """Per (dataset, rate): the best no-tuning method, tuned cosine, and each RL-Tune variant's
+    distance to the best no-tuning method and to its random control."""
+    cell = {(g.dataset, g.sampling_rate, g.method): g for g in groups}
+    header = ["dataset", "rate", "best no-tuning (val)", "cosine (best on val)"]
+    for rl, control in RL_PAIRS.items():
+        header += [rl, f"{rl} - best no-tuning", f"{rl} - {control}"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+
+    def pct(g: report.Group | None) -> str:
+        return "" if g is None else f"{100 * g.test_mean:.1f} ± {100 * g.test_std:.1f}"
+
+    def diff(a: report.Group | None, b: report.Group | None) -> str:
+        return "" if a is None or b is None else f"{100 * (a.test_mean - b.test_mean):+.1f}"
+
+    for dataset, rate in sorted({(g.dataset, g.sampling_rate) for g in groups if g.method in NO_TUNING}):
+        pool = [cell[(dataset, rate, m)] for m in NO_TUNING if (dataset, rate, m) in cell]
+        best = max(pool, key=lambda g: g.val_mean or 0.0)
+        row = [
+            dataset,
+            f"{rate:.0%}",
+            f"{best.method} {pct(best)}",
+            pct(cell.get((dataset, rate, "cosine (best on val)"))),
+        ]
+        for rl, control in RL_PAIRS.items():
+            mine = cell.get((dataset, rate, rl))
+            row += [pct(mine), diff(mine, best), diff(mine, cell.get((dataset, rate, control)))]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _other_datasets(groups: list[report.Group]) -> list[str]:
+    """The second grid's tables on the datasets other than GTSRB."""
+    out: list[str] = []
+    for dataset in DATASETS:
+        mine = [g for g in groups if g.dataset == dataset]
+        if dataset != "gtsrb" and mine:
+            out += [f"## {dataset}", "", report.markdown_table(mine, MAIN_ORDER), ""]
+    return out
 
 
 def _time_covers_run(line: dict[str, Any]) -> bool:
@@ -394,11 +536,11 @@ def cmd_status(_args: argparse.Namespace) -> None:
     done = load_done()
     cells = all_cells()
     print(f"{len(done)} of {len(cells)} cells done")
-    for rate in RATES:
-        n = sum(1 for m, r, s in cells if r == rate)
-        print(
-            f"  rate {rate:.0%}: {sum(1 for m, r, s in cells if r == rate and cell_id(m, r, s) in done)} of {n}"
-        )
+    for dataset in DATASETS:
+        for rate in RATES:
+            mine = [c for c in cells if c[1] == rate and c[3] == dataset]
+            if mine:
+                print(f"  {dataset} {rate:.0%}: {sum(cell_id(*c) in done for c in mine)} of {len(mine)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -410,6 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--workers", type=int, default=1, help="cells run in parallel (CPU threads are shared)")
     run.add_argument("--max-cells", type=int, help="stop after this many cells")
     run.add_argument("--only", nargs="*", help="run only these methods")
+    run.add_argument("--datasets", nargs="*", choices=list(DATASETS), help="run only on these datasets")
     run.set_defaults(func=cmd_run)
     sub.add_parser("report", help="write the tables and plot").set_defaults(func=cmd_report)
     sub.add_parser("status", help="how much of the grid is done").set_defaults(func=cmd_status)
