@@ -60,6 +60,21 @@ CPU_CONFIGS = [
         "channels_last": True,
     },
 ]
+# The base optimizers (issue 13): each against its own plain step, plus the observation extras.
+OPTIMIZER_CONFIGS = [
+    {
+        "name": f"cifar_resnet20-32px-b32-{optimizer}",
+        "model": "cifar_resnet20",
+        "image_size": 32,
+        "batch_size": 32,
+        "optimizer": optimizer,
+        "extras": True,
+        "full_run": False,
+        "memory": False,
+        "agent": False,
+    }
+    for optimizer in ("adam", "adamw", "sgd", "schedulefree_adamw", "prodigy")
+]
 GPU_CONFIGS = [
     {"name": "resnet50-224px-b64", "model": "resnet50", "image_size": 224, "batch_size": 64},
     {"name": "resnet50-224px-b128", "model": "resnet50", "image_size": 224, "batch_size": 128},
@@ -81,6 +96,7 @@ def env_kwargs(config: dict[str, Any], device: str, reward: str, epochs: int = 1
         "seed": 0,
         "precision": config.get("precision", "auto"),
         "channels_last": config.get("channels_last"),
+        "optimizer": config.get("optimizer", "adam"),
     }
     if (SHARED / "gtsrb").is_dir():
         kwargs.update(dataset="gtsrb", data_root=str(SHARED), dataset_kwargs={"one_frame_per_track": True})
@@ -138,16 +154,23 @@ def time_steps(fn, steps: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+EXTRAS = "env.step reward=next_batch +obs extras"
+
+
 def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int) -> dict[str, Any]:
     envs = {reward: FineTuneEnv(**env_kwargs(config, device, reward)) for reward in ("batch", "next_batch")}
+    if config.get("extras"):  # the observation extras (progress, rates, losses) on top of next_batch
+        extras = {**env_kwargs(config, device, "next_batch"), "obs_extras": ["progress", "lr", "loss"]}
+        envs["extras"] = FineTuneEnv(**extras)
     dev = envs["batch"].device
     plain = PlainFineTuning(envs["batch"])
     action = np.full(envs["batch"].n_layers, 2)
     for env in envs.values():
         env.reset(seed=0)
+    names = {"batch": "env.step reward=batch", "next_batch": "env.step reward=next_batch", "extras": EXTRAS}
     runners = {
         "plain": plain.step,
-        **{f"env.step reward={r}": (lambda e=e: e.step(action)) for r, e in envs.items()},
+        **{names[r]: (lambda e=e: e.step(action)) for r, e in envs.items()},
         # Part of the plain step, timed alone: "never the bottleneck" means a small ratio here.
         DATA: plain.data,
     }
@@ -411,11 +434,12 @@ def machine(device: str) -> str:
 
 
 def settings(config: dict[str, Any], device: str) -> str:
-    """The precision and memory format the configuration runs in (the environment's defaults
-    for the device unless the configuration sets them)."""
+    """The precision, memory format and optimizer the configuration runs in (the environment's
+    defaults for the device unless the configuration sets them)."""
     dtype = resolve_precision(config.get("precision", "auto"), torch.device(device))
     channels_last = resolve_channels_last(config.get("channels_last"), torch.device(device))
-    return f"{'bf16 autocast' if dtype else 'fp32'}, {'channels-last' if channels_last else 'contiguous'}"
+    layout = f"{'bf16 autocast' if dtype else 'fp32'}, {'channels-last' if channels_last else 'contiguous'}"
+    return layout + f", {config.get('optimizer', 'adam')}"
 
 
 def render(report: dict[str, Any]) -> str:
@@ -432,6 +456,15 @@ def render(report: dict[str, Any]) -> str:
             f"| {name} | {row['images_per_s']:.0f} | {1000 * row['s_per_step']:.1f} | {row['ratio']:.3f} | "
             f"{'' if memory is None else f'{memory:.0f}'} |"
         )
+    if EXTRAS in report["steps"]:
+        ratio = (
+            report["steps"][EXTRAS]["s_per_step"]
+            / report["steps"]["env.step reward=next_batch"]["s_per_step"]
+        )
+        lines += [
+            "",
+            f"Observation extras: {100 * (ratio - 1):+.1f}% on an `env.step` with reward=next_batch.",
+        ]
     memory = report.get("peak_memory")
     if memory:
         kind = "CUDA peak allocated" if report["device"].startswith("cuda") else "peak RSS (VmHWM)"
@@ -528,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
         args.steps, args.rounds, args.episodes, args.epochs, args.full_rounds = 4, 2, 1, 1, 1
     configs = GPU_CONFIGS if device.startswith("cuda") else CPU_CONFIGS
     if args.configs:
-        configs = [c for c in CPU_CONFIGS + GPU_CONFIGS if c["name"] in args.configs]
+        configs = [c for c in CPU_CONFIGS + OPTIMIZER_CONFIGS + GPU_CONFIGS if c["name"] in args.configs]
     for config in configs:
         report = {
             "config": config,
@@ -536,8 +569,9 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine(device),
             "steps": step_benchmark(config, device, args.steps, args.rounds),
         }
-        report["agent"] = agent_benchmark(config, device, epochs=3, rounds=args.rounds)
-        if not args.no_memory:
+        if config.get("agent", True):
+            report["agent"] = agent_benchmark(config, device, epochs=3, rounds=args.rounds)
+        if not args.no_memory and config.get("memory", True):
             report["peak_memory"] = peak_memory(config, device, min(args.steps, 10))
         if not args.no_full_run and config.get("full_run", True):
             report["full_run"] = full_run_benchmark(

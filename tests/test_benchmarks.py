@@ -69,6 +69,18 @@ def test_step_overhead_quick(tmp_path):
         assert f"- {variant}: acting" in text
 
 
+@pytest.mark.parametrize("optimizer", ["schedulefree_adamw", "prodigy"])
+def test_step_benchmark_times_each_optimizer_against_its_own_plain_step(optimizer):
+    import step_overhead
+
+    config = next(c for c in step_overhead.OPTIMIZER_CONFIGS if c["optimizer"] == optimizer)
+    rows = step_overhead.step_benchmark(config, "cpu", steps=2, rounds=1)
+    assert set(rows) >= {"plain", "env.step reward=next_batch", step_overhead.EXTRAS}
+    assert all(row["s_per_step"] > 0 for row in rows.values())
+    text = step_overhead.render({"config": config, "device": "cpu", "machine": "m", "steps": rows})
+    assert f"fp32, contiguous, {optimizer}" in text and "Observation extras:" in text
+
+
 def _child_peak(queue) -> None:
     import step_overhead
 
@@ -124,18 +136,28 @@ def test_gtsrb_benchmark_grid_is_declared():
 
     cells = bench.all_cells()
     assert len(cells) == len(set(cells))
-    # 15 methods at 4 rates and 6 knobs at 15%, 3 seeds each.
-    assert len(cells) == (15 * 4 + 6) * 3
-    # Every uniform cell of a rate comes before the cell whose rate is chosen from them.
-    for rate in bench.RATES:
-        order = [m for m, r, _ in cells if r == rate]
-        assert max(i for i, m in enumerate(order) if m.startswith("uniform_0")) < order.index(
-            "uniform_best_ema"
-        )
+    # First grid: 15 methods at 4 rates and 6 knobs at 15% on GTSRB. Second grid: 11 methods at 4
+    # rates on GTSRB and at 2 on each of the two other datasets. 3 seeds each.
+    assert len(cells) == (15 * 4 + 6) * 3 + 11 * (4 + 2 + 2) * 3
+    # Every cell of a family comes before the cells whose rate is chosen from it.
+    for dataset, rates in bench.NEW_RATES.items():
+        for rate in rates:
+            order = [m for m, r, _, d in cells if r == rate and d == dataset]
+            last = max(i for i, m in enumerate(order) if m.startswith("cosine_0"))
+            assert last < order.index("rl_tune_cos_rel") and last < order.index("random_cos_rel")
+            if dataset == "gtsrb":
+                assert max(i for i, m in enumerate(order) if m.startswith("uniform_0")) < order.index(
+                    "uniform_best_ema"
+                )
     config = bench.run_config("rl_tune", 0.15, 1, {})
     assert config.env_id == "FineTune-CIFARResNet-v0" and config.episodes * config.epochs_per_episode == 50
     plain = bench.run_config("uniform_0.0003", 0.3, 0, {})
     assert plain.ema is None and plain.episodes == 1 and plain.agent_kwargs == {"lr": 3e-4}
+    # The second grid: its RL-Tune and random control share one environment around Schedule-Free.
+    rl, control = (bench.run_config(m, 1.0, 2, {}, "clothing10") for m in ("rl_tune_sf_rel", "random_sf_rel"))
+    assert rl.env_kwargs == control.env_kwargs and rl.env_kwargs["optimizer"] == "schedulefree_adamw"
+    assert rl.env_kwargs["data_root"].endswith("clothing10") and rl.ema is None and rl.episodes == 1
+    assert bench.cell_id("prodigy", 0.15, 0, "sign_digits") == "sign_digits/prodigy/r0.15/s0"
     # Result lines record the commit they ran from.
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", bench.code_version())
 

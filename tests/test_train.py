@@ -76,7 +76,9 @@ def test_every_agent_runs_end_to_end(tmp_path, algo):
         np.testing.assert_allclose(rates, {"schedulefree_adamw": 0.0025, "prodigy": 1.0}[algo], rtol=1e-6)
         assert results["env_config"]["optimizer"] == algo
     elif algo == "cosine":  # 1e-3 decayed over each episode
-        assert rates[0, 0] == pytest.approx(1e-3) and np.all(rates <= 1e-3 * (1 + 1e-6)) and rates.min() < 3e-4
+        assert (
+            rates[0, 0] == pytest.approx(1e-3) and np.all(rates <= 1e-3 * (1 + 1e-6)) and rates.min() < 3e-4
+        )
     elif algo == "linear_probe":
         assert np.all(rates[:, :-1] == 0) and np.allclose(rates[:, -1], 1e-3)
     elif algo == "layerwise_decay":
