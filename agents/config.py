@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from finetune_gym import FineTuneEnv
+from finetune_gym.arguments import check_choice
 from finetune_gym.registration import check_env_id
 from finetune_gym.wrappers import DEFAULT_EMA, check_ema
 
@@ -58,8 +59,7 @@ class RunConfig:
             raise ValueError(
                 f"max_skipped_in_a_row must be a positive integer, got {self.max_skipped_in_a_row!r}"
             )
-        if self.wandb_mode not in WANDB_MODES:
-            raise ValueError(f"unknown W&B mode {self.wandb_mode!r}: choose one of {', '.join(WANDB_MODES)}")
+        check_choice("W&B mode", self.wandb_mode, WANDB_MODES)
 
     def differences(self, other: RunConfig) -> list[str]:
         """What ``other`` changes of this configuration, one ``field: this -> other`` each, besides

@@ -155,6 +155,7 @@ def time_steps(fn, steps: int, device: torch.device) -> float:
 
 
 EXTRAS = "env.step reward=next_batch +obs extras"
+EXTRAS_ALONE = "observation extras alone (part of +obs extras)"
 
 
 def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int) -> dict[str, Any]:
@@ -171,6 +172,8 @@ def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int)
     runners = {
         "plain": plain.step,
         **{names[r]: (lambda e=e: e.step(action)) for r, e in envs.items()},
+        # The extras' own work, timed alone: what they add to a step on a quiet machine.
+        **({EXTRAS_ALONE: lambda: envs["extras"].signals.features(0.5, 1.0)} if "extras" in envs else {}),
         # Part of the plain step, timed alone: "never the bottleneck" means a small ratio here.
         DATA: plain.data,
     }

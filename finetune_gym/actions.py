@@ -8,6 +8,8 @@ from typing import Literal
 import numpy as np
 from gymnasium import spaces
 
+from .arguments import check_choice
+
 LrScale = Literal["linear", "log", "relative"]
 LR_SCALES = ("linear", "log", "relative")
 RELATIVE_RANGE = 8.0  # relative steps multiply the base rate by 1/8 ... 8
@@ -26,6 +28,7 @@ def learning_rate_steps(
       (``n_steps`` odd): a policy that knows nothing reproduces the base method, and random
       actions are random multipliers around it.
     """
+    check_choice("lr_scale", scale, LR_SCALES)
     if n_steps < 2:
         raise ValueError(f"n_lr_steps must be at least 2, got {n_steps}")
     if scale == "relative":
@@ -42,9 +45,7 @@ def learning_rate_steps(
         raise ValueError(f"need 0 <= lr_min < lr_max, got lr_min={lr_min}, lr_max={lr_max}")
     if scale == "linear":
         return np.linspace(lr_min, lr_max, n_steps)
-    if scale == "log":
-        return np.concatenate([[0.0], np.geomspace(lr_max / 1000.0, lr_max, n_steps - 1)])
-    raise ValueError(f"unknown lr_scale {scale!r}: choose one of {', '.join(LR_SCALES)}")
+    return np.concatenate([[0.0], np.geomspace(lr_max / 1000.0, lr_max, n_steps - 1)])  # "log"
 
 
 def lr_grid(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +43,13 @@ def check_types(function: Callable[..., Any], arguments: dict[str, Any]) -> None
         value = arguments[name]
         if not any(_ACCEPTS[option](value) for option in options):
             raise ValueError(f"{name} must be {' or '.join(options)}, got {value!r} ({type(value).__name__})")
+
+
+def check_choice(kind: str, value: Any, choices: Sequence[str]) -> Any:
+    """``value`` if it is one of ``choices``; else a ValueError naming them all."""
+    if value not in choices:
+        raise ValueError(f"unknown {kind} {value!r}: choose one of {', '.join(choices)}")
+    return value
 
 
 def check_positive_integers(**values: Any) -> None:

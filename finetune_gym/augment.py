@@ -14,12 +14,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .arguments import check_choice
+
 AUGMENTS = ("auto", "pad_crop", "resized_crop", "none")
 
 
 def resolve_augment(augment: str, image_size: int) -> str:
-    if augment not in AUGMENTS:
-        raise ValueError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
+    check_choice("augment", augment, AUGMENTS)
     if augment == "auto":
         return "pad_crop" if image_size <= 64 else "resized_crop"
     return augment

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from .arguments import check_choice
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -29,8 +31,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. ``auto``: bf16 on CUDA, fp32 on the CPU."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None

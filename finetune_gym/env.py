@@ -191,9 +191,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: TrainingForward | None = None
         self._readback = HostCopy(self.device)  # every step's one device-to-host copy
-        # BatchNorm statistics as they were before the last training forward: restored when its
-        # loss is not finite, so a skipped update leaves no trace in the network.
-        self._buffers_before = [b.detach().clone() for b in self.model.buffers()]
+        self._guard = training.BatchNormGuard(self.model)
         self._needs_reset = True
         self._epoch = self._step = self._epoch_correct = self._epoch_seen = 0
         self._statistics_seed = seed  # the batches Schedule-Free's BatchNorm statistics are computed on
@@ -268,7 +266,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "counters": {k: getattr(self, k) for k in ("_epoch", "_step", "_epoch_correct", "_epoch_seen")},
             "signals": self.signals.get_state(),
             "pending": None if pending is None else pending.get_state(),
-            "buffers_before": cpu_copy(self._buffers_before),
+            "buffers_before": cpu_copy(self._guard.saved),
             "needs_reset": self._needs_reset,
         }
 
@@ -299,8 +297,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 )
             training.backward(self._pending)
             self._pending.loss_value, self._pending.correct = saved["loss_value"], saved["correct"]
-        for backup, value in zip(self._buffers_before, state["buffers_before"], strict=True):
-            backup.copy_(value)
+        for saved, value in zip(self._guard.saved, state["buffers_before"], strict=True):
+            saved.copy_(value)
 
     # ------------------------------------------------------------------ gymnasium API
 
@@ -407,8 +405,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._forward(*self.stream.load())
 
     def _forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> TrainingForward:
-        if self._buffers_before:  # one fused copy (a loop of small copies would be one kernel each)
-            torch._foreach_copy_(self._buffers_before, [b.data for b in self.model.buffers()])
+        self._guard.snapshot()
         with self.pooler.record():
             return training.train_forward(self.model, inputs, labels, self.amp_dtype)
 
@@ -420,8 +417,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         observation, reward_count = training.read_back(
             forward, self.pooler.observation(), reward_correct, self._readback
         )
-        if not math.isfinite(forward.loss_value) and self._buffers_before:  # the update will be skipped
-            torch._foreach_copy_([b.data for b in self.model.buffers()], self._buffers_before)
+        if not math.isfinite(forward.loss_value):  # the update will be skipped
+            self._guard.restore()
         self.signals.record_loss(forward.loss_value)
         if self.obs_extras:
             extras = self.signals.features(self._step / self.episode_steps, forward.loss_value)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from .arguments import check_choice
 from .training import frozen_buffers
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "schedulefree_adamw", "prodigy")
@@ -30,9 +31,7 @@ DEFAULT_LR = {"schedulefree_adamw": 0.0025, "prodigy": 1.0}
 
 
 def check_optimizer(name: str) -> str:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
-    return name
+    return check_choice("optimizer", name, OPTIMIZERS)
 
 
 def layer_optimizer(

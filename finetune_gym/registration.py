@@ -7,6 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from .arguments import check_choice
 from .env import FineTuneEnv
 from .wrappers import DEFAULT_EMA, EMAEpisodeWrapper, check_ema
 
@@ -39,9 +40,7 @@ ENV_IDS: list[str] = list(_OVERRIDES)
 
 def check_env_id(env_id: str) -> str:
     """``env_id`` if this package registers it; a clear error naming the ids otherwise."""
-    if env_id not in _OVERRIDES:
-        raise ValueError(f"unknown env id {env_id!r}: choose one of {', '.join(ENV_IDS)}")
-    return env_id
+    return check_choice("env id", env_id, ENV_IDS)
 
 
 def default_config(env_id: str) -> dict[str, Any]:

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arguments import check_choice
 from .training import TrainingForward
 
 REWARDS = ("batch", "next_batch", "loss_improvement")
 
 
 def check_reward(reward: str) -> str:
-    if reward not in REWARDS:
-        raise ValueError(f"unknown reward {reward!r}: choose one of {', '.join(REWARDS)}")
-    return reward
+    return check_choice("reward", reward, REWARDS)
 
 
 def step_reward(

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 
+from .arguments import check_choice
+
 SCHEDULES = ("constant", "cosine")
 
 
 def check_schedule(schedule: str, warmup: float) -> None:
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    check_choice("schedule", schedule, SCHEDULES)
     if not 0.0 <= warmup < 1.0:
         raise ValueError(f"warmup must be a fraction of the episode in [0, 1), got {warmup}")
 

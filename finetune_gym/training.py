@@ -124,3 +124,20 @@ def frozen_buffers(model: nn.Module) -> Iterator[None]:
     finally:
         for buffer, value in zip(model.buffers(), saved, strict=True):
             buffer.data.copy_(value)
+
+
+class BatchNormGuard:
+    """BatchNorm statistics from before the last training forward, restored when that forward's loss
+    is not finite: the update is skipped, and the skip leaves no trace in the network."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.saved = [b.detach().clone() for b in model.buffers()]
+
+    def snapshot(self) -> None:
+        if self.saved:  # one fused copy (a loop of small copies would be one kernel each)
+            torch._foreach_copy_(self.saved, [b.data for b in self.model.buffers()])
+
+    def restore(self) -> None:
+        if self.saved:
+            torch._foreach_copy_([b.data for b in self.model.buffers()], self.saved)

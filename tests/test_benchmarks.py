@@ -75,7 +75,13 @@ def test_step_benchmark_times_each_optimizer_against_its_own_plain_step(optimize
 
     config = next(c for c in step_overhead.OPTIMIZER_CONFIGS if c["optimizer"] == optimizer)
     rows = step_overhead.step_benchmark(config, "cpu", steps=2, rounds=1)
-    assert set(rows) >= {"plain", "env.step reward=next_batch", step_overhead.EXTRAS}
+    assert set(rows) >= {
+        "plain",
+        "env.step reward=next_batch",
+        step_overhead.EXTRAS,
+        step_overhead.EXTRAS_ALONE,
+    }
+    assert rows[step_overhead.EXTRAS_ALONE]["ratio"] < 0.5  # a few numpy operations against a step
     assert all(row["s_per_step"] > 0 for row in rows.values())
     text = step_overhead.render({"config": config, "device": "cpu", "machine": "m", "steps": rows})
     assert f"fp32, contiguous, {optimizer}" in text and "Observation extras:" in text

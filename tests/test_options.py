@@ -171,3 +171,41 @@ def test_prodigy_refuses_different_rates_per_layer_with_a_reason():
     action[1] = 10
     with pytest.raises(ValueError, match="Prodigy"):
         env.step(action)
+
+
+def test_a_run_with_the_new_options_resumes_bit_identically_after_sigkill(tmp_path, package_cache):
+    """Relative actions around Schedule-Free AdamW, observation extras, the loss-improvement reward,
+    RecurrentPPO learning: killed after its first checkpoint and resumed, it ends with the same weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
+    args = [
+        "--episodes", "1", "--epochs-per-episode", "4", "--ema", "none", "--reward", "loss_improvement",
+        "--no-progress", "--env-kwargs", "optimizer=schedulefree_adamw", "lr_scale=relative",
+        "base_lr=0.0025", "n_lr_steps=7", "obs_extras=['progress','lr','loss']",
+    ]  # fmt: skip
+    cmd = [sys.executable, "train.py", *args]
+    subprocess.run(
+        [*cmd, "--run-dir", str(tmp_path / "reference")], cwd=root, env=env, check=True, capture_output=True
+    )
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*cmd, "--run-dir", str(killed)], cwd=root, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run(
+        [*cmd, "--run-dir", str(killed), "--resume"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "reference" / "final_model.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed / "final_model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,6 +7,7 @@ import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 
+from ..arguments import check_choice
 from .base import DatasetNotFoundError, ImageDataset, Split
 from .cub import load_cub
 from .digits import load_digits
@@ -34,8 +35,7 @@ def load_dataset(
     name: str, root: str | Path | None = None, download: bool = False, **options
 ) -> ImageDataset:
     """List a registered dataset; ``options`` are the dataset's own (e.g. ``one_frame_per_track``)."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(sorted(DATASETS))}")
+    check_choice("dataset", name, sorted(DATASETS))
     if name in NEEDS_ROOT:
         if root is None:
             raise ValueError(

@@ -14,6 +14,8 @@ from typing import Literal
 
 from torch import nn
 
+from ..arguments import check_choice
+
 Granularity = Literal["stage", "block", "conv"]
 GRANULARITIES: tuple[str, ...] = ("stage", "block", "conv")
 
@@ -37,8 +39,7 @@ class Layer:
 
 
 def check_granularity(granularity: str) -> None:
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}: choose one of {', '.join(GRANULARITIES)}")
+    check_choice("granularity", granularity, GRANULARITIES)
 
 
 def resnet_layers(
