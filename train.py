@@ -41,7 +41,10 @@ def parse_ema(text: str) -> float | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="train.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # an abbreviated flag would escape --resume's check of what changed
     )
     defaults = RunConfig()
     env = parser.add_argument_group("environment")

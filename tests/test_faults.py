@@ -381,3 +381,10 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_rerun(tmp_path, capsys, m
     run_dir = tmp_path / "run"
     assert run_train(run_dir, "--wandb", "online") == 2
     assert run_train(run_dir) == 0  # the same command without the mistake
+
+
+def test_abbreviated_flags_are_refused(tmp_path, capsys):
+    """An abbreviation (--epochs for --epochs-per-episode) would pass unseen by --resume's check."""
+    with pytest.raises(SystemExit):
+        train.main(["--run-dir", str(tmp_path / "x"), "--epochs", "3"])
+    assert "unrecognized arguments: --epochs 3" in capsys.readouterr().err
