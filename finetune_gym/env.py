@@ -104,6 +104,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         eval_batch_size: int = 256,
         optimizer: str = "adam",
         optimizer_kwargs: dict[str, Any] | None = None,
+        render_mode: str | None = None,
     ) -> None:
         super().__init__()
         arguments = locals()
@@ -114,6 +115,12 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             epochs_per_episode=epochs_per_episode,
             eval_batch_size=eval_batch_size,
         )
+        if render_mode is not None:
+            raise ValueError(
+                f"render_mode={render_mode!r}: FineTuneEnv draws nothing (its render_modes are empty); use "
+                "render_mode=None. A run's pictures are its lr_heatmap.png and accuracy.png"
+            )
+        self.render_mode = None
         # Checked before any data is read:
         rates = lr_grid(n_lr_steps, lr_min, lr_max, lr_scale, lr_steps, base_lr)
         check_schedule(schedule, warmup)
@@ -299,6 +306,17 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             self._pending.loss_value, self._pending.correct = saved["loss_value"], saved["correct"]
         for saved, value in zip(self._guard.saved, state["buffers_before"], strict=True):
             saved.copy_(value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling a parameter drops its gradient: keep the pending batch's, so a pickled or
+        # deep-copied environment continues exactly (vector envs, checkpointing tools).
+        return {**self.__dict__, "_grads": [p.grad for p in self.model.parameters()]}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        grads = state.pop("_grads")
+        self.__dict__.update(state)
+        for parameter, grad in zip(self.model.parameters(), grads, strict=True):
+            parameter.grad = grad
 
     # ------------------------------------------------------------------ gymnasium API
 

@@ -22,8 +22,9 @@ that must know where training stands (the paper's observation has none of them):
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -60,15 +61,15 @@ class ActivationPooler:
         self._pooled: list[torch.Tensor | None] = [None] * len(probes)
         self._handles = [p.register_forward_hook(self._hook(i)) for i, p in enumerate(probes)]
 
-    def _hook(self, index: int):
-        def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            if self.recording:
-                per_channel = channel_means(output.detach())
-                self._pooled[index] = F.adaptive_avg_pool1d(per_channel.view(1, 1, -1), self.features).view(
-                    -1
-                )
+    def _hook(self, index: int) -> Callable[..., None]:
+        # A partial of a method, not a closure: the hooks live on the network's modules, and a
+        # network whose hooks pickle can be deep-copied and sent to subprocesses with its env.
+        return functools.partial(self._record, index)
 
-        return record
+    def _record(self, index: int, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if self.recording:
+            per_channel = channel_means(output.detach())
+            self._pooled[index] = F.adaptive_avg_pool1d(per_channel.view(1, 1, -1), self.features).view(-1)
 
     @contextmanager
     def record(self) -> Iterator[None]:

@@ -56,6 +56,10 @@ def make_env(ema: float | None = DEFAULT_EMA, **kwargs: Any) -> gym.Env:
     return env if ema is None else EMAEpisodeWrapper(env, ema=ema)
 
 
+# Gymnasium reads the entry point's metadata (render modes) before it calls it.
+make_env.metadata = FineTuneEnv.metadata  # type: ignore[attr-defined]
+
+
 def register_envs() -> None:
     for env_id in ENV_IDS:
         if env_id in gym.registry:

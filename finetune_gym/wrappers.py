@@ -51,10 +51,7 @@ class EMAEpisodeWrapper(gym.Wrapper):
         if ema is None:
             raise ValueError("EMAEpisodeWrapper needs an ema in (0, 1]; without the scheme, do not wrap")
         self.ema = check_ema(ema)
-        base: FineTuneEnv = env.unwrapped
-        self._average = AveragedModel(
-            base.source_model, multi_avg_fn=get_ema_multi_avg_fn(1.0 - self.ema), use_buffers=True
-        )
+        self._average: AveragedModel | None = None  # built at the first update
         self._episode_finished = False
         self.ema_updates = 0
 
@@ -68,6 +65,10 @@ class EMAEpisodeWrapper(gym.Wrapper):
         if self._episode_finished:
             self.update_source()
         return self.env.reset(seed=seed, options=options)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's EMA function is a closure, which pickle cannot save: the average is rebuilt.
+        return {**self.__dict__, "_average": None}
 
     def get_state(self) -> dict[str, Any]:
         """Wrapper and environment state, for checkpoints."""
@@ -85,6 +86,10 @@ class EMAEpisodeWrapper(gym.Wrapper):
     def update_source(self) -> None:
         """Apply the EMA now: source <- (1 - ema) * source + ema * fine-tuned target."""
         base: FineTuneEnv = self.env.unwrapped
+        if self._average is None:
+            self._average = AveragedModel(
+                base.source_model, multi_avg_fn=get_ema_multi_avg_fn(1.0 - self.ema), use_buffers=True
+            )
         self._average.module.load_state_dict(base.source_model.state_dict())
         # n_averaged > 0 makes AveragedModel average rather than copy the target over the source.
         self._average.n_averaged.fill_(1)

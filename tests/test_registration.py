@@ -85,3 +85,35 @@ def test_env_checkers(env_id, tmp_path):
 def test_module_prefixed_make(tmp_path):
     env = gym.make("finetune_gym:FineTune-Digits-v0", **TINY_DIGITS)
     assert isinstance(env.unwrapped, finetune_gym.FineTuneEnv)
+
+
+def test_render_mode_none_is_accepted_and_others_are_refused_with_the_reason():
+    env = gym.make("FineTune-Digits-v0", render_mode=None, **TINY_DIGITS)
+    assert env.render_mode is None and env.unwrapped.metadata["render_modes"] == []
+    vec = gym.make_vec("FineTune-Digits-v0", num_envs=1, render_mode=None, **TINY_DIGITS)
+    vec.close()
+    # Gymnasium reads the metadata of the registered entry point: it warns, then the env refuses.
+    with (
+        pytest.warns(UserWarning, match=r"render_modes \(\[\]\)"),
+        pytest.raises(ValueError, match="draws nothing"),
+    ):
+        gym.make("FineTune-Digits-v0", render_mode="rgb_array", **TINY_DIGITS)
+
+
+def test_a_pickled_or_copied_environment_continues_exactly():
+    import copy
+    import pickle
+
+    import numpy as np
+
+    env = gym.make("FineTune-Digits-v0", **{**TINY_DIGITS, "epochs_per_episode": 3})
+    env.reset(seed=0)
+    env.step(np.full(5, 3))
+    clones = [pickle.loads(pickle.dumps(env)), copy.deepcopy(env)]
+    expected = [env.step(np.full(5, 4)) for _ in range(3)]
+    for clone in clones:
+        for (obs, reward, *_), (obs2, reward2, *_) in zip(
+            expected, [clone.step(np.full(5, 4)) for _ in range(3)], strict=True
+        ):
+            np.testing.assert_array_equal(obs, obs2)
+            assert reward == reward2
