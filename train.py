@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -99,12 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    wandb = parser.add_argument_group("Weights & Biases")
-    wandb.add_argument("--wandb", choices=WANDB_MODES, default=defaults.wandb_mode)
-    wandb.add_argument("--wandb-project", default=defaults.wandb_project)
-    wandb.add_argument("--wandb-entity")
-    wandb.add_argument("--wandb-group", help="default: <env>/<dataset>/r<rate>/<algo>")
-    wandb.add_argument("--wandb-tags", nargs="*", default=[])
+    wandb = parser.add_argument_group(
+        "Weights & Biases",
+        "defaults come from WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_RUN_GROUP, WANDB_TAGS",
+    )
+    environ = os.environ
+    mode = environ.get("WANDB_MODE", defaults.wandb_mode)
+    wandb.add_argument(
+        "--wandb", choices=WANDB_MODES, default=mode if mode in WANDB_MODES else defaults.wandb_mode
+    )
+    wandb.add_argument("--wandb-project", default=environ.get("WANDB_PROJECT", defaults.wandb_project))
+    wandb.add_argument("--wandb-entity", default=environ.get("WANDB_ENTITY"))
+    wandb.add_argument(
+        "--wandb-group",
+        default=environ.get("WANDB_RUN_GROUP"),
+        help="default: <env>/<dataset>/r<rate>/<algo>",
+    )
+    tags = [t for t in environ.get("WANDB_TAGS", "").split(",") if t]
+    wandb.add_argument("--wandb-tags", nargs="*", default=tags)
     return parser
 
 

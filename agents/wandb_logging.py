@@ -6,6 +6,7 @@ Imported only when a run logs to W&B (``wandb`` is slow to import).
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ class WandbRun:
         try:
             self.run = wandb.init(
                 mode=mode,
-                dir=str(run_dir),
+                dir=os.environ.get("WANDB_DIR") or str(run_dir),  # the run's folder unless told otherwise
                 project=project,
                 entity=entity,
                 group=group,
@@ -130,7 +131,11 @@ class WandbRun:
         for path in files:
             artifact.add_file(str(path))
         self.run.log_artifact(artifact)
+        offline = self.run.settings.mode == "offline"
+        folder = Path(self.run.dir).parent
         self.run.finish()
+        if offline:
+            print(f"W&B offline run saved in {folder}; upload it with: wandb sync {folder}")
 
     def abort(self) -> None:
         if wandb.run is not None:

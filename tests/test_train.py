@@ -120,6 +120,22 @@ def test_wandb_offline_logs_steps_epochs_episodes_agent_and_artifacts(tmp_path):
     assert steps == list(range(1, results["steps"] + 1))
 
 
+def test_wandb_environment_variables_are_the_defaults(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "group-from-env")
+    monkeypatch.setenv("WANDB_TAGS", "a,b")
+    run_dir = run_train(tmp_path, "--algo", "uniform", "--wandb", "offline")
+    logged = offline_run(run_dir)
+    assert logged["project"] == "from-env" and logged["group"] == "group-from-env"
+    assert {"a", "b"} <= set(logged["tags"])
+    assert f"wandb sync {run_dir / 'wandb'}" in capsys.readouterr().out
+    monkeypatch.setenv("WANDB_PROJECT", "ignored")  # a flag wins over the variable
+    logged = offline_run(
+        run_train(tmp_path, "--algo", "uniform", "--wandb", "offline", "--wandb-project", "flag", name="r2")
+    )
+    assert logged["project"] == "flag"
+
+
 def test_refusals(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--algo", "dqn", "--run-dir", str(tmp_path / "x")])

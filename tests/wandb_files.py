@@ -61,7 +61,7 @@ def offline_run(run_dir: str | Path) -> dict[str, Any]:
     """History rows, config, summary and artifact names of the single offline run under ``run_dir``."""
     files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     assert files, f"no offline W&B run under {run_dir}"
-    history, config, summary, artifacts = [], {}, {}, []
+    history, config, summary, artifacts, run = [], {}, {}, [], {}
     for record in finished_records(files[-1]):
         kind = record.WhichOneof("record_type")
         if kind == "history":
@@ -71,7 +71,13 @@ def offline_run(run_dir: str | Path) -> dict[str, Any]:
                     for item in record.history.item
                 }
             )
-        elif kind in ("run", "config"):  # the run record carries wandb.init's config
+        if kind == "run":
+            run = {
+                "project": record.run.project,
+                "group": record.run.run_group,
+                "tags": list(record.run.tags),
+            }
+        if kind in ("run", "config"):  # the run record carries wandb.init's config
             updates = record.run.config.update if kind == "run" else record.config.update
             for item in updates:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
@@ -80,4 +86,4 @@ def offline_run(run_dir: str | Path) -> dict[str, Any]:
                 summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "artifact":
             artifacts.append(record.artifact.name)
-    return {"history": history, "config": config, "summary": summary, "artifacts": artifacts}
+    return {"history": history, "config": config, "summary": summary, "artifacts": artifacts, **run}
