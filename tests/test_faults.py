@@ -318,6 +318,18 @@ def test_bad_inputs_end_in_one_line_and_leave_nothing(tmp_path, capsys, args, ex
     assert not (tmp_path / "run").exists() and not (tmp_path / "nowhere").exists()
 
 
+def test_missing_imagenet_weights_end_in_one_line(tmp_path, capsys, image_folder):
+    """Offline and not in the torch hub cache (the test's TORCH_HOME is empty)."""
+    code = train.main(
+        ["--run-dir", str(tmp_path / "run"), "--env", "FineTune-ResNet50-v0", "--dataset", "imagefolder",
+         "--data-root", str(image_folder), "--no-progress", "--env-kwargs", "image_size=32", "dataset_kwargs={}"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "pre-download" in err and "weights=None" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_run_directory_problems_are_named(tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")

@@ -68,7 +68,7 @@ def test_imagenet_weights_offline_give_an_actionable_error(monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match=r"pre-download .*resnet50-0676ba61\.pth.*weights=None"):
+    with pytest.raises(WeightsError, match=r"pre-download .*resnet50-0676ba61\.pth.*weights=None"):
         build_backbone("resnet50", 100, weights="imagenet")
 
 

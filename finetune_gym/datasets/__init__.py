@@ -29,6 +29,7 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "digits": load_digits,
 }
 NEEDS_ROOT = {"aircraft", "cub", "cars", "gtsrb", "imagefolder"}
+DOWNLOADS = {"aircraft", "cub", "gtsrb"}  # the others' files are placed by hand
 
 
 def load_dataset(
@@ -44,7 +45,7 @@ def load_dataset(
         if not download and not Path(root).is_dir():
             raise DatasetNotFoundError(
                 f"data_root {str(Path(root).resolve())!r} does not exist: create it and place the "
-                f"{name!r} files there, or pass download=True"
+                f"{name!r} files there" + (", or pass download=True" if name in DOWNLOADS else "")
             )
     created = root is not None and not Path(root).exists()
     try:

@@ -116,8 +116,12 @@ def download_state_dict(url: str, *, what: str) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(obj, source=url)
 
 
-def pretrained_unavailable(what: str, url: str, cache_file: Path, error: Exception) -> RuntimeError:
-    return RuntimeError(
+class WeightsUnavailable(WeightsError):
+    """Named pretrained weights that could not be fetched (no network) and are not cached."""
+
+
+def pretrained_unavailable(what: str, url: str, cache_file: Path, error: Exception) -> WeightsUnavailable:
+    return WeightsUnavailable(
         f"could not get the {what} weights ({type(error).__name__}: {error}). Without internet, "
         f"pre-download {url} to {cache_file} (the torch hub cache; set TORCH_HOME to move it), "
         "pass weights=<path to a local checkpoint>, or use weights=None for random initialisation."
