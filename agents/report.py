@@ -232,8 +232,10 @@ def write_csv(groups: Sequence[Group], path: str | Path) -> None:
             writer.writerow({f: getattr(g, f) for f in CSV_FIELDS})
 
 
-def plot_rates(groups: Sequence[Group], path: str | Path, methods: Sequence[str] | None = None) -> Path:
-    """Test accuracy against sampling rate, one line per method, ±1 std band."""
+def plot_rates(
+    groups: Sequence[Group], path: str | Path, methods: Sequence[str] | None = None, title: str = ""
+) -> Path:
+    """Test accuracy against sampling rate, one line per method, ±1 std band over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,7 +251,9 @@ def plot_rates(groups: Sequence[Group], path: str | Path, methods: Sequence[str]
         (line,) = ax.plot(100 * x, 100 * mean, marker="o", label=method)
         ax.fill_between(100 * x, 100 * (mean - std), 100 * (mean + std), color=line.get_color(), alpha=0.15)
     ax.set_xlabel("sampling rate of the training set (%)")
-    ax.set_ylabel("top-1 test accuracy (%)")
+    ax.set_ylabel("top-1 test accuracy (%), mean ± 1 std over seeds")
+    if title:
+        ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

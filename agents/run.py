@@ -123,6 +123,7 @@ def run_training(
                 loop,
                 range(done_steps, total_steps),
                 progress,
+                verbose,
                 resume,
             )
             results, images = write_outputs(run_dir, config, agent, recorder, timer.wall_s(), timing)
@@ -154,13 +155,16 @@ def _train(
     loop: dict[str, Any] | None,
     steps: range,
     progress: bool,
+    verbose: bool,
     resume: bool,
 ) -> tuple[Any | None, dict[str, Any]]:
     """The training loop, with its progress bar, W&B run and checkpoints; returns the W&B run and
     where the loop's time went (before the last checkpoint's write is waited for)."""
     timer = checkpointer.timer
     with ExitStack() as stack:
-        bar = RunProgress(steps.stop, initial=steps.start, disable=not progress)
+        bar = RunProgress(
+            steps.stop, config.episodes, config.epochs_per_episode, steps.start, bar=progress, lines=verbose
+        )
         stack.callback(bar.close)
         recorder.listeners = [bar]
         wandb_run = None

@@ -379,7 +379,12 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "rl_tune_sf_rel",
         "rl_tune_cos_rel",
     ]
-    report.plot_rates(main + best, RESULTS_DIR / f"{NAME}.png", plot_methods)
+    report.plot_rates(
+        main + best,
+        RESULTS_DIR / f"{NAME}.png",
+        plot_methods,
+        "CIFAR-10 ResNet-20 -> GTSRB (one frame per track), 3 seeds; names as in gtsrb_lowdata.md",
+    )
     machines = sorted({line["results"].get("machine", "") for line in done.values()})
     text = [
         "# GTSRB low-data benchmark: results",

@@ -93,6 +93,36 @@ def test_every_agent_runs_end_to_end(tmp_path, algo):
     assert not (run_dir / "checkpoint.pt").exists()
 
 
+def test_without_a_terminal_a_run_prints_one_line_per_episode(tmp_path, capsys):
+    run_train(tmp_path, "--algo", "random")  # tests capture the output: not a terminal
+    out = capsys.readouterr().out
+    assert "episode 1/2 (step " in out and "episode 2/2 (step " in out and "\r" not in out
+
+
+def test_lr_heatmap_of_a_long_run_shows_epochs(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from agents import plots
+
+    schedule = {
+        "learning_rates": np.tile([1e-4, 1e-2, 0.0], (340, 1)),  # per layer: two decades apart, frozen
+        "layer_names": np.array(["a", "b", "c"]),
+        "episode": np.repeat(np.arange(2), 170),
+        "epoch": np.tile(np.repeat(np.arange(10), 17), 2),
+    }
+    drawn = {}
+    original = matplotlib.axes.Axes.imshow
+
+    def spy(self, data, **kwargs):
+        drawn["shape"], drawn["norm"] = np.shape(data), kwargs.get("norm")
+        return original(self, data, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
+    assert plots.lr_heatmap(schedule, tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    assert drawn["shape"] == (3, 20)  # layers x (2 episodes x 10 epochs): one column per epoch
+    assert drawn["norm"] is not None  # the rates span two decades: a log colour scale
+
+
 def test_exact_uniform_rate_not_on_the_paper_grid(tmp_path):
     run_dir = run_train(tmp_path, "--algo", "uniform", "--agent-kwargs", "lr=3e-4", "--ema", "none")
     rates = np.load(run_dir / "lr_schedule.npz")["learning_rates"]
