@@ -1,7 +1,7 @@
 """Train RL-Tune (or another agent, or a fine-tuning baseline) on a finetune-gym environment.
 
 With no arguments: RL-Tune on the built-in offline default (FineTune-Digits-v0),
-5 episodes x 10 epochs with the EMA scheme, results in runs/<env>-<algo>-s<seed>.
+5 episodes x 10 epochs with the EMA scheme, results in runs/<env>-<dataset>-r<rate>-<method>-s<seed> (see --run-dir).
 
 Examples:
   python train.py
@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of data sample, split, head, agent (default %(default)s)",
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--run-dir", help="output folder (default runs/<env>-<algo>-s<seed>)")
+    run.add_argument(
+        "--run-dir",
+        help="output folder (default runs/<env>-<dataset>-r<rate>-<method>-s<seed>[-<hash of the other settings>])",
+    )
     run.add_argument("--label", help="the method's name in evaluate.py tables (default: the algorithm)")
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --run-dir from its checkpoint"
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(error))
     except ValueError as error:
         parser.error(str(error))
-    run_dir = run_dir or Path(f"runs/{config.env_id}-{config.algo}-s{config.seed}")
+    run_dir = run_dir or Path(config.default_run_dir())
     try:
         run_training(
             config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress

@@ -6,19 +6,30 @@ takes its defaults from here and the environment's from :mod:`finetune_gym`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from finetune_gym import FineTuneEnv
 from finetune_gym.arguments import check_choice
-from finetune_gym.registration import check_env_id
+from finetune_gym.registration import check_env_id, default_config
 from finetune_gym.wrappers import DEFAULT_EMA, check_ema
 
 from .registry import baseline_env_overrides, canonical_name
 
 WANDB_MODES = ("disabled", "offline", "online")
 RUN_OWNED = {"seed", "epochs_per_episode", "ema"}  # environment arguments the run sets itself
+
+
+def method_name(algo: str, label: str | None, agent_kwargs: dict[str, Any]) -> str:
+    """A run's method in tables, W&B groups and default folders: ``label``, else the algorithm with
+    its hyperparameter overrides (``uniform[lr=0.001]``), so that settings never merge."""
+    if label:
+        return label
+    overrides = ",".join(f"{k}={v}" for k, v in sorted(agent_kwargs.items()))
+    return f"{algo}[{overrides}]" if overrides else algo
 
 
 @dataclass
@@ -60,6 +71,28 @@ class RunConfig:
                 f"max_skipped_in_a_row must be a positive integer, got {self.max_skipped_in_a_row!r}"
             )
         check_choice("W&B mode", self.wandb_mode, WANDB_MODES)
+
+    @property
+    def method(self) -> str:
+        return method_name(self.algo, self.label, self.agent_kwargs)
+
+    def default_run_dir(self) -> str:
+        """``runs/<env>-<dataset>-r<rate>-<method>-s<seed>``, plus a short hash of the rest of the
+        configuration when it is not the default, so that two settings never share a folder."""
+        env = {**default_config(self.env_id), **self.env_kwargs}
+        named = ("env_id", "algo", "seed", "label", "agent_kwargs")  # in the name already
+        # In the name already, or not changing the result (where the data lies, where W&B logs):
+        unnamed = ("dataset", "sampling_rate", "data_root")
+        mine, default = self.to_json(), RunConfig(env_id=self.env_id).to_json()
+        for config in (mine, default):
+            config["env_kwargs"] = {k: v for k, v in config["env_kwargs"].items() if k not in unnamed}
+        rest = {k: v for k, v in mine.items() if k not in named and not k.startswith("wandb_")}
+        changed = any(rest[k] != default[k] for k in rest)
+        suffix = (
+            "-" + hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8] if changed else ""
+        )
+        method = re.sub(r"[^\w.=-]+", "_", self.method).strip("_")  # no shell glob characters
+        return f"runs/{self.env_id}-{env['dataset']}-r{env['sampling_rate']:g}-{method}-s{self.seed}{suffix}"
 
     def differences(self, other: RunConfig) -> list[str]:
         """What ``other`` changes of this configuration, one ``field: this -> other`` each, besides

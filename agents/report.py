@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import method_name
 from .rundir import RESULTS
 
 
@@ -92,7 +93,7 @@ def row_from_results(results: dict[str, Any], run_dir: str = "") -> Row:
         dataset=str(env["dataset"]),
         model=str(env["model"]),
         sampling_rate=float(env["sampling_rate"]),
-        method=config.get("label") or results["algo"],
+        method=method_name(results["algo"], config.get("label"), config.get("agent_kwargs", {})),
         seed=int(config["seed"]),
         test_accuracy=float(results["final_test_accuracy"]),
         val_accuracy=None if results["final_val_accuracy"] is None else float(results["final_val_accuracy"]),

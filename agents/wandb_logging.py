@@ -147,7 +147,7 @@ def start_wandb(config: RunConfig, run_dir: Path, base: FineTuneEnv) -> WandbRun
     configuration names a group, so that seeds of one setting compare side by side."""
     dataset = base.config.get("dataset")
     rate = base.config.get("sampling_rate")
-    group = config.wandb_group or f"{config.env_id}/{dataset}/r{rate}/{config.algo}"
+    group = config.wandb_group or f"{config.env_id}/{dataset}/r{rate}/{config.method}"
     return WandbRun(
         config.wandb_mode,
         run_dir,
@@ -156,6 +156,6 @@ def start_wandb(config: RunConfig, run_dir: Path, base: FineTuneEnv) -> WandbRun
         entity=config.wandb_entity,
         group=group,
         tags=list(config.wandb_tags) + [config.env_id, str(dataset), config.algo],
-        name=f"{config.algo}-{dataset}-r{rate}-s{config.seed}",
+        name=f"{config.method}-{dataset}-r{rate}-s{config.seed}",
         layer_names=list(base.layer_names),
     )

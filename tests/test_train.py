@@ -166,6 +166,28 @@ def test_wandb_environment_variables_are_the_defaults(tmp_path, monkeypatch, cap
     assert logged["project"] == "flag"
 
 
+def test_two_settings_without_a_run_dir_never_share_a_folder(tmp_path, monkeypatch):
+    """What a sweep does: the same command with other hyperparameters, no --run-dir."""
+    monkeypatch.chdir(tmp_path)
+    for lr in ("1e-3", "3e-4"):
+        assert train.main([*TINY, "--algo", "uniform", "--agent-kwargs", f"lr={lr}"]) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert (
+        len(runs) == 2
+        and "uniform_lr=0.001" in runs[0] + runs[1]
+        and "uniform_lr=0.0003" in runs[0] + runs[1]
+    )
+    methods = {
+        json.loads((tmp_path / "runs" / r / "results.json").read_text())["config"]["agent_kwargs"]["lr"]
+        for r in runs
+    }
+    assert methods == {1e-3, 3e-4}
+    from agents import report
+
+    rows = report.load_rows(report.find_runs([tmp_path / "runs"]))
+    assert {r.method for r in rows} == {"uniform[lr=0.001]", "uniform[lr=0.0003]"}  # two table rows
+
+
 def test_refusals(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--algo", "dqn", "--run-dir", str(tmp_path / "x")])
@@ -267,6 +289,8 @@ def test_train_with_no_arguments_runs_the_offline_default(tmp_path, package_cach
     )
     assert result.returncode == 0, result.stderr
     assert "final test accuracy" in result.stdout
-    results = json.loads((tmp_path / "runs" / "FineTune-Digits-v0-rl_tune-s0" / "results.json").read_text())
+    results = json.loads(
+        (tmp_path / "runs" / "FineTune-Digits-v0-digits-r1-rl_tune-s0" / "results.json").read_text()
+    )
     assert results["config"]["episodes"] == 5 and results["config"]["epochs_per_episode"] == 10
     assert results["final_test_accuracy"] > 0.8
