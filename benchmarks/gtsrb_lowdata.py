@@ -408,8 +408,8 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "Per dataset and sampling rate: the best method that needs no tuning (Schedule-Free AdamW or Prodigy",
         "at their published defaults, the one with the better mean validation accuracy), the tuned cosine",
         "schedule (5 runs, rate chosen on validation), and each RL-Tune variant of the second grid against",
-        "the best no-tuning method and against its own random control (test accuracy, points). Empty cells:",
-        "not run yet.",
+        "the best no-tuning method and against its own random control (test accuracy, %, mean ± std (n seeds);",
+        "differences in points, of the means). Empty cells: not run yet.",
         "",
         *_other_datasets(everywhere + best_everywhere),
         "## The paper's knobs at 15% (RL-Tune, paper reward)",
@@ -457,7 +457,7 @@ def _no_tuning_table(groups: list[report.Group]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
 
     def pct(g: report.Group | None) -> str:
-        return "" if g is None else f"{100 * g.test_mean:.1f} ± {100 * g.test_std:.1f}"
+        return "" if g is None else f"{100 * g.test_mean:.1f} ± {100 * g.test_std:.1f} ({g.n})"
 
     def diff(a: report.Group | None, b: report.Group | None) -> str:
         return "" if a is None or b is None else f"{100 * (a.test_mean - b.test_mean):+.1f}"
