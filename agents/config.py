@@ -51,6 +51,7 @@ class RunConfig:
     wandb_entity: str | None = None
     wandb_group: str | None = None
     wandb_tags: list[str] = field(default_factory=list)
+    tensorboard_dir: str | None = None  # TensorBoard event files go here (with or without W&B)
     # A run stops with an error after this many consecutive updates skipped for a non-finite loss.
     max_skipped_in_a_row: int = 10
 
@@ -86,7 +87,11 @@ class RunConfig:
         mine, default = self.to_json(), RunConfig(env_id=self.env_id).to_json()
         for config in (mine, default):
             config["env_kwargs"] = {k: v for k, v in config["env_kwargs"].items() if k not in unnamed}
-        rest = {k: v for k, v in mine.items() if k not in named and not k.startswith("wandb_")}
+        rest = {
+            k: v
+            for k, v in mine.items()
+            if k not in named and not k.startswith("wandb_") and k != "tensorboard_dir"
+        }
         changed = any(rest[k] != default[k] for k in rest)
         suffix = (
             "-" + hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8] if changed else ""
@@ -96,11 +101,12 @@ class RunConfig:
 
     def differences(self, other: RunConfig) -> list[str]:
         """What ``other`` changes of this configuration, one ``field: this -> other`` each, besides
-        the W&B settings (a resumed run may log elsewhere without changing what it computes)."""
+        where it logs (W&B, TensorBoard): a resumed run may log elsewhere without changing what it
+        computes."""
         mine, theirs = self.to_json(), other.to_json()
         out = []
         for key in mine:
-            if key.startswith("wandb_"):
+            if key.startswith("wandb_") or key == "tensorboard_dir":
                 continue
             if isinstance(mine[key], dict) and isinstance(theirs[key], dict):
                 out += [

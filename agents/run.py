@@ -174,6 +174,13 @@ def _train(
             wandb_run = start_wandb(config, checkpointer.path.parent, recorder.unwrapped)
             stack.push(lambda error, *_: wandb_run.abort() if error is not None else None)
             recorder.listeners.append(wandb_run)
+        tensorboard = None
+        if config.tensorboard_dir:
+            from .tensorboard_logging import TensorBoardListener
+
+            tensorboard = TensorBoardListener(config.tensorboard_dir, list(recorder.unwrapped.layer_names))
+            stack.callback(tensorboard.close)
+            recorder.listeners.append(tensorboard)
         stack.callback(checkpointer.close)  # the last checkpoint is complete before the outputs
         timer.start_loop()
         with torch_threads(AGENT_THREADS):
@@ -182,7 +189,7 @@ def _train(
                     AgentUpdates(timer),  # first: an update ends before the checkpoint starts
                     EpochCheckpoint(checkpointer, steps.start),
                 ]
-                _learn(agent, len(steps), callbacks, resume, wandb_run)
+                _learn(agent, len(steps), callbacks, resume, wandb_run, tensorboard)
             else:
                 _act_fixed(
                     agent,
@@ -198,19 +205,31 @@ def _train(
 
 
 def _learn(
-    agent: Agent, steps: int, callbacks: list[BaseCallback], resume: bool, wandb_run: Any | None
+    agent: Agent,
+    steps: int,
+    callbacks: list[BaseCallback],
+    resume: bool,
+    wandb_run: Any | None,
+    tensorboard: Any | None,
 ) -> None:
-    """A learning agent trains for ``steps`` more steps (SB3's loop), logging to W&B if asked."""
+    """A learning agent trains for ``steps`` more steps (SB3's loop); its statistics go to W&B
+    and TensorBoard where asked, to both at once if both are."""
+    outputs = []
     if wandb_run is not None:
         from wandb.integration.sb3 import WandbCallback
 
         from .wandb_logging import WandbKVWriter
 
-        agent.set_logger(Logger(folder=None, output_formats=[WandbKVWriter()]))
+        outputs.append(WandbKVWriter())
         callbacks = [*callbacks, WandbCallback(verbose=0)]
+    if tensorboard is not None:
+        outputs.append(tensorboard.agent_output())
+    if outputs:
+        agent.set_logger(Logger(folder=None, output_formats=outputs))
     agent.learn(steps, callback=CallbackList(callbacks), reset_num_timesteps=not resume)
-    if wandb_run is not None:
+    if outputs:
         agent.logger.dump(agent.num_timesteps)  # SB3 dumps a rollout's stats at the next one
+        agent.logger.close()
 
 
 def _act_fixed(

@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tags = [t for t in environ.get("WANDB_TAGS", "").split(",") if t]
     wandb.add_argument("--wandb-tags", nargs="*", default=tags)
+    parser.add_argument_group("TensorBoard").add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write TensorBoard event files to DIR (env metrics in DIR/env, the agent's in DIR/agent)",
+    )
     return parser
 
 
@@ -140,6 +145,7 @@ FIELDS = {  # argument -> RunConfig field, for the arguments that set one direct
     "wandb_entity": "wandb_entity",
     "wandb_group": "wandb_group",
     "wandb_tags": "wandb_tags",
+    "tensorboard": "tensorboard_dir",
 }
 
 

@@ -188,6 +188,27 @@ def test_two_settings_without_a_run_dir_never_share_a_folder(tmp_path, monkeypat
     assert {r.method for r in rows} == {"uniform[lr=0.001]", "uniform[lr=0.0003]"}  # two table rows
 
 
+@pytest.mark.parametrize("wandb_mode", ["disabled", "offline"])
+def test_tensorboard_logs_env_and_agent_with_or_without_wandb(tmp_path, wandb_mode):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    logs = tmp_path / "tb"
+    run_dir = run_train(tmp_path, "--tensorboard", str(logs), "--wandb", wandb_mode)
+    steps = json.loads((run_dir / "results.json").read_text())["steps"]
+
+    def tags(folder):
+        events = event_accumulator.EventAccumulator(str(folder))
+        events.Reload()
+        return events, set(events.Tags()["scalars"])
+
+    env_events, env_tags = tags(logs / "env")
+    assert {"step/reward", "step/loss", "lr/mean", "epoch/train_accuracy", "episode/val_accuracy"} <= env_tags
+    assert [e.step for e in env_events.Scalars("step/reward")] == list(range(1, steps + 1))
+    _, agent_tags = tags(logs / "agent")
+    assert {"train/value_loss", "train/entropy_loss"} <= agent_tags  # RecurrentPPO's own statistics
+    if wandb_mode == "offline":  # and W&B still gets them too
+        assert "agent/train/value_loss" in set().union(*offline_run(run_dir)["history"])
+
+
 def test_refusals(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--algo", "dqn", "--run-dir", str(tmp_path / "x")])
