@@ -456,17 +456,24 @@ def render(report: dict[str, Any]) -> str:
     for name, row in report["steps"].items():
         memory = report.get("peak_memory", {}).get(name, {}).get("peak_mib")
         lines.append(
-            f"| {name} | {row['images_per_s']:.0f} | {1000 * row['s_per_step']:.1f} | {row['ratio']:.3f} | "
+            f"| {name} | {row['images_per_s']:.0f} | {1000 * row['s_per_step']:.{1 if row['ratio'] > 1e-3 else 4}f} | "
+            f"{row['ratio']:.{3 if row['ratio'] > 1e-3 else 6}f} | "
             f"{'' if memory is None else f'{memory:.0f}'} |"
         )
     if EXTRAS in report["steps"]:
-        ratio = (
-            report["steps"][EXTRAS]["s_per_step"]
-            / report["steps"]["env.step reward=next_batch"]["s_per_step"]
-        )
+        step = report["steps"]["env.step reward=next_batch"]["s_per_step"]
+        ratio = report["steps"][EXTRAS]["s_per_step"] / step
+        alone = report["steps"].get(EXTRAS_ALONE, {}).get("s_per_step")
         lines += [
             "",
-            f"Observation extras: {100 * (ratio - 1):+.1f}% on an `env.step` with reward=next_batch.",
+            f"Observation extras: {100 * (ratio - 1):+.1f}% on an `env.step` with reward=next_batch, side by "
+            "side"
+            + (
+                ""
+                if alone is None
+                else f"; their own work, timed alone, is {100 * alone / step:.3f}% of that step"
+            )
+            + ".",
         ]
     memory = report.get("peak_memory")
     if memory:
