@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +76,16 @@ TINY_TRAIN_ARGS = [
     "--env-kwargs",
     "batch_size=64",
 ]
+
+
+def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, env: dict[str, str]) -> int:
+    """Start ``cmd`` (a train.py run into ``run_dir``), SIGKILL it once its first checkpoint exists,
+    as a crash would; returns its exit status."""
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists():
+        assert process.poll() is None, "the run finished before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    return process.wait()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS
+from conftest import TINY_TRAIN_ARGS, kill_after_first_checkpoint
 from test_env import digits_env
 
 import evaluate
@@ -163,13 +163,7 @@ def _killed_run(tmp_path: Path, package_cache: Path, *extra: str, threads: int |
         env["OMP_NUM_THREADS"] = str(threads)
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "train.py", "--run-dir", str(run_dir), "--no-progress", *extra]
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoint.pt").exists():
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert kill_after_first_checkpoint(cmd, run_dir, env) == -signal.SIGKILL
     return run_dir
 
 

@@ -180,8 +180,9 @@ def test_a_run_with_the_new_options_resumes_bit_identically_after_sigkill(tmp_pa
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
+
+    from conftest import kill_after_first_checkpoint
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
@@ -195,13 +196,7 @@ def test_a_run_with_the_new_options_resumes_bit_identically_after_sigkill(tmp_pa
         [*cmd, "--run-dir", str(tmp_path / "reference")], cwd=root, env=env, check=True, capture_output=True
     )
     killed = tmp_path / "killed"
-    process = subprocess.Popen([*cmd, "--run-dir", str(killed)], cwd=root, env=env, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoint.pt").exists():
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert kill_after_first_checkpoint([*cmd, "--run-dir", str(killed)], killed, env) == -signal.SIGKILL
     resumed = subprocess.run(
         [*cmd, "--run-dir", str(killed), "--resume"], cwd=root, env=env, capture_output=True, text=True
     )

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS
+from conftest import TINY_TRAIN_ARGS, kill_after_first_checkpoint
 from wandb_files import offline_run
 
 import train
@@ -250,17 +249,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, package_ca
     subprocess.run(_train_cmd(reference), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        _train_cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 120
-    while not (killed / "checkpoint.pt").exists():
-        assert process.poll() is None, "the run finished before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
+    assert kill_after_first_checkpoint(_train_cmd(killed), killed, env) == -signal.SIGKILL
     assert not (killed / "results.json").exists()
     # Mark the time the killed process had spent, to see that the resumed run's timing includes it.
     payload = torch.load(killed / "checkpoint.pt", weights_only=False)
