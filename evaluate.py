@@ -1,10 +1,10 @@
 """Re-evaluate finished runs, tabulate many runs, or replay a saved agent: ``python evaluate.py --help``.
 
-The command line lives in :mod:`agents.evaluate_cli`; ``pip install`` also installs it as
+The command line lives in :mod:`finetune_gym.agents.evaluate_cli`; ``pip install`` also installs it as
 ``finetune-gym-evaluate``.
 """
 
-from agents.evaluate_cli import main
+from finetune_gym.agents.evaluate_cli import main
 
 __all__ = ["main"]
 

@@ -1,10 +1,10 @@
 """Train RL-Tune (or another agent, or a fine-tuning baseline): ``python train.py --help``.
 
-The command line lives in :mod:`agents.train_cli`; ``pip install`` also installs it as
+The command line lives in :mod:`finetune_gym.agents.train_cli`; ``pip install`` also installs it as
 ``finetune-gym-train``.
 """
 
-from agents.train_cli import build_parser, config_from_args, main
+from finetune_gym.agents.train_cli import build_parser, config_from_args, main
 
 __all__ = ["build_parser", "config_from_args", "main"]
 

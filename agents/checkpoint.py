@@ -4,7 +4,7 @@ A checkpoint holds the agent's learned state and rollout position (or a fixed po
 loop), the normalisation statistics, the environment (source and target weights, Adam's state,
 data order, counters), the run's log so far, its clocks, the environment's thread count and
 every RNG state. On the CPU a resumed run ends with the same weights, bit for bit, as an
-uninterrupted one. The file loads with ``weights_only=True`` (:mod:`agents.safe_state`): a
+uninterrupted one. The file loads with ``weights_only=True`` (:mod:`finetune_gym.agents.safe_state`): a
 crafted checkpoint cannot run code.
 """
 

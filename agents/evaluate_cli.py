@@ -24,11 +24,11 @@ import json
 import sys
 from pathlib import Path
 
-from agents import report
-from agents.config import RunConfig
-from agents.outputs import load_final_model
-from agents.run import run_training
-from agents.rundir import CONFIG, FINAL_MODEL, RESULTS, RunDirectoryError
+from finetune_gym.agents import report
+from finetune_gym.agents.config import RunConfig
+from finetune_gym.agents.outputs import load_final_model
+from finetune_gym.agents.run import run_training
+from finetune_gym.agents.rundir import CONFIG, FINAL_MODEL, RESULTS, RunDirectoryError
 from finetune_gym.cli import parse_kwargs
 
 TOLERANCE = 1e-6

@@ -21,7 +21,11 @@ from .safe_state import load_normalisation_state, normalisation_state
 Agent = BaseAlgorithm | Baseline
 
 LEARNERS: dict[str, type[BaseAlgorithm]] = {"rl_tune": RecurrentPPO, "ppo": PPO, "a2c": A2C, "trpo": TRPO}
-ALIASES = {"recurrent_ppo": "rl_tune", "recurrentppo": "rl_tune"}
+ALIASES = {
+    "recurrent_ppo": "rl_tune",
+    "recurrentppo": "rl_tune",
+    "ppo_lstm": "rl_tune",
+}  # ppo_lstm: RL Zoo's name
 AGENT_NAMES: list[str] = [*LEARNERS, *BASELINES]
 # SB3's Adam settings for its policies (eps 1e-5) in PyTorch's fused form (fewer, larger kernels
 # than a loop of small ops per parameter: cheaper for these small policies, on the CPU too).
@@ -100,7 +104,7 @@ def _as_vec_env(env: gym.Env | VecEnv) -> VecEnv:
 def make_agent(
     name: str, env: gym.Env | VecEnv, *, seed: int = 0, verbose: int = 0, **overrides: Any
 ) -> Agent:
-    """Build agent ``name`` for ``env`` with the hyperparameters of :mod:`agents.hyperparams`.
+    """Build agent ``name`` for ``env`` with the hyperparameters of :mod:`finetune_gym.agents.hyperparams`.
 
     Learning agents update once per epoch (``n_steps`` = the environment's steps
     per epoch) and run on the CPU (their networks are tiny; the GPU is the

@@ -3,13 +3,13 @@
 ``run_training(config, run_dir)`` is what ``train.py`` calls. A run executes
 ``episodes x epochs_per_episode`` epochs of fine-tuning under the agent, the EMA
 scheme between episodes, the agent learning online (once per epoch), then writes
-the run directory (:mod:`agents.outputs`). After every epoch it saves a checkpoint
-(:mod:`agents.checkpoint`) so ``resume=True`` continues exactly where a killed run
+the run directory (:mod:`finetune_gym.agents.outputs`). After every epoch it saves a checkpoint
+(:mod:`finetune_gym.agents.checkpoint`) so ``resume=True`` continues exactly where a killed run
 stopped.
 
-The pieces, in the order data flows: :mod:`agents.config` (what the run is),
-:mod:`agents.rundir` (where it goes), :func:`build_env` (the environment under SB3's
-wrappers), the agent (:mod:`agents.registry`), the loop below, :mod:`agents.outputs`.
+The pieces, in the order data flows: :mod:`finetune_gym.agents.config` (what the run is),
+:mod:`finetune_gym.agents.rundir` (where it goes), :func:`build_env` (the environment under SB3's
+wrappers), the agent (:mod:`finetune_gym.agents.registry`), the loop below, :mod:`finetune_gym.agents.outputs`.
 """
 
 from __future__ import annotations

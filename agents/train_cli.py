@@ -21,12 +21,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from agents import AGENT_NAMES
-from agents.config import WANDB_MODES, RunConfig
-from agents.recording import TrainingDiverged
-from agents.run import run_training
-from agents.rundir import RunDirectoryError, read_config
 from finetune_gym import ENV_IDS
+from finetune_gym.agents import AGENT_NAMES
+from finetune_gym.agents.config import WANDB_MODES, RunConfig
+from finetune_gym.agents.recording import TrainingDiverged
+from finetune_gym.agents.run import run_training
+from finetune_gym.agents.rundir import RunDirectoryError, read_config
 from finetune_gym.cli import parse_kwargs
 from finetune_gym.rewards import REWARDS
 from finetune_gym.wrappers import check_ema

@@ -21,7 +21,7 @@ Protocol (fixed before any result was seen; see benchmarks/README.md):
   methods also run on two more real datasets, sign_digits and clothing10 (64 px photos, read at
   32 px), at 15% and 100%.
 
-Every cell runs through agents.run.run_training, the code path of train.py. Finished cells are
+Every cell runs through finetune_gym.agents.run.run_training, the code path of train.py. Finished cells are
 appended to benchmarks/results/gtsrb_lowdata.jsonl (kept in the repository) and skipped on the next
 call, so the grid can be completed over several sessions:
 
@@ -46,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents import report  # noqa: E402
+from finetune_gym.agents import report  # noqa: E402
 from finetune_gym.wrappers import DEFAULT_EMA  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -218,7 +218,7 @@ def best_lr(
 
 
 def run_config(method: str, rate: float, seed: int, done: dict[str, dict[str, Any]], dataset: str = "gtsrb"):
-    from agents.config import RunConfig
+    from finetune_gym.agents.config import RunConfig
 
     spec = METHODS[method]
     agent, env = dict(spec.agent), {**BASE_ENV, **DATASETS[dataset], "sampling_rate": rate, **spec.env}
@@ -249,8 +249,8 @@ def run_cell(
     method: str, rate: float, seed: int, dataset: str, done: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """Run (or resume) one cell in this process; returns its results line."""
-    from agents.run import run_training
-    from agents.rundir import CHECKPOINT, RESULTS
+    from finetune_gym.agents.run import run_training
+    from finetune_gym.agents.rundir import CHECKPOINT, RESULTS
 
     run_dir = RUNS_DIR / cell_id(method, rate, seed, dataset)
     if (run_dir / RESULTS).is_file():

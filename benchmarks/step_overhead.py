@@ -285,9 +285,9 @@ def agent_benchmark(config: dict[str, Any], device: str, epochs: int, rounds: in
     from stable_baselines3.common.distributions import MultiCategoricalDistribution
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    from agents.registry import make_agent
-    from agents.threads import AGENT_THREADS, torch_threads
-    from agents.timing import AgentUpdates, Timer
+    from finetune_gym.agents.registry import make_agent
+    from finetune_gym.agents.threads import AGENT_THREADS, torch_threads
+    from finetune_gym.agents.timing import AgentUpdates, Timer
 
     env = FineTuneEnv(**env_kwargs(config, device, "next_batch"))
     all_threads = torch.get_num_threads()
@@ -330,8 +330,8 @@ def agent_benchmark(config: dict[str, Any], device: str, epochs: int, rounds: in
 
 def _rl_tune_run(config: dict[str, Any], device: str, reward: str, episodes: int, epochs: int):
     """One whole RL-Tune run: its wall time and the run's own timing breakdown."""
-    from agents.config import RunConfig
-    from agents.run import run_training
+    from finetune_gym.agents.config import RunConfig
+    from finetune_gym.agents.run import run_training
 
     with tempfile.TemporaryDirectory() as tmp:
         kwargs = env_kwargs(config, device, reward, epochs)
@@ -390,7 +390,7 @@ def full_run_benchmark(
     ``rounds`` rounds, the order rotated each round, and each reports its median: on a shared
     machine the speed drifts within minutes (one run each once gave 2.1x for what measured 1.2x).
     """
-    from agents.report import agent_share
+    from finetune_gym.agents.report import agent_share
 
     runs = {
         "plain": lambda: _plain_run(config, device, episodes, epochs),

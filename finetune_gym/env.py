@@ -118,7 +118,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         if render_mode is not None:
             raise ValueError(
                 f"render_mode={render_mode!r}: FineTuneEnv draws nothing (its render_modes are empty); use "
-                "render_mode=None. A run's pictures are its lr_heatmap.png and accuracy.png"
+                "render_mode=None (rl_zoo3.enjoy: --no-render). A run's pictures are its lr_heatmap.png and "
+                "accuracy.png"
             )
         self.render_mode = None
         # Checked before any data is read:

@@ -7,9 +7,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from torch import nn
 
 import finetune_gym  # noqa: F401
-from agents import AGENT_NAMES, make_agent
-from agents.policies import LinearFeatures
-from agents.registry import baseline_env_overrides, canonical_name
+from finetune_gym.agents import AGENT_NAMES, make_agent
+from finetune_gym.agents.policies import LinearFeatures
+from finetune_gym.agents.registry import baseline_env_overrides, canonical_name
 
 
 @pytest.fixture

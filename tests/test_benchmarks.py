@@ -126,8 +126,8 @@ def test_synthetic_stand_in_gives_full_epochs(monkeypatch, tmp_path):
     assert step_overhead.env_kwargs(config, "cpu", "batch")["data_root"] == kwargs["data_root"]
     assert FineTuneEnv(**kwargs).steps_per_epoch >= 40
     # The full run builds its environment from the registered id, whose GTSRB options must not leak.
-    from agents.config import RunConfig
-    from agents.run import build_env
+    from finetune_gym.agents.config import RunConfig
+    from finetune_gym.agents.run import build_env
 
     kwargs.pop("epochs_per_episode")
     kwargs.pop("seed")

@@ -9,8 +9,8 @@ from stable_baselines3.common.distributions import MultiCategoricalDistribution
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import finetune_gym  # noqa: F401
-from agents import make_agent
-from agents.distributions import GridMultiCategoricalDistribution
+from finetune_gym.agents import make_agent
+from finetune_gym.agents.distributions import GridMultiCategoricalDistribution
 
 DIMS = [20] * 6
 

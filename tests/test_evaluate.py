@@ -14,7 +14,7 @@ from conftest import TINY_TRAIN_ARGS, make_image_folder
 
 import evaluate
 import train
-from agents import report
+from finetune_gym.agents import report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_TRAIN_ARGS

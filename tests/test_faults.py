@@ -135,8 +135,8 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path, capsys):
 
 
 def test_skipped_updates_are_counted_and_the_saved_model_is_finite(tmp_path):
-    from agents.config import RunConfig
-    from agents.run import run_training
+    from finetune_gym.agents.config import RunConfig
+    from finetune_gym.agents.run import run_training
 
     config = RunConfig(
         algo="uniform",
@@ -350,12 +350,12 @@ def test_a_config_that_does_not_match_its_checkpoint_is_named(tmp_path, package_
 
 
 def test_a_full_disk_ends_in_one_line(tmp_path, capsys, monkeypatch):
-    import agents.outputs
+    import finetune_gym.agents.outputs
 
     def full(*_args, **_kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "run" / "final_model.pt"))
 
-    monkeypatch.setattr(agents.outputs.torch, "save", full)
+    monkeypatch.setattr(finetune_gym.agents.outputs.torch, "save", full)
     assert run_train(tmp_path / "run", "--algo", "uniform") == 2
     assert "No space left on device" in capsys.readouterr().err
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAIN_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,3 +60,100 @@ def test_console_scripts_point_at_the_command_lines():
             assert result.returncode == 0 and result.stdout.startswith("usage: "), name
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert (ROOT / "finetune_gym" / "py.typed").exists() and (ROOT / "agents" / "py.typed").exists()
+
+
+def test_installed_package_list_covers_every_package_folder():
+    """pyproject lists packages by hand (the agents folder installs under another name): a new
+    subpackage left out of the list would be missing from every wheel."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {"finetune_gym.agents": "agents", **setuptools["package-dir"]}
+    listed = set(setuptools["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "finetune_gym").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    found |= {
+        "finetune_gym.agents" + "".join("." + part for part in init.parent.relative_to(ROOT / "agents").parts)
+        for init in (ROOT / "agents").rglob("__init__.py")
+    }
+    assert listed == found
+    assert dirs["finetune_gym.agents"] == "agents"
+
+
+def test_no_module_imports_a_top_level_agents_package():
+    """One import name everywhere: ``finetune_gym.agents``, never ``agents``."""
+    import ast
+
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        if {"runs", ".git", "build"} & set(path.relative_to(ROOT).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.split(".")[0] == "agents"
+            ]
+    assert not offenders, f"imports of the top-level name 'agents': {offenders}"
+
+
+def test_another_agents_package_coexists(tmp_path):
+    """A package named ``agents`` (openai-agents' import name) stays importable beside finetune-gym,
+    and a run imports nothing under that name (W&B reads a loaded ``agents`` module as an LLM-agents
+    run). A subprocess outside the repository, as an installed user runs."""
+    import subprocess
+    import sys
+
+    other = tmp_path / "site" / "agents"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("OTHER = True\n")
+    code = (
+        "import sys\n"
+        "from finetune_gym.agents.train_cli import main\n"
+        f"main({TINY_TRAIN_ARGS + ['--run-dir', str(tmp_path / 'run'), '--no-progress']!r})\n"
+        "assert 'agents' not in sys.modules, sorted(m for m in sys.modules if m.startswith('agents'))\n"
+        "import agents\n"
+        "assert agents.OTHER, agents.__file__\n"
+        "print('ok')\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("\nok"), result.stderr[-2000:]
+
+
+def test_the_agents_folder_refuses_a_top_level_import():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import agents"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "imported as finetune_gym.agents" in result.stderr
+
+
+def test_the_environment_imports_no_agent_sb3_or_wandb():
+    """Data flows one way: the environment package never imports what runs on it."""
+    import ast
+
+    for path in (ROOT / "finetune_gym").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            for name in names:
+                assert not (
+                    name.startswith(("finetune_gym.agents", "stable_baselines3", "sb3_contrib", "wandb"))
+                    or name.lstrip(".").startswith("agents")
+                ), f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"

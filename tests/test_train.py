@@ -16,10 +16,10 @@ from conftest import TINY_TRAIN_ARGS, kill_after_first_checkpoint
 from wandb_files import offline_run
 
 import train
-from agents import load_agent
-from agents.config import RunConfig
-from agents.outputs import load_final_model
-from agents.run import build_env
+from finetune_gym.agents import load_agent
+from finetune_gym.agents.config import RunConfig
+from finetune_gym.agents.outputs import load_final_model
+from finetune_gym.agents.run import build_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_TRAIN_ARGS
@@ -101,7 +101,7 @@ def test_without_a_terminal_a_run_prints_one_line_per_episode(tmp_path, capsys):
 def test_lr_heatmap_of_a_long_run_shows_epochs(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from agents import plots
+    from finetune_gym.agents import plots
 
     schedule = {
         "learning_rates": np.tile([1e-4, 1e-2, 0.0], (340, 1)),  # per layer: two decades apart, frozen
@@ -181,7 +181,7 @@ def test_two_settings_without_a_run_dir_never_share_a_folder(tmp_path, monkeypat
         for r in runs
     }
     assert methods == {1e-3, 3e-4}
-    from agents import report
+    from finetune_gym.agents import report
 
     rows = report.load_rows(report.find_runs([tmp_path / "runs"]))
     assert {r.method for r in rows} == {"uniform[lr=0.001]", "uniform[lr=0.0003]"}  # two table rows
