@@ -36,6 +36,9 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     },
 }
 ENV_IDS: list[str] = list(_OVERRIDES)
+# Environments over many fine-tuning runs (a new task at every reset): not a single run's
+# configuration, so train.py's single-run ids (ENV_IDS) do not include them.
+TASK_ENV_IDS: list[str] = ["FineTune-Tasks-v0"]
 
 
 def check_env_id(env_id: str) -> str:
@@ -68,3 +71,6 @@ def register_envs() -> None:
         gym.register(
             id=env_id, entry_point="finetune_gym.registration:make_env", kwargs=kwargs, nondeterministic=True
         )
+    for env_id in TASK_ENV_IDS:
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="finetune_gym.tasks:FineTuneTasksEnv", nondeterministic=True)

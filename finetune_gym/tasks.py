@@ -1,0 +1,144 @@
+"""A distribution of fine-tuning tasks: every reset starts a new fine-tuning run.
+
+A learning-rate policy pays off only if what it learns on many runs carries over to the next, as
+pretrained weights do. :class:`FineTuneTasksEnv` draws, at every reset, a task (a target dataset
+with its source network and weights), a sampling rate and a data seed, builds that fine-tuning
+environment and shows it through :class:`~finetune_gym.layerwise.LayerwiseView`, so that one policy
+with one observation and action layout serves every task. An episode is one whole fine-tuning run
+(``epochs_per_episode`` epochs, no EMA restarts: a deployed policy gets one run).
+
+Every task shares the arguments that give actions and observations their meaning
+(:data:`SHARED_DEFAULTS`: relative rates around the base optimizer's, the extras the view reads,
+the action-sensitive reward); a task sets what differs (dataset, model, weights, data root, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from .datasets.sampling import check_sampling_rate
+from .env import FineTuneEnv
+from .layerwise import DEFAULT_MAX_LAYERS, LayerwiseView
+
+# What every task shares: the action grid is multiples 1/8..8 of Schedule-Free AdamW's own rate
+# (the best one-run method without tuning on the benchmark's 15% sign_digits; a policy that knows
+# nothing reproduces it), the extras LayerwiseView reads, and a reward that depends on the action.
+SHARED_DEFAULTS: dict[str, Any] = {
+    "optimizer": "schedulefree_adamw",
+    "lr_scale": "relative",
+    "base_lr": 0.0025,
+    "n_lr_steps": 7,
+    "obs_extras": ["progress", "loss"],
+    "reward": "loss_improvement",
+}
+# The offline default: the built-in digits and their ResNet-8 at four sampling rates.
+DEFAULT_TASKS: list[dict[str, Any]] = [
+    {
+        "dataset": "digits",
+        "data_root": None,
+        "model": "digits_resnet8",
+        "weights": "digits",
+        "image_size": 8,
+        "val_fraction": 0.2,
+        "obs_features": 4,
+        "device": "cpu",
+    }
+]
+DEFAULT_SAMPLING_RATES = (0.15, 0.3, 0.5, 1.0)
+# Arguments a task may not set: they belong to the distribution (drawn, or shared by every task).
+DRAWN = ("sampling_rate", "seed", "epochs_per_episode")
+
+
+class FineTuneTasksEnv(gym.Env):
+    """Each reset draws a task, a sampling rate and a data seed and starts that fine-tuning run."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        tasks: Sequence[dict[str, Any]] | None = None,
+        sampling_rates: Sequence[float] = DEFAULT_SAMPLING_RATES,
+        data_seeds: int = 1000,
+        epochs_per_episode: int = 10,
+        max_layers: int = DEFAULT_MAX_LAYERS,
+        env_kwargs: dict[str, Any] | None = None,
+        seed: int = 0,
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        if render_mode is not None:
+            raise ValueError(
+                f"render_mode={render_mode!r}: FineTuneTasksEnv draws nothing; use render_mode=None"
+            )
+        self.render_mode = None
+        self.tasks = [dict(task) for task in (DEFAULT_TASKS if tasks is None else tasks)]
+        if not self.tasks:
+            raise ValueError("tasks is empty: give at least one task (a dict of FineTuneEnv arguments)")
+        for task in self.tasks:
+            if not isinstance(task, dict):
+                raise TypeError(f"each task is a dict of FineTuneEnv arguments, got {task!r}")
+            clash = sorted(set(task) & set(DRAWN))
+            if clash:
+                raise ValueError(
+                    f"task {task} sets {clash}: the distribution draws or shares those; remove them"
+                )
+            unknown = sorted(set(task) - set(FineTuneEnv.default_config()))
+            if unknown:
+                raise ValueError(f"task {task} has arguments FineTuneEnv does not take: {unknown}")
+        self.sampling_rates = [check_sampling_rate(rate) for rate in sampling_rates]
+        if not self.sampling_rates:
+            raise ValueError("sampling_rates is empty")
+        if not isinstance(data_seeds, int) or data_seeds < 1:
+            raise ValueError(
+                f"data_seeds must be a positive integer (seeds 0..data_seeds-1), got {data_seeds!r}"
+            )
+        self.data_seeds, self.epochs_per_episode, self.max_layers = data_seeds, epochs_per_episode, max_layers
+        self.shared = {**SHARED_DEFAULTS, **(env_kwargs or {})}
+        self._rng = np.random.default_rng(seed)
+        self.current: dict[str, Any] = {}
+        self.view = self._build(0, self.sampling_rates[0], 0)  # fixes the spaces; checks the first task
+        self.observation_space, self.action_space = self.view.observation_space, self.view.action_space
+
+    def _build(self, task: int, rate: float, data_seed: int) -> LayerwiseView:
+        kwargs = {
+            **copy.deepcopy(self.shared),
+            **copy.deepcopy(self.tasks[task]),
+            "sampling_rate": rate,
+            "seed": data_seed,
+            "epochs_per_episode": self.epochs_per_episode,
+        }
+        view = LayerwiseView(FineTuneEnv(**kwargs), self.max_layers)
+        self.current = {"task": task, "sampling_rate": rate, "data_seed": data_seed, **self.tasks[task]}
+        return view
+
+    def draw(self) -> tuple[int, float, int]:
+        """The next task index, sampling rate and data seed (from the environment's own RNG)."""
+        return (
+            int(self._rng.integers(len(self.tasks))),
+            float(self._rng.choice(self.sampling_rates)),
+            int(self._rng.integers(self.data_seeds)),
+        )
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        task, rate, data_seed = self.draw()
+        if (task, rate, data_seed) != tuple(self.current[k] for k in ("task", "sampling_rate", "data_seed")):
+            self.view.close()
+            self.view = self._build(task, rate, data_seed)
+        observation, info = self.view.reset(seed=data_seed, options=options)
+        return observation, {**info, "task": dict(self.current)}
+
+    def step(self, action: object):
+        observation, reward, terminated, truncated, info = self.view.step(action)
+        return observation, reward, terminated, truncated, {**info, "task": dict(self.current)}
+
+    def close(self) -> None:
+        self.view.close()
+        super().close()
