@@ -61,4 +61,16 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "random": {},
     # Only the head learns.
     "linear_probe": {"lr": 1e-3},
+    # A policy pretrained over many runs (train.py --pretrain): frozen, or learning online with PPO
+    # (the pretraining's settings; one update per epoch).
+    "rl_tune_pretrained": {
+        "policy": None,
+        "learn": False,
+        "learning_rate": 3e-4,
+        "n_epochs": 10,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_range": 0.1,
+        "ent_coef": 0.01,
+    },
 }

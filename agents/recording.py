@@ -42,6 +42,8 @@ class RunRecorder(gym.Wrapper):
         self.skipped_updates = 0
         self.skipped_in_a_row = 0
         self.listeners: list[Listener] = []
+        # A stateful view outside the recorder (LayerwiseView), saved and restored with it.
+        self.view: Any = None
         self.episode = 0
         self.global_step = 0
         self.learning_rates: list[np.ndarray] = []
@@ -194,6 +196,7 @@ class RunRecorder(gym.Wrapper):
             "env_seconds": self.env_seconds,
             "skipped": (self.skipped_updates, self.skipped_in_a_row),
             "env": self._stateful().get_state(),
+            "view": None if self.view is None else self.view.get_state(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -208,3 +211,5 @@ class RunRecorder(gym.Wrapper):
         self._episode_rewards, self.final = list(state["episode_rewards"]), state["final"]
         self.env_seconds = state["env_seconds"]
         self.skipped_updates, self.skipped_in_a_row = state["skipped"]
+        if self.view is not None:
+            self.view.set_state(state["view"])

@@ -13,9 +13,11 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
-from .baselines import BASELINES, Baseline, load_baseline
+from .baselines import BASELINES, Baseline
 from .hyperparams import HYPERPARAMS
+from .layerwise_policy import LayerwisePolicy
 from .policies import LinearFeatures, LstmPolicy, MlpPolicy
+from .pretrained import PretrainedPolicyAgent
 from .safe_state import load_normalisation_state, normalisation_state
 
 Agent = BaseAlgorithm | Baseline
@@ -26,7 +28,10 @@ ALIASES = {
     "recurrentppo": "rl_tune",
     "ppo_lstm": "rl_tune",
 }  # ppo_lstm: RL Zoo's name
-AGENT_NAMES: list[str] = [*LEARNERS, *BASELINES]
+# Agents that act without learning (the baselines, a frozen pretrained policy): built from their
+# parameters, saved as agent.json alone.
+FIXED: dict[str, type[Baseline]] = {**BASELINES, "rl_tune_pretrained": PretrainedPolicyAgent}
+AGENT_NAMES: list[str] = [*LEARNERS, *FIXED]
 # SB3's Adam settings for its policies (eps 1e-5) in PyTorch's fused form (fewer, larger kernels
 # than a loop of small ops per parameter: cheaper for these small policies, on the CPU too).
 # SB3 drops its eps default once any optimizer_kwargs are given.
@@ -49,7 +54,7 @@ def canonical_name(name: str) -> str:
     """The registry name for ``name`` (aliases resolved); a clear error for anything else."""
     key = name.lower().replace("-", "_")
     key = ALIASES.get(key, key)
-    if key in LEARNERS or key in BASELINES:
+    if key in LEARNERS or key in FIXED:
         return key
     supported = ", ".join(AGENT_NAMES)
     if key in UNSUPPORTED:
@@ -67,7 +72,7 @@ def is_learning(agent: Agent) -> bool:
 def baseline_env_overrides(name: str, **overrides: Any) -> dict[str, Any]:
     """Environment arguments the agent needs before the environment is built (exact rate grids)."""
     name = canonical_name(name)
-    if name in BASELINES:
+    if name in FIXED:
         return _baseline(name, 0, overrides).env_overrides()
     return {}
 
@@ -77,7 +82,7 @@ def check_hyperparameters(name: str, overrides: dict[str, Any]) -> None:
     for key, value in overrides.items():
         default = HYPERPARAMS[name].get(key)
         numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
-        unset = value is None and name in BASELINES  # a baseline's alternative (uniform: lr=None, index=3)
+        unset = value is None and name in FIXED  # a baseline's alternative (uniform: lr=None, index=3)
         if numeric and not unset and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(
                 f"agent {name!r}: {key} must be a number (default {default}), got {value!r}; "
@@ -87,7 +92,7 @@ def check_hyperparameters(name: str, overrides: dict[str, Any]) -> None:
 
 def _baseline(name: str, seed: int, overrides: dict[str, Any]) -> Baseline:
     try:
-        return BASELINES[name](seed=seed, **{**HYPERPARAMS[name], **overrides})
+        return FIXED[name](seed=seed, **{**HYPERPARAMS[name], **overrides})
     except TypeError as error:
         raise ValueError(f"agent {name!r} does not take {sorted(overrides)}: {error}") from error
 
@@ -113,8 +118,11 @@ def make_agent(
     name = canonical_name(name)
     check_hyperparameters(name, overrides)
     venv = _as_vec_env(env)
-    if name in BASELINES:
-        return _bind(_baseline(name, seed, overrides), venv)
+    if name in FIXED:
+        fixed = _bind(_baseline(name, seed, overrides), venv)
+        if isinstance(fixed, PretrainedPolicyAgent) and fixed.params["learn"]:
+            return _pretrained_learner(fixed, venv, seed, verbose, overrides)
+        return fixed
 
     params = {**HYPERPARAMS[name], **overrides}
     n_steps = int(params.pop("n_steps", venv.get_attr("steps_per_epoch")[0]))
@@ -160,6 +168,39 @@ def make_agent(
     return agent
 
 
+def _pretrained_learner(
+    fixed: PretrainedPolicyAgent, venv: VecEnv, seed: int, verbose: int, overrides: dict[str, Any]
+) -> PPO:
+    """PPO over the pretrained policy's weights, learning online once per epoch."""
+    params = {k: v for k, v in fixed.params.items() if k not in ("policy", "learn")}
+    n_steps = int(params.pop("n_steps", venv.get_attr("steps_per_epoch")[0]))
+    try:
+        agent = PPO(
+            LayerwisePolicy,
+            venv,
+            n_steps=n_steps,
+            batch_size=n_steps,
+            policy_kwargs={"hidden": int(fixed.card["hidden"])},
+            seed=seed,
+            verbose=verbose,
+            device="cpu",
+            **params,
+        )
+    except TypeError as error:
+        raise ValueError(f"agent 'rl_tune_pretrained' got an argument it does not take: {error}") from error
+    agent.policy.load_state_dict(fixed.policy.state_dict())
+    agent.finetune_gym_spec = {"overrides": dict(overrides), "n_steps": n_steps}
+    return agent
+
+
+def layer_tokens(name: str, **overrides: Any) -> int | None:
+    """``max_layers`` of the :class:`~finetune_gym.layerwise.LayerwiseView` the agent reads, or None
+    for agents that read the environment's own observation."""
+    if canonical_name(name) != "rl_tune_pretrained":
+        return None
+    return _baseline("rl_tune_pretrained", 0, overrides).max_layers
+
+
 AGENT_FILE = "agent.json"
 POLICY_FILE = "policy.pt"  # the policy's state dict: loads with weights_only=True
 NORMALISATION_FILE = "vecnormalize.pt"  # VecNormalize's statistics: loads with weights_only=True
@@ -178,7 +219,7 @@ def save_agent(agent: Agent, directory: str | Path, name: str) -> None:
     spec = getattr(agent, "finetune_gym_spec", None) or {"overrides": {}, "n_steps": agent.n_steps}
     torch.save(agent.policy.state_dict(), directory / POLICY_FILE)
     vec_normalize = agent.get_vec_normalize_env()
-    if vec_normalize is not None:
+    if vec_normalize is not None and vec_normalize.norm_obs:  # tokens (LayerwiseView) are not normalised
         torch.save(normalisation_state(vec_normalize), directory / NORMALISATION_FILE)
     agent.save(directory / SB3_FILE)
     (directory / AGENT_FILE).write_text(
@@ -202,8 +243,8 @@ def load_agent(directory: str | Path, env: gym.Env | VecEnv) -> tuple[Agent, Vec
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{str(meta_file)!r} is not a saved agent's description ({error})") from error
     venv = _as_vec_env(env)
-    if name in BASELINES:
-        agent = load_baseline(meta_file)
+    if name in FIXED and "n_steps" not in meta:  # a fixed policy (a learner's file has its rollout length)
+        agent = FIXED[name](seed=meta["seed"], **meta["params"])
         return _bind(agent, venv), venv
     stats = directory / NORMALISATION_FILE
     if stats.is_file():

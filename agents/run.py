@@ -30,21 +30,25 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from finetune_gym import default_config
+from finetune_gym.layerwise import LayerwiseView
 
 from .checkpoint import Checkpointer, EpochCheckpoint, load_checkpoint, read_checkpoint
 from .config import RunConfig
 from .outputs import write_outputs
 from .progress import RunProgress
 from .recording import RunRecorder
-from .registry import Agent, is_learning, load_agent, make_agent
+from .registry import Agent, is_learning, layer_tokens, load_agent, make_agent
 from .rundir import CHECKPOINT, CONFIG, FINAL_MODEL, RESULTS, RunDirectory, RunDirectoryError, read_config
 from .threads import AGENT_THREADS, torch_threads
 from .timing import AgentUpdates, Timer
 
 
 def build_env(config: RunConfig) -> tuple[VecNormalize, RunRecorder]:
-    """VecNormalize(DummyVecEnv([Monitor(RunRecorder(gym.make(env_id)))])), observations only."""
+    """VecNormalize(DummyVecEnv([Monitor(RunRecorder(gym.make(env_id)))])), observations only; for
+    an agent that reads per-layer tokens, Monitor(LayerwiseView(RunRecorder(...))) and no
+    normalisation (the tokens are scaled already, the same on every task)."""
     kwargs = config.full_env_kwargs()
+    max_layers = layer_tokens(config.algo, **config.agent_kwargs)
 
     def make() -> gym.Env:
         try:
@@ -53,12 +57,17 @@ def build_env(config: RunConfig) -> tuple[VecNormalize, RunRecorder]:
             raise ValueError(
                 f"{config.env_id}: {error}; its arguments are {', '.join(default_config(config.env_id))}"
             ) from error
-        return Monitor(RunRecorder(env, config.episodes - 1, config.max_skipped_in_a_row))
+        recorder = RunRecorder(env, config.episodes - 1, config.max_skipped_in_a_row)
+        if max_layers is None:
+            return Monitor(recorder)
+        recorder.view = LayerwiseView(recorder, max_layers)
+        return Monitor(recorder.view)
 
     dummy = DummyVecEnv([make])
     recorder = dummy.envs[0].env
-    assert isinstance(recorder, RunRecorder)
-    return VecNormalize(dummy, norm_obs=True, norm_reward=False), recorder
+    while not isinstance(recorder, RunRecorder):
+        recorder = recorder.env
+    return VecNormalize(dummy, norm_obs=max_layers is None, norm_reward=False), recorder
 
 
 def run_training(

@@ -91,9 +91,10 @@ def load_learner_state(agent: BaseAlgorithm, state: dict[str, Any]) -> None:
 
 def normalisation_state(venv: VecNormalize) -> dict[str, Any]:
     """``VecNormalize``'s running statistics and its last raw observation and reward."""
+    obs_rms = getattr(venv, "obs_rms", None)  # absent with norm_obs=False (per-layer tokens)
     return plain(
         {
-            "obs": (venv.obs_rms.mean, venv.obs_rms.var, float(venv.obs_rms.count)),
+            "obs": None if obs_rms is None else (obs_rms.mean, obs_rms.var, float(obs_rms.count)),
             "ret": (venv.ret_rms.mean, venv.ret_rms.var, float(venv.ret_rms.count)),
             "old_obs": getattr(venv, "old_obs", None),
             "old_reward": getattr(venv, "old_reward", None),
@@ -104,7 +105,12 @@ def normalisation_state(venv: VecNormalize) -> dict[str, Any]:
 def load_normalisation_state(venv: VecNormalize, state: dict[str, Any]) -> None:
     """Restore :func:`normalisation_state` into a ``VecNormalize`` built the same way."""
     state = unplain(state)
-    venv.obs_rms.mean, venv.obs_rms.var, venv.obs_rms.count = state["obs"]
+    if (state["obs"] is None) != (getattr(venv, "obs_rms", None) is None):
+        raise ValueError(
+            "saved normalisation statistics do not fit this environment (observations normalised or not)"
+        )
+    if state["obs"] is not None:
+        venv.obs_rms.mean, venv.obs_rms.var, venv.obs_rms.count = state["obs"]
     venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count = state["ret"]
     if state["old_obs"] is not None:
         venv.old_obs, venv.old_reward = state["old_obs"], state["old_reward"]

@@ -128,6 +128,17 @@ class LayerwiseView(gym.Wrapper):
             raise ValueError(f"action entries must be integers in [0, {self.n_actions - 1}], got {action}")
         return action[: self.n_layers].astype(np.int64)
 
+    def get_state(self) -> dict[str, Any]:
+        """What the tokens depend on besides the environment (for exact resume)."""
+        return {
+            "start": None if self._start is None else self._start.copy(),
+            "last_action": self._last_action.copy(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._start = None if state["start"] is None else np.asarray(state["start"], dtype=np.float32)
+        self._last_action = np.asarray(state["last_action"], dtype=np.float32)
+
     def step(self, action: object):
         layer_action = self.layer_action(action)
         observation, reward, terminated, truncated, info = self.env.step(layer_action)

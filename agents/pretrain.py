@@ -1,0 +1,336 @@
+"""Pretraining one learning-rate policy over many fine-tuning runs (``train.py --pretrain``).
+
+PPO with :class:`~.layerwise_policy.LayerwisePolicy` on ``FineTune-Tasks-v0``: each of ``n_envs``
+processes (SB3's ``SubprocVecEnv``; one device each, so N GPUs run N tasks) fine-tunes a freshly
+drawn task per episode; the policy updates after every ``n_steps`` steps of each process and stops
+after ``runs`` finished fine-tuning runs. The run directory holds ``config.json``, ``runs.jsonl``
+(one line per finished run), ``checkpoint.pt`` after every update (the policy, its optimizer and
+the counters, loadable with ``weights_only=True``) and, at the end, ``policy.pt`` with its card
+(:mod:`.pretrained`) and ``results.json``. ``--resume`` continues from the last update: the
+fine-tuning runs in flight at the kill are dropped (their steps were not learned from), and the
+processes draw new tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from finetune_gym.datasets.sampling import check_sampling_rate
+from finetune_gym.layerwise import DEFAULT_MAX_LAYERS
+from finetune_gym.storage import atomic_torch_save
+from finetune_gym.tasks import DEFAULT_SAMPLING_RATES, DEFAULT_TASKS, SHARED_DEFAULTS, FineTuneTasksEnv
+
+from .layerwise_policy import LayerwisePolicy
+from .pretrained import save_policy
+from .rundir import CHECKPOINT, CONFIG, RESULTS, RunDirectory, RunDirectoryError
+
+POLICY = "policy.pt"
+RUN_LOG = "runs.jsonl"
+SHARED_DATA = Path(
+    os.environ.get("FINETUNE_GYM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+# PPO's settings for pretraining (train.py's PPO, with a rollout of its own: tasks differ in epoch length).
+PPO_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 3e-4,
+    "n_epochs": 10,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip_range": 0.1,
+    "ent_coef": 0.01,
+}
+
+
+def _cifar_task(root: Path, dataset: str) -> dict[str, Any]:
+    """A target of the GTSRB benchmark's protocol: the CIFAR-10 ResNet-20 source at 32 px."""
+    data = (
+        {"dataset": "gtsrb", "data_root": str(root), "dataset_kwargs": {"one_frame_per_track": True}}
+        if dataset == "gtsrb"
+        else {"dataset": "imagefolder", "data_root": str(root / dataset)}
+    )
+    return {
+        **data,
+        "model": "cifar_resnet20",
+        "weights": str(root / "resnet_cifar10" / "resnet20-12fca82f.th"),
+        "image_size": 32,
+        "val_fraction": 0.2,
+        "batch_size": 32,
+    }
+
+
+def task_set(name: str, data_root: Path) -> list[dict[str, Any]]:
+    """The named task sets: ``digits`` (offline), and the leave-one-domain-out sets of the transfer
+    test, ``no-gtsrb`` (sign_digits, clothing10, digits) and ``no-sign_digits`` (GTSRB, clothing10,
+    digits), read from ``data_root`` (../shared/data)."""
+    sets = {
+        "digits": [],
+        "no-gtsrb": ["sign_digits", "clothing10"],
+        "no-sign_digits": ["gtsrb", "clothing10"],
+    }
+    if name not in sets:
+        raise ValueError(
+            f"unknown task set {name!r}: choose one of {', '.join(sets)}, or give a JSON file of tasks"
+        )
+    return [_cifar_task(data_root, dataset) for dataset in sets[name]] + [
+        dict(task) for task in DEFAULT_TASKS
+    ]
+
+
+@dataclass
+class PretrainConfig:
+    """What a pretraining run is; checked before anything is built."""
+
+    tasks: str | list[dict[str, Any]] = "digits"  # a task set's name or the tasks themselves
+    data_root: str = str(SHARED_DATA)
+    sampling_rates: list[float] = field(default_factory=lambda: list(DEFAULT_SAMPLING_RATES))
+    epochs_per_episode: int = 10
+    runs: int = 16
+    n_envs: int = 1
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    max_layers: int = DEFAULT_MAX_LAYERS
+    hidden: int = 64
+    n_steps: int = 128
+    seed: int = 0
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    agent_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs_per_episode", "runs", "n_envs", "max_layers", "hidden", "n_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_steps < 2:
+            raise ValueError("n_steps must be at least 2 (advantages are normalised over the rollout)")
+        self.sampling_rates = [check_sampling_rate(rate) for rate in self.sampling_rates]
+        if not self.devices:
+            raise ValueError("devices is empty: give at least one (cpu, cuda, cuda:1, ...)")
+        unknown = sorted(set(self.agent_kwargs) - {*PPO_DEFAULTS, "batch_size", "max_grad_norm", "vf_coef"})
+        if unknown:
+            raise ValueError(f"agent_kwargs {unknown} are not PPO settings this pretraining takes")
+
+    def resolved_tasks(self) -> list[dict[str, Any]]:
+        if isinstance(self.tasks, str):
+            return task_set(self.tasks, Path(self.data_root))
+        return [dict(task) for task in self.tasks]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PretrainConfig:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def _make_env(config: PretrainConfig, tasks: list[dict[str, Any]], rank: int, offset: int):
+    device = config.devices[rank % len(config.devices)]
+
+    def make():
+        # Each process's share of the cores: PyTorch's default (all of them) in every process makes
+        # OpenMP threads spin against each other.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.n_envs))
+        env = FineTuneTasksEnv(
+            tasks=[{"device": device, **task} if "device" not in task else task for task in tasks],
+            sampling_rates=config.sampling_rates,
+            epochs_per_episode=config.epochs_per_episode,
+            max_layers=config.max_layers,
+            env_kwargs=config.env_kwargs,
+            # Distinct draws per process, and new ones after a resume (``offset``: runs done).
+            seed=config.seed * 100_003 + rank * 10_007 + offset,
+        )
+        return Monitor(env)
+
+    return make
+
+
+def build_vec_env(config: PretrainConfig, offset: int = 0) -> VecEnv:
+    tasks = config.resolved_tasks()
+    makers = [_make_env(config, tasks, rank, offset) for rank in range(config.n_envs)]
+    if config.n_envs == 1:
+        return DummyVecEnv(makers)
+    return SubprocVecEnv(makers, start_method="spawn")  # fork would copy torch's thread pools
+
+
+def build_model(config: PretrainConfig, venv: VecEnv) -> PPO:
+    params = {**PPO_DEFAULTS, **config.agent_kwargs}
+    batch_size = int(params.pop("batch_size", config.n_steps * config.n_envs))
+    return PPO(
+        LayerwisePolicy,
+        venv,
+        n_steps=config.n_steps,
+        batch_size=batch_size,
+        policy_kwargs={"hidden": config.hidden},
+        seed=config.seed,
+        device="cpu",
+        verbose=0,
+        **params,
+    )
+
+
+def _commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class PretrainProgress(BaseCallback):
+    """Counts finished fine-tuning runs and logs each; checkpoints after every policy update.
+
+    The budget is met at the end of a rollout: the policy still learns from the rollout in which
+    the last run finished (SB3 drops a rollout cut short), then learning stops at the next step.
+    """
+
+    def __init__(self, run_dir: Path, config: PretrainConfig, state: dict[str, Any], verbose: bool) -> None:
+        super().__init__()
+        self.run_dir, self.config, self.state, self.print_runs = run_dir, config, state, verbose
+        self.rollouts, self.steps_in_rollout = 0, 0
+
+    def _on_rollout_start(self) -> None:
+        # Called after the previous rollout's update: the state to resume from.
+        if self.rollouts:
+            self.state["wall_s"] = self.state["wall_before"] + time.time() - self.state["started"]
+            save_checkpoint(self.run_dir / CHECKPOINT, self.model, self.state)
+        self.rollouts += 1
+        self.steps_in_rollout = 0
+
+    def _on_step(self) -> bool:
+        self.steps_in_rollout += 1
+        if self.state["runs_done"] >= self.config.runs and self.steps_in_rollout == 1:
+            return False  # the budget was met in the last rollout, which has been learned from
+        for info in self.locals["infos"]:
+            self.state["images"] += int(info.get("batch_size", 0))
+            if "episode" not in info:
+                continue
+            self.state["runs_done"] += 1
+            line = {
+                "run": self.state["runs_done"],
+                "task": info.get("task", {}),
+                "return": float(info["episode"]["r"]),
+                "steps": int(info["episode"]["l"]),
+                "val_accuracy": info.get("val_accuracy"),
+                "timesteps": int(self.num_timesteps),
+            }
+            with open(self.run_dir / RUN_LOG, "a") as handle:
+                handle.write(json.dumps(line, default=str) + "\n")
+            if self.print_runs:
+                task = line["task"]
+                val = "" if line["val_accuracy"] is None else f", val {100 * line['val_accuracy']:.1f}%"
+                print(
+                    f"run {line['run']}/{self.config.runs}: {task.get('dataset')} r{task.get('sampling_rate')} "
+                    f"s{task.get('data_seed')}: return {line['return']:.3f} over {line['steps']} steps{val}",
+                    flush=True,
+                )
+        return True
+
+
+def save_checkpoint(path: Path, model: PPO, state: dict[str, Any]) -> None:
+    payload = {
+        "policy": model.policy.state_dict(),
+        "optimizer": model.policy.optimizer.state_dict(),
+        "num_timesteps": int(model.num_timesteps),
+        "state": {k: v for k, v in state.items() if k not in ("started",)},
+    }
+    atomic_torch_save(payload, path)
+
+
+def card(config: PretrainConfig, state: dict[str, Any], model: PPO, command: str) -> dict[str, Any]:
+    return {
+        "what": "finetune-gym learning-rate policy (LayerwisePolicy, PPO over FineTune-Tasks-v0)",
+        "tasks": config.resolved_tasks() if not isinstance(config.tasks, str) else config.tasks,
+        "task_details": config.resolved_tasks(),
+        "sampling_rates": config.sampling_rates,
+        "epochs_per_episode": config.epochs_per_episode,
+        "env_kwargs": {**SHARED_DEFAULTS, **config.env_kwargs},
+        "budget": {
+            "runs": state["runs_done"],
+            "timesteps": int(model.num_timesteps),
+            "images": state["images"],
+            "wall_s": round(state["wall_s"], 1),
+            "n_envs": config.n_envs,
+            "devices": config.devices,
+        },
+        "max_layers": config.max_layers,
+        "obs_features": _obs_features(config),
+        "n_actions": int(model.action_space.nvec[0]),
+        "hidden": config.hidden,
+        "seed": config.seed,
+        "commit": _commit(),
+        "command": command,
+        "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}",
+    }
+
+
+def _obs_features(config: PretrainConfig) -> int:
+    features = {int(task.get("obs_features", 8)) for task in config.resolved_tasks()}
+    if len(features) != 1:
+        raise ValueError(
+            f"every task must pool the same number of activation bins (obs_features), got {features}"
+        )
+    return features.pop()
+
+
+def pretrain(
+    config: PretrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    verbose: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Pretrain (or continue) and write ``run_dir``; returns the policy's card."""
+    run_dir = Path(run_dir)
+    command = command or " ".join(shlex.quote(a) for a in sys.argv)
+    if resume:
+        if (run_dir / RESULTS).is_file():
+            raise RunDirectoryError(f"{str(run_dir)!r} holds a finished pretraining; nothing to resume")
+        saved = PretrainConfig.from_json(json.loads((run_dir / CONFIG).read_text()))
+        if saved.to_json() != config.to_json():
+            raise RunDirectoryError(
+                f"--resume continues {str(run_dir)!r} as it was started: give its arguments"
+            )
+    _obs_features(config)
+    payload = torch.load(run_dir / CHECKPOINT, weights_only=True) if resume else None
+    state = dict(payload["state"]) if payload else {"runs_done": 0, "images": 0, "wall_s": 0.0}
+    venv = build_vec_env(config, offset=state["runs_done"])
+    try:
+        model = build_model(config, venv)
+        if payload:
+            model.policy.load_state_dict(payload["policy"])
+            model.policy.optimizer.load_state_dict(payload["optimizer"])
+            model.num_timesteps = int(payload["num_timesteps"])
+        with RunDirectory.claim(run_dir, config, resume=resume, overwrite=overwrite):
+            state.update(started=time.time(), wall_before=state["wall_s"])
+            callback = PretrainProgress(run_dir, config, state, verbose)
+            if state["runs_done"] < config.runs:
+                model.learn(total_timesteps=10**12, callback=callback, reset_num_timesteps=not resume)
+            state["wall_s"] = state["wall_before"] + time.time() - state["started"]
+            state.pop("started", None)
+            result = card(config, state, model, command)
+            save_policy(model.policy, result, run_dir / POLICY)
+            (run_dir / RESULTS).write_text(json.dumps(result, indent=2) + "\n")
+            if verbose:
+                print(
+                    f"pretrained on {state['runs_done']} runs ({model.num_timesteps} steps, "
+                    f"{state['wall_s']:.0f} s): {run_dir / POLICY}"
+                )
+            return result
+    finally:
+        venv.close()

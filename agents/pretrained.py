@@ -1,0 +1,125 @@
+"""A pretrained learning-rate policy as one file: the weights of a :class:`LayerwisePolicy` and
+its card (what it was trained on, how long, by which commit and command, and the environment
+options its actions and observations assume).
+
+The file loads with ``torch.load(..., weights_only=True)``: tensors and plain values only, so a
+policy downloaded from anyone cannot run code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from finetune_gym.layerwise import token_size
+from finetune_gym.storage import atomic_torch_save
+
+from .baselines import Baseline
+from .layerwise_policy import LayerwisePolicy
+
+FORMAT = "finetune-gym-policy-1"
+# What the policy's architecture is rebuilt from (the rest of the card is for people).
+ARCHITECTURE_KEYS = ("max_layers", "obs_features", "n_actions", "hidden")
+
+
+class PolicyFileError(ValueError):
+    """A file that is not a pretrained policy, or one that cannot serve this environment."""
+
+
+def policy_spaces(card: dict[str, Any]) -> tuple[gym.spaces.Box, gym.spaces.MultiDiscrete]:
+    """The observation and action spaces the policy in ``card`` was built for."""
+    max_layers, features, n_actions = (int(card[k]) for k in ("max_layers", "obs_features", "n_actions"))
+    observation = gym.spaces.Box(-np.inf, np.inf, (max_layers, token_size(features)), np.float32)
+    return observation, gym.spaces.MultiDiscrete([n_actions] * max_layers)
+
+
+def save_policy(policy: LayerwisePolicy, card: dict[str, Any], path: str | Path) -> Path:
+    """Write the policy's weights and ``card`` to ``path`` (atomically) and the card beside it as
+    ``<path>.json`` for people."""
+    missing = [k for k in ARCHITECTURE_KEYS if k not in card]
+    if missing:
+        raise ValueError(f"the card misses {missing}, which rebuild the policy")
+    json.dumps(card)  # plain values only: the file must load with weights_only=True
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "card": card,
+        "state_dict": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(payload, path)
+    path.with_suffix(path.suffix + ".json").write_text(json.dumps(card, indent=2) + "\n")
+    return path
+
+
+def load_policy(path: str | Path) -> tuple[LayerwisePolicy, dict[str, Any]]:
+    """The policy in ``path`` (on the CPU, in eval mode) and its card; no file is unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyFileError(
+            f"no pretrained policy at {str(path)!r}: give the file written by train.py --pretrain"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+        raise PolicyFileError(
+            f"{str(path)!r} is not a pretrained policy file (it does not load with weights_only=True: "
+            f"{type(error).__name__}: {error})"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise PolicyFileError(f"{str(path)!r} is not a {FORMAT} file")
+    card = payload["card"]
+    observation_space, action_space = policy_spaces(card)
+    policy = LayerwisePolicy(observation_space, action_space, lambda _: 0.0, hidden=int(card["hidden"]))
+    try:
+        policy.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise PolicyFileError(f"{str(path)!r}: its weights do not fit its card ({error})") from error
+    policy.set_training_mode(False)
+    return policy, card
+
+
+class PretrainedPolicyAgent(Baseline):
+    """``rl_tune_pretrained``: a pretrained policy acting in a new fine-tuning run.
+
+    Frozen (``learn=False``) it is a fixed policy like the baselines; with ``learn=True`` the
+    registry turns it into PPO starting from these weights (:meth:`learner`). Either way the
+    environment is built with the options the policy was trained with (:meth:`env_overrides`)
+    and seen through :class:`~finetune_gym.layerwise.LayerwiseView` (:attr:`max_layers`).
+    """
+
+    name = "rl_tune_pretrained"
+
+    def __init__(self, seed: int = 0, policy: str | None = None, learn: bool = False, **ppo: Any) -> None:
+        if policy is None:
+            raise ValueError(
+                "rl_tune_pretrained needs policy=PATH: a policy file written by train.py --pretrain "
+                "(<run-dir>/policy.pt)"
+            )
+        if not isinstance(learn, bool):
+            raise ValueError(f"rl_tune_pretrained: learn must be True or False, got {learn!r}")
+        path = str(Path(policy).expanduser().resolve())
+        self.policy, self.card = load_policy(path)
+        super().__init__(seed, policy=path, learn=learn, **ppo)
+        self.max_layers = int(self.card["max_layers"])
+
+    def env_overrides(self) -> dict[str, Any]:
+        return {**self.card["env_kwargs"], "obs_features": int(self.card["obs_features"])}
+
+    def bind(self, n_layers: int, rates: np.ndarray) -> PretrainedPolicyAgent:
+        if len(rates) != int(self.card["n_actions"]):
+            raise ValueError(
+                f"the policy chooses among {self.card['n_actions']} steps, this environment has {len(rates)}: "
+                "do not override n_lr_steps for rl_tune_pretrained"
+            )
+        self.n_layers, self.rates = int(n_layers), np.asarray(rates)
+        return self
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        actions, _ = self.policy.predict(np.asarray(observation), deterministic=deterministic)
+        return actions, state

@@ -1,0 +1,179 @@
+"""Pretraining a policy over many fine-tuning runs, and deploying it (rl_tune_pretrained)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, kill_after_first_checkpoint
+
+import train
+from finetune_gym.agents.pretrain import PretrainConfig, build_model, build_vec_env, pretrain
+from finetune_gym.agents.pretrained import PolicyFileError, load_policy
+from finetune_gym.agents.registry import layer_tokens, make_agent
+
+TINY = {"runs": 3, "n_steps": 8, "epochs_per_episode": 1, "max_layers": 16, "sampling_rates": [0.3]}
+DEPLOY = [
+    "--episodes",
+    "1",
+    "--epochs-per-episode",
+    "3",
+    "--ema",
+    "none",
+    "--sampling-rate",
+    "0.3",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("pretrain") / "run"
+    pretrain(PretrainConfig(**TINY), run_dir, verbose=False, command="test")
+    return run_dir / "policy.pt"
+
+
+def test_pretraining_writes_a_policy_with_its_card(policy_file):
+    run_dir = policy_file.parent
+    policy, card = load_policy(policy_file)  # weights_only inside
+    assert card["budget"]["runs"] >= 3 and card["budget"]["timesteps"] >= 16 and card["budget"]["images"] > 0
+    assert card["tasks"] == "digits" and card["max_layers"] == 16 and card["n_actions"] == 7
+    assert card["env_kwargs"]["lr_scale"] == "relative" and card["command"] == "test"
+    assert json.loads((run_dir / "policy.pt.json").read_text()) == card
+    runs = [json.loads(line) for line in (run_dir / "runs.jsonl").read_text().splitlines()]
+    assert len(runs) == card["budget"]["runs"]
+    assert all(r["task"]["dataset"] == "digits" and r["task"]["sampling_rate"] == 0.3 for r in runs)
+    assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in runs)
+    # The last rollout was learned from: the policy is the checkpoint after the second update (2 x 8
+    # steps), and it differs from the untrained policy (same seed).
+    last = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert last["num_timesteps"] == 16
+    assert all(torch.equal(v, last["policy"][k]) for k, v in policy.state_dict().items())
+    venv = build_vec_env(PretrainConfig(**TINY))
+    untrained = build_model(PretrainConfig(**TINY), venv).policy.state_dict()
+    venv.close()
+    assert any(not torch.equal(v, untrained[k]) for k, v in policy.state_dict().items())
+
+
+def test_pretraining_refuses_bad_configurations(tmp_path):
+    with pytest.raises(ValueError, match="runs must be a positive integer"):
+        PretrainConfig(runs=0)
+    with pytest.raises(ValueError, match="unknown task set 'gtsrb'"):
+        PretrainConfig(tasks="gtsrb").resolved_tasks()
+    with pytest.raises(ValueError, match="not PPO settings"):
+        PretrainConfig(agent_kwargs={"lr": 1})
+    with pytest.raises(SystemExit) as error:
+        train.main(["--pretrain", "--runs", "1", "--tasks", str(tmp_path / "missing.json")])
+    assert error.value.code == 2
+
+
+def test_pretraining_in_subprocesses_and_resuming_after_a_kill(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--pretrain", "--runs", "6", "--n-envs", "2", "--n-steps", "4"]
+    cmd += [
+        "--epochs-per-episode",
+        "1",
+        "--max-layers",
+        "16",
+        "--sampling-rates",
+        "0.3",
+        "--run-dir",
+        str(run_dir),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    assert kill_after_first_checkpoint(cmd, run_dir, env) == -9
+    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["num_timesteps"]
+    refused = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    done = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((run_dir / "results.json").read_text())
+    assert card["budget"]["runs"] >= 6 and card["budget"]["timesteps"] > killed_at
+    assert card["budget"]["n_envs"] == 2
+
+
+def test_deployed_policy_frozen_replays_exactly(policy_file, tmp_path):
+    run = tmp_path / "deploy"
+    assert (
+        train.main(
+            [
+                "--algo",
+                "rl_tune_pretrained",
+                "--agent-kwargs",
+                f"policy={policy_file}",
+                *DEPLOY,
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    results = json.loads((run / "results.json").read_text())
+    assert results["config"]["algo"] == "rl_tune_pretrained"
+    saved = json.loads((run / "agent" / "agent.json").read_text())
+    assert saved["params"]["policy"] == str(policy_file.resolve()) and saved["params"]["learn"] is False
+    schedule = dict(__import__("numpy").load(run / "lr_schedule.npz"))
+    rates = schedule[next(iter(schedule))]
+    assert rates.size and (rates > 0).all()  # relative steps around Schedule-Free's rate: never 0
+    import evaluate
+
+    replay = tmp_path / "replay"
+    assert (
+        evaluate.main(
+            [
+                "--agent",
+                str(run / "agent"),
+                "--episodes",
+                "1",
+                "--epochs-per-episode",
+                "3",
+                "--sampling-rate",
+                "0.3",
+                "--run-dir",
+                str(replay),
+            ]
+        )
+        == 0
+    )
+    again = json.loads((replay / "results.json").read_text())
+    assert again["final_test_accuracy"] == results["final_test_accuracy"]
+    # The environment was built with the options the policy was trained with.
+    assert json.loads((run / "config.json").read_text())["algo"] == "rl_tune_pretrained"
+
+
+def test_deployed_policy_learning_resumes_bit_identical(policy_file, tmp_path):
+    args = ["--algo", "rl_tune_pretrained", "--agent-kwargs", f"policy={policy_file}", "learn=True", *DEPLOY]
+    whole = tmp_path / "whole"
+    assert train.main([*args, "--run-dir", str(whole)]) == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "train.py", *args, "--run-dir", str(killed)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    assert kill_after_first_checkpoint(cmd, killed, env) == -9
+    assert train.main([*args, "--run-dir", str(killed), "--resume"]) == 0
+    a = torch.load(whole / "final_model.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed / "final_model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((whole / "agent" / "agent.json").read_text())
+    assert saved["algorithm"] == "PPO" and (whole / "agent" / "policy.pt").is_file()
+    assert not (whole / "agent" / "vecnormalize.pt").exists()  # tokens are not normalised
+
+
+def test_deployment_errors_name_the_fix(policy_file, tmp_path):
+    import gymnasium as gym
+
+    env = gym.make("FineTune-Digits-v0", epochs_per_episode=1, batch_size=64, sampling_rate=0.3)
+    with pytest.raises(ValueError, match="needs policy=PATH"):
+        make_agent("rl_tune_pretrained", env)
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "something else"}, bad)
+    with pytest.raises(PolicyFileError, match="is not a finetune-gym-policy-1 file"):
+        make_agent("rl_tune_pretrained", env, policy=str(bad))
+    with pytest.raises(PolicyFileError, match="no pretrained policy at"):
+        load_policy(tmp_path / "missing.pt")
+    assert layer_tokens("rl_tune") is None
+    assert layer_tokens("rl_tune_pretrained", policy=str(policy_file)) == 16
