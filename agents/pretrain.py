@@ -63,6 +63,7 @@ def _cifar_task(root: Path, dataset: str) -> dict[str, Any]:
         else {"dataset": "imagefolder", "data_root": str(root / dataset)}
     )
     return {
+        "name": dataset,
         **data,
         "model": "cifar_resnet20",
         "weights": str(root / "resnet_cifar10" / "resnet20-12fca82f.th"),
@@ -105,10 +106,13 @@ class PretrainConfig:
     hidden: int = 64
     n_steps: int = 128
     seed: int = 0
+    threads: int | None = None  # per process; None: the machine's cores shared among the processes
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
         for name in ("epochs_per_episode", "runs", "n_envs", "max_layers", "hidden", "n_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -141,7 +145,7 @@ def _make_env(config: PretrainConfig, tasks: list[dict[str, Any]], rank: int, of
     def make():
         # Each process's share of the cores: PyTorch's default (all of them) in every process makes
         # OpenMP threads spin against each other.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.n_envs))
+        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // config.n_envs))
         env = FineTuneTasksEnv(
             tasks=[{"device": device, **task} if "device" not in task else task for task in tasks],
             sampling_rates=config.sampling_rates,
@@ -233,7 +237,7 @@ class PretrainProgress(BaseCallback):
                 task = line["task"]
                 val = "" if line["val_accuracy"] is None else f", val {100 * line['val_accuracy']:.1f}%"
                 print(
-                    f"run {line['run']}/{self.config.runs}: {task.get('dataset')} r{task.get('sampling_rate')} "
+                    f"run {line['run']}/{self.config.runs}: {task.get('name')} r{task.get('sampling_rate')} "
                     f"s{task.get('data_seed')}: return {line['return']:.3f} over {line['steps']} steps{val}",
                     flush=True,
                 )
@@ -278,7 +282,8 @@ def card(config: PretrainConfig, state: dict[str, Any], model: PPO, command: str
 
 
 def _obs_features(config: PretrainConfig) -> int:
-    features = {int(task.get("obs_features", 8)) for task in config.resolved_tasks()}
+    shared = {**SHARED_DEFAULTS, **config.env_kwargs}.get("obs_features", 8)
+    features = {int(task.get("obs_features", shared)) for task in config.resolved_tasks()}
     if len(features) != 1:
         raise ValueError(
             f"every task must pool the same number of activation bins (obs_features), got {features}"

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-steps", type=int, default=d.n_steps, help="steps per process between updates")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument(
+        "--threads", type=int, help="CPU threads per process (default: the cores shared among them)"
+    )
+    parser.add_argument(
         "--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="shared by every task"
     )
     parser.add_argument("--agent-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="PPO settings")
@@ -94,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         hidden=args.hidden,
         n_steps=args.n_steps,
         seed=args.seed,
+        threads=args.threads,
         env_kwargs=parse_kwargs(args.env_kwargs),
         agent_kwargs=parse_kwargs(args.agent_kwargs),
     )

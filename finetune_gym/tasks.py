@@ -35,6 +35,7 @@ SHARED_DEFAULTS: dict[str, Any] = {
     "n_lr_steps": 7,
     "obs_extras": ["progress", "loss"],
     "reward": "loss_improvement",
+    "obs_features": 4,  # activation bins per layer: one policy needs one token size on every task
 }
 # The offline default: the built-in digits and their ResNet-8 at four sampling rates.
 DEFAULT_TASKS: list[dict[str, Any]] = [
@@ -45,13 +46,13 @@ DEFAULT_TASKS: list[dict[str, Any]] = [
         "weights": "digits",
         "image_size": 8,
         "val_fraction": 0.2,
-        "obs_features": 4,
         "device": "cpu",
     }
 ]
 DEFAULT_SAMPLING_RATES = (0.15, 0.3, 0.5, 1.0)
 # Arguments a task may not set: they belong to the distribution (drawn, or shared by every task).
 DRAWN = ("sampling_rate", "seed", "epochs_per_episode")
+LABEL = "name"  # a task's optional label in logs (default: its dataset); not an environment argument
 
 
 class FineTuneTasksEnv(gym.Env):
@@ -87,7 +88,7 @@ class FineTuneTasksEnv(gym.Env):
                 raise ValueError(
                     f"task {task} sets {clash}: the distribution draws or shares those; remove them"
                 )
-            unknown = sorted(set(task) - set(FineTuneEnv.default_config()))
+            unknown = sorted(set(task) - set(FineTuneEnv.default_config()) - {LABEL})
             if unknown:
                 raise ValueError(f"task {task} has arguments FineTuneEnv does not take: {unknown}")
         self.sampling_rates = [check_sampling_rate(rate) for rate in sampling_rates]
@@ -105,15 +106,23 @@ class FineTuneTasksEnv(gym.Env):
         self.observation_space, self.action_space = self.view.observation_space, self.view.action_space
 
     def _build(self, task: int, rate: float, data_seed: int) -> LayerwiseView:
+        spec = {k: v for k, v in self.tasks[task].items() if k != LABEL}
         kwargs = {
             **copy.deepcopy(self.shared),
-            **copy.deepcopy(self.tasks[task]),
+            **copy.deepcopy(spec),
             "sampling_rate": rate,
             "seed": data_seed,
             "epochs_per_episode": self.epochs_per_episode,
         }
         view = LayerwiseView(FineTuneEnv(**kwargs), self.max_layers)
-        self.current = {"task": task, "sampling_rate": rate, "data_seed": data_seed, **self.tasks[task]}
+        name = self.tasks[task].get(LABEL, self.tasks[task].get("dataset"))
+        self.current = {
+            "task": task,
+            "sampling_rate": rate,
+            "data_seed": data_seed,
+            **self.tasks[task],
+            LABEL: name,
+        }
         return view
 
     def draw(self) -> tuple[int, float, int]:

@@ -39,7 +39,7 @@ def two_depths(tmp_path):
         "batch_size": 8,
         "device": "cpu",
     }
-    return [{**DEFAULT_TASKS[0], "batch_size": 64}, cifar]
+    return [{**DEFAULT_TASKS[0], "batch_size": 64}, {"name": "tiny_folder", **cifar}]
 
 
 @pytest.mark.parametrize("env_id", TASK_ENV_IDS)
@@ -98,6 +98,9 @@ def test_tasks_are_drawn_reproducibly_and_share_one_layout(two_depths):
         assert env.observation_space.contains(observation)
         draws.append((info["task"]["task"], info["task"]["sampling_rate"], info["task"]["data_seed"]))
         assert observation[:, -1].sum() == env.view.n_layers
+        assert (
+            info["task"]["name"] == ("digits", "tiny_folder")[info["task"]["task"]]
+        )  # a label, or the dataset
     assert {d[0] for d in draws} == {0, 1}, draws  # both tasks, of different depths, in one env
     again = FineTuneTasksEnv(tasks=two_depths, sampling_rates=[0.5, 1.0], epochs_per_episode=1, max_layers=32)
     assert [again.reset()[1]["task"]["data_seed"] for _ in range(6)] == [d[2] for d in draws]
