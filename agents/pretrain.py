@@ -201,9 +201,17 @@ class PretrainProgress(BaseCallback):
     the last run finished (SB3 drops a rollout cut short), then learning stops at the next step.
     """
 
-    def __init__(self, run_dir: Path, config: PretrainConfig, state: dict[str, Any], verbose: bool) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: PretrainConfig,
+        state: dict[str, Any],
+        verbose: bool,
+        wandb_run: Any = None,
+    ) -> None:
         super().__init__()
         self.run_dir, self.config, self.state, self.print_runs = run_dir, config, state, verbose
+        self.wandb_run = wandb_run
         self.rollouts, self.steps_in_rollout = 0, 0
 
     def _on_rollout_start(self) -> None:
@@ -233,6 +241,15 @@ class PretrainProgress(BaseCallback):
             }
             with open(self.run_dir / RUN_LOG, "a") as handle:
                 handle.write(json.dumps(line, default=str) + "\n")
+            if self.wandb_run is not None:
+                import wandb
+
+                task = line["task"]
+                data = {"run/return": line["return"], "run/steps": line["steps"], "run/index": line["run"]}
+                data["run/sampling_rate"] = task.get("sampling_rate")
+                if line["val_accuracy"] is not None:
+                    data[f"run/val_accuracy/{task.get('name')}"] = line["val_accuracy"]
+                wandb.log(data, step=int(self.num_timesteps))
             if self.print_runs:
                 task = line["task"]
                 val = "" if line["val_accuracy"] is None else f", val {100 * line['val_accuracy']:.1f}%"
@@ -299,8 +316,11 @@ def pretrain(
     overwrite: bool = False,
     verbose: bool = True,
     command: str | None = None,
+    wandb_mode: str = "disabled",
+    wandb_project: str = "finetune-gym",
 ) -> dict[str, Any]:
-    """Pretrain (or continue) and write ``run_dir``; returns the policy's card."""
+    """Pretrain (or continue) and write ``run_dir``; returns the policy's card. With ``wandb_mode``
+    offline or online, each finished run, PPO's statistics and the policy file go to W&B."""
     run_dir = Path(run_dir)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     if resume:
@@ -323,7 +343,26 @@ def pretrain(
             model.num_timesteps = int(payload["num_timesteps"])
         with RunDirectory.claim(run_dir, config, resume=resume, overwrite=overwrite):
             state.update(started=time.time(), wall_before=state["wall_s"])
-            callback = PretrainProgress(run_dir, config, state, verbose)
+            wandb_run = None
+            if wandb_mode != "disabled":
+                from stable_baselines3.common.logger import Logger
+
+                from .wandb_logging import WandbKVWriter, WandbRun
+
+                name = config.tasks if isinstance(config.tasks, str) else "custom"
+                wandb_run = WandbRun(
+                    wandb_mode,
+                    run_dir,
+                    config.to_json(),
+                    project=wandb_project,
+                    entity=None,
+                    group=f"pretrain/{name}",
+                    tags=["pretrain", name],
+                    name=f"pretrain-{name}-s{config.seed}",
+                    layer_names=[],
+                )
+                model.set_logger(Logger(folder=None, output_formats=[WandbKVWriter()]))
+            callback = PretrainProgress(run_dir, config, state, verbose, wandb_run)
             if state["runs_done"] < config.runs:
                 model.learn(total_timesteps=10**12, callback=callback, reset_num_timesteps=not resume)
             state["wall_s"] = state["wall_before"] + time.time() - state["started"]
@@ -331,6 +370,10 @@ def pretrain(
             result = card(config, state, model, command)
             save_policy(model.policy, result, run_dir / POLICY)
             (run_dir / RESULTS).write_text(json.dumps(result, indent=2) + "\n")
+            if wandb_run is not None:
+                wandb_run.close(
+                    result["budget"], [run_dir / POLICY, run_dir / RUN_LOG], "finetune-policy", {}
+                )
             if verbose:
                 print(
                     f"pretrained on {state['runs_done']} runs ({model.num_timesteps} steps, "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue --run-dir from its last update")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pretraining run")
     parser.add_argument("--quiet", action="store_true", help="no line per finished fine-tuning run")
+    parser.add_argument(
+        "--wandb", choices=["disabled", "offline", "online"], default=os.environ.get("WANDB_MODE", "disabled")
+    )
+    parser.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT", "finetune-gym"))
     return parser
 
 
@@ -116,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     name = args.tasks if isinstance(config.tasks, str) else Path(args.tasks).stem
     run_dir = args.run_dir or Path("runs") / f"pretrain-{name}-s{config.seed}"
     try:
-        pretrain(config, run_dir, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet)
+        pretrain(
+            config,
+            run_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            verbose=not args.quiet,
+            wandb_mode=args.wandb,
+            wandb_project=args.wandb_project,
+        )
     except (RunDirectoryError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -115,19 +115,17 @@ class WandbRun:
     ) -> None:
         step = int(results["steps"])
         wandb.log({key: wandb.Image(str(path)) for key, path in images.items()}, step=step)
-        for key in (
-            "final_val_accuracy",
-            "final_test_accuracy",
-            "wall_time_s",
-            "images_seen",
-            "skipped_updates",
-        ):
-            self.run.summary[key] = results[key]
-        artifact = wandb.Artifact(
-            f"run-{self.run.id}",
-            type="finetune-run",
-            metadata={k: results[k] for k in ("env_id", "algo", "final_test_accuracy")},
-        )
+        keys = ("final_val_accuracy", "final_test_accuracy", "wall_time_s", "images_seen", "skipped_updates")
+        metadata = {k: results[k] for k in ("env_id", "algo", "final_test_accuracy")}
+        self.close({key: results[key] for key in keys}, files, "finetune-run", metadata)
+
+    def close(
+        self, summary: dict[str, Any], files: list[Path], artifact_type: str, metadata: dict[str, Any]
+    ) -> None:
+        """Summary values, the files as one artifact, then the run ends (offline: how to upload it)."""
+        for key, value in summary.items():
+            self.run.summary[key] = value
+        artifact = wandb.Artifact(f"run-{self.run.id}", type=artifact_type, metadata=metadata)
         for path in files:
             artifact.add_file(str(path))
         self.run.log_artifact(artifact)

@@ -177,3 +177,20 @@ def test_deployment_errors_name_the_fix(policy_file, tmp_path):
         load_policy(tmp_path / "missing.pt")
     assert layer_tokens("rl_tune") is None
     assert layer_tokens("rl_tune_pretrained", policy=str(policy_file)) == 16
+
+
+def test_pretraining_logs_to_wandb_offline(tmp_path):
+    from wandb_files import offline_run
+
+    run_dir = tmp_path / "run"
+    pretrain(PretrainConfig(**TINY), run_dir, verbose=False, wandb_mode="offline", wandb_project="test")
+    logged = offline_run(run_dir)
+    keys = set().union(*logged["history"])
+    assert {"run/return", "run/steps", "run/val_accuracy/digits"} <= keys
+    assert {"agent/train/policy_gradient_loss", "agent/train/value_loss"} <= keys
+    card = json.loads((run_dir / "results.json").read_text())
+    assert logged["summary"]["runs"] == card["budget"]["runs"]
+    assert logged["group"] == "pretrain/digits" and logged["artifacts"]
+    returns = [row["run/return"] for row in logged["history"] if "run/return" in row]
+    runs = [json.loads(line)["return"] for line in (run_dir / "runs.jsonl").read_text().splitlines()]
+    assert returns == pytest.approx(runs)
