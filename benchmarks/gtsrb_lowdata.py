@@ -39,6 +39,7 @@ import multiprocessing
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -341,17 +342,31 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"{finished} cells run, {len(done)} of {len(all_cells())} done")
 
 
-def write_report(done: dict[str, dict[str, Any]]) -> None:
-    """benchmarks/results/gtsrb_lowdata.{md,csv,png} from the results file."""
+def line_groups(lines: Iterable[dict[str, Any]]) -> list[report.Group]:
+    """Results lines (this file's, or another benchmark's in the same format) as groups per
+    dataset, method and sampling rate."""
     rows = [
         replace(report.row_from_results(line["results"], line["cell"]), dataset=line["dataset"])
-        for line in done.values()
+        for line in lines
     ]
-    groups = report.aggregate(rows)
-    everywhere = [g for g in groups if not g.method.startswith("knob_") and g.method in METHODS]
+    return report.aggregate(rows)
+
+
+def method_groups(done: dict[str, dict[str, Any]]) -> tuple[list[report.Group], list[report.Group]]:
+    """The grid's methods (knobs left out), and the cosine and uniform grids chosen on validation."""
+    everywhere = [
+        g for g in line_groups(done.values()) if not g.method.startswith("knob_") and g.method in METHODS
+    ]
     best_everywhere = report.select_by_validation(
         everywhere, COSINE_METHODS, "cosine (best on val)"
     ) + report.select_by_validation(everywhere, UNIFORM_METHODS, "uniform (best on val)")
+    return everywhere, best_everywhere
+
+
+def write_report(done: dict[str, dict[str, Any]]) -> None:
+    """benchmarks/results/gtsrb_lowdata.{md,csv,png} from the results file."""
+    groups = line_groups(done.values())
+    everywhere, best_everywhere = method_groups(done)
     main = [g for g in everywhere if g.dataset == "gtsrb"]
     best = [g for g in best_everywhere if g.dataset == "gtsrb"]
     done_gtsrb = {cell: line for cell, line in done.items() if line["dataset"] == "gtsrb"}

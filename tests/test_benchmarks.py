@@ -177,3 +177,33 @@ def test_gtsrb_benchmark_grid_is_declared():
         first_grid = not bench.METHODS[line["method"]].other_rates
         if first_grid and timing.get("resumed") and "wall_time_invalid" not in line:
             assert timing.get("whole_run"), line["cell"]
+
+
+def test_transfer_benchmark_is_declared(tmp_path, monkeypatch):
+    """The transfer protocol: pretraining never sees the held-out domain; deployment cells are the
+    GTSRB grid's protocol with the pretrained agent; the report runs on what exists."""
+    import transfer
+
+    from finetune_gym.agents.config import RunConfig
+
+    for held_out, (task_set, rates) in transfer.SPLITS.items():
+        names = {task.get("name", task["dataset"]) for task in transfer.pretrain_config(task_set).resolved_tasks()}
+        assert held_out not in names and len(names) == 3
+        assert set(rates) <= set(transfer.grid.RATES)
+    config = transfer.run_config("pretrained_learn", 0.15, 1, "gtsrb", Path("policy.pt"))
+    assert isinstance(config, RunConfig) and config.episodes == 1 and config.epochs_per_episode == 50
+    assert config.ema is None and config.agent_kwargs["learn"] is True
+    assert config.env_kwargs["weights"] == transfer.grid.BASE_ENV["weights"]
+    monkeypatch.setattr(transfer, "REPORT", tmp_path / "transfer.md")
+    monkeypatch.setattr(transfer, "RESULTS_FILE", tmp_path / "none.jsonl")
+    transfer.write_report()
+    assert "No deployment cell has run yet." in (tmp_path / "transfer.md").read_text()
+    # The policy plot, from a deployed cell's learning-rate log.
+    import numpy as np
+
+    cell = tmp_path / "runs" / transfer.grid.cell_id("pretrained_frozen", 0.15, 0, "gtsrb")
+    cell.mkdir(parents=True)
+    rates = 0.0025 * 2.0 ** np.array([[-3, 0, 3]] * 20, dtype=float)
+    np.savez(cell / "lr_schedule.npz", learning_rates=rates, layer_names=np.array(["stem", "mid", "head"]))
+    monkeypatch.setattr(transfer, "RUNS_DIR", tmp_path / "runs")
+    assert transfer.plot_policy(tmp_path / "policy.png") and (tmp_path / "policy.png").stat().st_size > 0

@@ -1,0 +1,254 @@
+"""Benchmark "transfer": does a learning-rate policy pretrained on other domains beat the best
+one-run method on a dataset it never saw? (issue 14)
+
+Protocol (fixed before any result was seen):
+- Pretraining, leave one domain out: ``train.py --pretrain --tasks no-gtsrb`` (sign_digits and
+  clothing10 with the CIFAR-10 ResNet-20 source, and the built-in digits with their ResNet-8; never
+  GTSRB), 60 fine-tuning runs of 10 epochs, sampling rates 15/30/50/100%, seed 0, one process, one
+  thread. Its cost (runs, steps, images, wall time) is reported separately, like the cost of
+  pretrained weights. The reverse split (``no-sign_digits``, tested on sign_digits at 15% and 100%)
+  is declared here and run after the first.
+- Deployment: the GTSRB protocol of ``gtsrb_lowdata.py`` (same source, data, splits, seeds 0-2,
+  50 epochs, batch 32, no EMA), the pretrained policy frozen (``rl_tune_pretrained``) and learning
+  online (``learn=True``). The policy's actions are multiples 1/8..8 of Schedule-Free AdamW's
+  rate: its random control is ``random_sf_rel`` of the GTSRB grid (same grid, same base).
+- Compared with the GTSRB grid's cells (never rerun here): Schedule-Free AdamW, Prodigy, the
+  cosine and uniform grids chosen on validation, layerwise decay. No choice uses test accuracy.
+
+    python benchmarks/transfer.py run        # pretraining (resumable), then the deployment cells
+    python benchmarks/transfer.py report     # benchmarks/results/transfer.md from both results files
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gtsrb_lowdata as grid  # noqa: E402
+
+from finetune_gym.agents import report  # noqa: E402
+from finetune_gym.agents.pretrain import PretrainConfig  # noqa: E402
+
+RUNS_DIR = ROOT / "benchmarks" / "runs" / "transfer"
+RESULTS_FILE = grid.RESULTS_DIR / "transfer.jsonl"
+REPORT = grid.RESULTS_DIR / "transfer.md"
+SPLITS = {
+    # held-out dataset: (task set, deployment rates)
+    "gtsrb": ("no-gtsrb", grid.RATES),
+    "sign_digits": ("no-sign_digits", (0.15, 1.0)),
+}
+PRETRAIN = {"runs": 60, "epochs_per_episode": 10, "threads": 1, "n_steps": 128, "seed": 0}
+METHODS = {"pretrained_frozen": False, "pretrained_learn": True}
+BASELINES = [
+    "schedulefree_adamw",
+    "prodigy",
+    "cosine (best on val)",
+    "uniform (best on val)",
+    "layerwise_decay",
+]
+CONTROL = "random_sf_rel"
+
+
+def pretrain_dir(task_set: str) -> Path:
+    return RUNS_DIR / f"pretrain-{task_set}-s{PRETRAIN['seed']}"
+
+
+def pretrain_config(task_set: str) -> PretrainConfig:
+    return PretrainConfig(tasks=task_set, data_root=str(grid.SHARED), **PRETRAIN)
+
+
+def ensure_policy(task_set: str) -> Path:
+    """Pretrain (or resume) the split's policy; its file."""
+    from finetune_gym.agents.pretrain import POLICY, pretrain
+    from finetune_gym.agents.rundir import CHECKPOINT
+
+    run_dir = pretrain_dir(task_set)
+    if not (run_dir / POLICY).is_file():
+        pretrain(
+            pretrain_config(task_set),
+            run_dir,
+            resume=(run_dir / CHECKPOINT).is_file(),
+            overwrite=run_dir.exists() and not (run_dir / CHECKPOINT).is_file(),
+            command=f"python benchmarks/transfer.py run (pretraining {task_set})",
+        )
+    return run_dir / POLICY
+
+
+def run_config(method: str, rate: float, seed: int, dataset: str, policy: Path):
+    from finetune_gym.agents.config import RunConfig
+
+    return RunConfig(
+        env_id="FineTune-CIFARResNet-v0",
+        algo="rl_tune_pretrained",
+        seed=seed,
+        episodes=1,
+        epochs_per_episode=50,
+        ema=None,
+        env_kwargs={**grid.BASE_ENV, **grid.DATASETS[dataset], "sampling_rate": rate},
+        agent_kwargs={"policy": str(policy), "learn": METHODS[method]},
+        label=method,
+    )
+
+
+def load_done() -> dict[str, dict[str, Any]]:
+    if not RESULTS_FILE.is_file():
+        return {}
+    return {line["cell"]: line for line in map(json.loads, RESULTS_FILE.read_text().splitlines()) if line}
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    import torch
+
+    from finetune_gym.agents.run import run_training
+    from finetune_gym.agents.rundir import CHECKPOINT, RESULTS
+
+    torch.set_num_threads(args.threads)
+    done = load_done()
+    for dataset in args.datasets:
+        task_set, rates = SPLITS[dataset]
+        policy = ensure_policy(task_set)
+        for rate in rates:
+            for seed in grid.SEEDS:
+                for method in METHODS:
+                    cell = grid.cell_id(method, rate, seed, dataset)
+                    if cell in done:
+                        continue
+                    run_dir = RUNS_DIR / cell
+                    if (run_dir / RESULTS).is_file():
+                        results = json.loads((run_dir / RESULTS).read_text())
+                    else:
+                        resume = (run_dir / CHECKPOINT).is_file()
+                        config = run_config(method, rate, seed, dataset, policy)
+                        results = run_training(
+                            config,
+                            run_dir,
+                            resume=resume,
+                            overwrite=not resume,
+                            progress=False,
+                            verbose=False,
+                        )
+                    results.pop("epochs", None)
+                    line = {
+                        "cell": cell,
+                        "method": method,
+                        "sampling_rate": rate,
+                        "seed": seed,
+                        "dataset": dataset,
+                        "code": grid.code_version(),
+                        "results": results,
+                    }
+                    with open(RESULTS_FILE, "a") as handle:
+                        handle.write(json.dumps(line) + "\n")
+                    done[cell] = line
+                    print(f"{cell}: test {100 * results['final_test_accuracy']:.2f}%", flush=True)
+    write_report()
+
+
+def plot_policy(path: Path) -> bool:
+    """What the frozen policy does on GTSRB: each layer's rate over training as a multiple of
+    Schedule-Free AdamW's (log2; 0 = the base method), at 15% and 100%, seed 0. False if no cell yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cells = [
+        (r, RUNS_DIR / grid.cell_id("pretrained_frozen", r, 0, "gtsrb") / "lr_schedule.npz")
+        for r in (0.15, 1.0)
+    ]
+    cells = [(r, f) for r, f in cells if f.is_file()]
+    if not cells:
+        return False
+    figure, axes = plt.subplots(1, len(cells), figsize=(6 * len(cells), 3.6), squeeze=False)
+    for axis, (rate, file) in zip(axes[0], cells, strict=True):
+        schedule = np.load(file)
+        multiple = np.log2(schedule["learning_rates"] / grid.SF_BASE["base_lr"]).T
+        image = axis.imshow(
+            multiple, aspect="auto", cmap="coolwarm", vmin=-3, vmax=3, interpolation="nearest"
+        )
+        axis.set_yticks(
+            range(len(schedule["layer_names"])), [str(n) for n in schedule["layer_names"]], fontsize=6
+        )
+        axis.set_xlabel("fine-tuning step")
+        axis.set_title(f"GTSRB {rate:.0%}, seed 0: log2(rate / Schedule-Free's 0.0025)", fontsize=9)
+    figure.colorbar(image, ax=axes[0].tolist(), label="log2 multiple (0: the base method)")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return True
+
+
+def write_report() -> None:
+    ours = list(load_done().values())
+    theirs = list(grid.load_done().values())
+    lines = [
+        "# Transfer: a learning-rate policy pretrained on other domains (issue 14)",
+        "",
+        "Protocol and commands: `benchmarks/transfer.py` (docstring). Test accuracy %, mean ± std over",
+        "seeds 0-2; baselines are the GTSRB grid's cells (`gtsrb_lowdata.jsonl`), chosen on validation.",
+        "",
+    ]
+    for task_set in dict.fromkeys(s for s, _ in SPLITS.values()):
+        card_file = pretrain_dir(task_set) / "results.json"
+        if card_file.is_file():
+            budget = json.loads(card_file.read_text())["budget"]
+            lines.append(
+                f"- Pretraining `{task_set}`: {budget['runs']} runs, {budget['timesteps']} steps, "
+                f"{budget['images']} images, {budget['wall_s']:.0f} s ({budget['n_envs']} process)."
+            )
+        else:
+            lines.append(f"- Pretraining `{task_set}`: not finished.")
+    lines.append("")
+    for dataset, (_, rates) in SPLITS.items():
+        mine = [line for line in ours if line["dataset"] == dataset]
+        base = [line for line in theirs if line.get("dataset", "gtsrb") == dataset]
+        everywhere, best = grid.method_groups({line["cell"]: line for line in base})
+        groups = grid.line_groups(mine) + everywhere + best if mine else []
+        if not groups:
+            lines += [f"## {dataset}", "", "No deployment cell has run yet.", ""]
+            continue
+        order = [*METHODS, CONTROL, *BASELINES]
+        lines += [f"## {dataset}", "", report.markdown_table(groups, order), ""]
+        missing = [
+            grid.cell_id(m, r, s, dataset)
+            for r in rates
+            for s in grid.SEEDS
+            for m in METHODS
+            if grid.cell_id(m, r, s, dataset) not in {line["cell"] for line in mine}
+        ]
+        if missing:
+            lines += [f"Missing cells ({len(missing)}): " + ", ".join(missing), ""]
+    if plot_policy(REPORT.with_suffix(".png")):
+        lines += [
+            "## What the deployed policy does",
+            "",
+            f"![per-layer multiples]({REPORT.with_suffix('.png').name})",
+            "",
+        ]
+    REPORT.write_text("\n".join(lines) + "\n")
+    print(f"wrote {REPORT}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("--datasets", nargs="+", default=["gtsrb"], choices=list(SPLITS))
+    run.add_argument("--threads", type=int, default=1)
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("report").set_defaults(func=lambda _args: write_report())
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
