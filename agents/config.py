@@ -52,6 +52,7 @@ class RunConfig:
     wandb_group: str | None = None
     wandb_tags: list[str] = field(default_factory=list)
     tensorboard_dir: str | None = None  # TensorBoard event files go here (with or without W&B)
+    threads: int | None = None  # the environment's CPU threads (None: PyTorch's default, one per core)
     # A run stops with an error after this many consecutive updates skipped for a non-finite loss.
     max_skipped_in_a_row: int = 10
 
@@ -72,6 +73,10 @@ class RunConfig:
                 f"max_skipped_in_a_row must be a positive integer, got {self.max_skipped_in_a_row!r}"
             )
         check_choice("W&B mode", self.wandb_mode, WANDB_MODES)
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
 
     @property
     def method(self) -> str:
@@ -90,7 +95,7 @@ class RunConfig:
         rest = {
             k: v
             for k, v in mine.items()
-            if k not in named and not k.startswith("wandb_") and k != "tensorboard_dir"
+            if k not in named and not k.startswith("wandb_") and k not in ("tensorboard_dir", "threads")
         }
         changed = any(rest[k] != default[k] for k in rest)
         suffix = (

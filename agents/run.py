@@ -15,6 +15,7 @@ wrappers), the agent (:mod:`finetune_gym.agents.registry`), the loop below, :mod
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -39,7 +40,7 @@ from .progress import RunProgress
 from .recording import RunRecorder
 from .registry import Agent, is_learning, layer_tokens, load_agent, make_agent
 from .rundir import CHECKPOINT, CONFIG, FINAL_MODEL, RESULTS, RunDirectory, RunDirectoryError, read_config
-from .threads import AGENT_THREADS, torch_threads
+from .threads import AGENT_THREADS, load_warning, torch_threads
 from .timing import AgentUpdates, Timer
 
 
@@ -83,8 +84,20 @@ def run_training(
 
     Everything (arguments, environment, data, weights, agent) is built and checked before the
     run directory is touched; the directory stays locked while the run goes on; a run that fails
-    before its first checkpoint leaves nothing behind.
+    before its first checkpoint leaves nothing behind. ``config.threads`` sets the environment's
+    CPU threads for the run (restored after it).
     """
+    if verbose:
+        warning = load_warning(config.threads or torch.get_num_threads())
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+    with torch_threads(config.threads):
+        return _run_training(config, Path(run_dir), resume, overwrite, progress, verbose)
+
+
+def _run_training(
+    config: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progress: bool, verbose: bool
+) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise RunDirectoryError("--resume and --overwrite exclude each other")

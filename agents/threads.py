@@ -11,6 +11,7 @@ with all threads side by side.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,3 +32,28 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def load_warning(threads: int, load: float | None = None, cores: int | None = None) -> str | None:
+    """A one-line warning when the machine is already busy: the run's ``threads`` plus the 1-minute
+    load average exceed the cores. PyTorch's OpenMP threads spin while another process holds their
+    core; on a shared 2-core machine that made each step 5-19x slower (issue 16)."""
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            return None
+    if load + threads <= cores + 0.5:
+        return None
+    free = max(1, int(cores - load + 0.5))
+    advice = (
+        f"pass --threads {free}, or wait for the other work"
+        if threads > free
+        else "steps will be slower until the other work ends"
+    )
+    return (
+        f"warning: the machine's 1-minute load is {load:.1f} on {cores} cores and this run uses {threads} "
+        f"thread{'s' if threads != 1 else ''}: they compete (OpenMP threads spin; steps can be several times "
+        f"slower); {advice}"
+    )

@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tags = [t for t in environ.get("WANDB_TAGS", "").split(",") if t]
     wandb.add_argument("--wandb-tags", nargs="*", default=tags)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for the fine-tuned network (default: one per core); on a machine other work "
+        "shares, give it the free cores: PyTorch's threads spin against the other processes",
+    )
     parser.add_argument_group("TensorBoard").add_argument(
         "--tensorboard",
         metavar="DIR",
@@ -147,6 +153,7 @@ FIELDS = {  # argument -> RunConfig field, for the arguments that set one direct
     "wandb_group": "wandb_group",
     "wandb_tags": "wandb_tags",
     "tensorboard": "tensorboard_dir",
+    "threads": "threads",
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import statistics
@@ -193,6 +194,47 @@ def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int)
     for row in rows.values():
         row["ratio"] = row["s_per_step"] / floor
     return rows
+
+
+def _spin() -> None:
+    while True:  # one core busy, as another user's process would keep it
+        pass
+
+
+def threads_under_load(config: dict[str, Any], steps: int, rounds: int) -> dict[str, Any]:
+    """``env.step`` (next_batch) with 1 and with 2 threads, on the machine as found and while a second
+    process keeps one core busy (issue 16: PyTorch's OpenMP threads spin against it). Rounds
+    interleave the thread counts; the busy process runs only during its half."""
+    env = FineTuneEnv(**env_kwargs(config, "cpu", "next_batch"))
+    env.reset(seed=0)
+    action = np.full(env.n_layers, 2)
+    dev = env.device
+    previous = torch.get_num_threads()
+    load_before = os.getloadavg()[0]
+    times: dict[str, list[float]] = {}
+    try:
+        for busy in (False, True):
+            spinner = None
+            if busy:
+                spinner = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+                spinner.start()
+                time.sleep(1.0)
+            try:
+                for r in range(rounds):
+                    for threads in (1, 2) if r % 2 == 0 else (2, 1):
+                        torch.set_num_threads(threads)
+                        time_steps(lambda: env.step(action), max(2, steps // 5), dev)  # settle
+                        key = f"{'+ one busy process' if busy else 'as found'}, {threads} thread{'s' if threads > 1 else ''}"
+                        times.setdefault(key, []).append(
+                            time_steps(lambda: env.step(action), steps, dev) / steps
+                        )
+            finally:
+                if spinner is not None:
+                    spinner.terminate()
+                    spinner.join()
+    finally:
+        torch.set_num_threads(previous)
+    return {"load_before": load_before, "s_per_step": {k: statistics.median(v) for k, v in times.items()}}
 
 
 def _model_mib(model: torch.nn.Module) -> float:
@@ -565,10 +607,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-full-run", action="store_true")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-mode peak memory processes")
     parser.add_argument("--out", type=Path, help="append the markdown report here; JSON beside it")
+    parser.add_argument(
+        "--threads-under-load",
+        action="store_true",
+        help="only: env.step with 1 and 2 threads, quiet and with one core kept busy (first CPU config)",
+    )
     args = parser.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.quick:
         args.steps, args.rounds, args.episodes, args.epochs, args.full_rounds = 4, 2, 1, 1, 1
+    if args.threads_under_load:
+        result = threads_under_load(CPU_CONFIGS[0], args.steps, args.rounds)
+        rows = result["s_per_step"]
+        quiet = rows["as found, 2 threads"]
+        text = [
+            f"### Threads under load: {CPU_CONFIGS[0]['name']}, env.step reward=next_batch ({machine('cpu')})",
+            "",
+            f"1-minute load before: {result['load_before']:.2f} ('as found': the machine with whatever else it runs; "
+            "'+ one busy process': plus a process spinning on one core).",
+            "",
+            "| setting | time per step (ms) | ratio to 'as found, 2 threads' |",
+            "|---|---|---|",
+            *[f"| {k} | {1000 * v:.1f} | {v / quiet:.2f} |" for k, v in rows.items()],
+            "",
+        ]
+        print("\n".join(text), flush=True)
+        if args.out:
+            with open(args.out, "a") as handle:
+                handle.write("\n".join(text) + "\n")
+        return
     configs = GPU_CONFIGS if device.startswith("cuda") else CPU_CONFIGS
     if args.configs:
         configs = [c for c in CPU_CONFIGS + OPTIMIZER_CONFIGS + GPU_CONFIGS if c["name"] in args.configs]

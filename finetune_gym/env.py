@@ -155,6 +155,12 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError(
                 f"model {model if isinstance(model, str) else type(model).__name__!r} takes "
                 f"{backbone.in_channels}-channel images but dataset {dataset!r} has {self.dataset.channels}"
+                + (
+                    f" (an image folder decodes as {backbone.in_channels}-channel with "
+                    f"dataset_kwargs={{'channels': {backbone.in_channels}}})"
+                    if dataset == "imagefolder" and backbone.in_channels in (1, 3)
+                    else ""
+                )
             )
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model = backbone.model.to(self.device, memory_format=memory_format)

@@ -11,6 +11,29 @@ from .arguments import check_choice
 from .env import FineTuneEnv
 from .wrappers import DEFAULT_EMA, EMAEpisodeWrapper, check_ema
 
+
+class DatasetDefaults(dict):
+    """An id's default ``dataset_kwargs``, which belong to its default dataset: with another
+    ``dataset`` they are dropped (a plain dict, given by the user, is always kept)."""
+
+    def __init__(self, dataset: str, options: dict[str, Any]) -> None:
+        super().__init__(options)
+        self.dataset = dataset
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DatasetDefaults:
+        return DatasetDefaults(self.dataset, copy.deepcopy(dict(self), memo))
+
+    def __reduce__(self):
+        return DatasetDefaults, (self.dataset, dict(self))
+
+
+def dataset_options(dataset: str | None, options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The options to load ``dataset`` with: an id's defaults only for the dataset they belong to."""
+    if isinstance(options, DatasetDefaults):
+        return dict(options) if options.dataset == dataset else None
+    return options
+
+
 _OVERRIDES: dict[str, dict[str, Any]] = {
     # The paper: ImageNet ResNet-50 fine-tuned on FGVC Aircraft (or CUB, Cars) at 224 px.
     "FineTune-ResNet50-v0": {},
@@ -19,7 +42,7 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
         "model": "cifar_resnet20",
         "weights": "cifar10",
         "dataset": "gtsrb",
-        "dataset_kwargs": {"one_frame_per_track": True},
+        "dataset_kwargs": DatasetDefaults("gtsrb", {"one_frame_per_track": True}),
         "image_size": 32,
         "val_fraction": 0.2,
     },
@@ -55,6 +78,8 @@ def default_config(env_id: str) -> dict[str, Any]:
 def make_env(ema: float | None = DEFAULT_EMA, **kwargs: Any) -> gym.Env:
     """A :class:`FineTuneEnv`, wrapped in :class:`EMAEpisodeWrapper` unless ``ema`` is None."""
     ema = check_ema(ema)  # before the environment decodes its data
+    if "dataset_kwargs" in kwargs:
+        kwargs["dataset_kwargs"] = dataset_options(kwargs.get("dataset"), kwargs["dataset_kwargs"])
     env = FineTuneEnv(**kwargs)
     return env if ema is None else EMAEpisodeWrapper(env, ema=ema)
 

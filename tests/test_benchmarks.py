@@ -187,7 +187,9 @@ def test_transfer_benchmark_is_declared(tmp_path, monkeypatch):
     from finetune_gym.agents.config import RunConfig
 
     for held_out, (task_set, rates) in transfer.SPLITS.items():
-        names = {task.get("name", task["dataset"]) for task in transfer.pretrain_config(task_set).resolved_tasks()}
+        names = {
+            task.get("name", task["dataset"]) for task in transfer.pretrain_config(task_set).resolved_tasks()
+        }
         assert held_out not in names and len(names) == 3
         assert set(rates) <= set(transfer.grid.RATES)
     config = transfer.run_config("pretrained_learn", 0.15, 1, "gtsrb", Path("policy.pt"))
@@ -207,3 +209,19 @@ def test_transfer_benchmark_is_declared(tmp_path, monkeypatch):
     np.savez(cell / "lr_schedule.npz", learning_rates=rates, layer_names=np.array(["stem", "mid", "head"]))
     monkeypatch.setattr(transfer, "RUNS_DIR", tmp_path / "runs")
     assert transfer.plot_policy(tmp_path / "policy.png") and (tmp_path / "policy.png").stat().st_size > 0
+
+
+def test_threads_under_load_measures_both_thread_counts(tmp_path, capsys):
+    import step_overhead
+
+    out = tmp_path / "threads.md"
+    step_overhead.main(["--threads-under-load", "--steps", "2", "--rounds", "1", "--out", str(out)])
+    text = out.read_text()
+    for row in (
+        "as found, 1 thread",
+        "as found, 2 threads",
+        "+ one busy process, 1 thread",
+        "+ one busy process, 2 threads",
+    ):
+        assert f"| {row} |" in text
+    assert "| as found, 2 threads | " in text and "| 1.00 |" in text

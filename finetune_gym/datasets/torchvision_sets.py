@@ -37,10 +37,12 @@ def _open(cls, root: str | Path, howto: str, **kwargs):
         ) from error
 
 
-def _split_from_samples(samples: list[tuple[str, int]], groups: np.ndarray | None = None) -> Split:
+def _split_from_samples(
+    samples: list[tuple[str, int]], groups: np.ndarray | None = None, channels: int = 3
+) -> Split:
     paths = [p for p, _ in samples]
     labels = np.asarray([c for _, c in samples], dtype=np.int64)
-    return Split(labels=labels, decoder=FileDecoder(paths), groups=groups)
+    return Split(labels=labels, decoder=FileDecoder(paths, channels), groups=groups)
 
 
 # --- GTSRB -----------------------------------------------------------------------------------
@@ -131,10 +133,15 @@ def load_cars(root: str | Path, download: bool = False) -> ImageDataset:
 # --- Any image folder ------------------------------------------------------------------------
 
 
-def load_imagefolder(root: str | Path, download: bool = False, allow_flip: bool = True) -> ImageDataset:
-    """``root/train/<class>/*`` and ``root/test/<class>/*`` with the same class folders."""
+def load_imagefolder(
+    root: str | Path, download: bool = False, allow_flip: bool = True, channels: int = 3
+) -> ImageDataset:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` with the same class folders, decoded
+    as RGB (``channels=3``) or greyscale (``channels=1``, for a 1-channel source network)."""
     if download:
         raise ValueError("dataset 'imagefolder' reads local folders; download=True is not supported")
+    if channels not in (1, 3):
+        raise ValueError(f"imagefolder: channels must be 1 (greyscale) or 3 (RGB), got {channels!r}")
     root = Path(root)
     trees = {}
     for split in ("train", "test"):
@@ -154,7 +161,8 @@ def load_imagefolder(root: str | Path, download: bool = False, allow_flip: bool 
     return ImageDataset(
         "imagefolder",
         list(trees["train"].classes),
-        _split_from_samples(trees["train"].samples),
-        _split_from_samples(trees["test"].samples),
+        _split_from_samples(trees["train"].samples, channels=channels),
+        _split_from_samples(trees["test"].samples, channels=channels),
+        channels=channels,
         allow_flip=allow_flip,
     )
