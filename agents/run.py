@@ -87,10 +87,6 @@ def run_training(
     before its first checkpoint leaves nothing behind. ``config.threads`` sets the environment's
     CPU threads for the run (restored after it).
     """
-    if verbose:
-        warning = load_warning(config.threads or torch.get_num_threads())
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
     with torch_threads(config.threads):
         return _run_training(config, Path(run_dir), resume, overwrite, progress, verbose)
 
@@ -134,6 +130,10 @@ def _run_training(
                     print(f"the environment runs on {recorder.env_threads} threads as before, not {threads}")
         else:
             venv.seed(config.seed)
+        if verbose:  # once everything is checked and the run starts: an error stays one line
+            warning = load_warning(recorder.env_threads)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
         checkpointer = Checkpointer(run_dir / CHECKPOINT, recorder, timer)
         try:
             wandb_run, timing = _train(

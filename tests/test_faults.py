@@ -282,6 +282,7 @@ def test_unreadable_checkpoints_are_named(tmp_path, capsys, content):
     run_dir = finished_run(tmp_path)
     (run_dir / "results.json").unlink()
     (run_dir / "checkpoint.pt").write_bytes(content)
+    capsys.readouterr()  # the finished run's own output (a busy machine's load warning, say)
     assert train.main(["--run-dir", str(run_dir), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "checkpoint.pt" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
