@@ -9,31 +9,28 @@ from __future__ import annotations
 
 from typing import Any
 
+# PPO's settings, shared by every agent trained with PPO (the paper's clip 0.1) and by pretraining.
+PPO_SETTINGS: dict[str, Any] = {
+    "learning_rate": 3e-4,
+    "n_epochs": 10,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip_range": 0.1,
+    "ent_coef": 0.01,
+}
+
 HYPERPARAMS: dict[str, dict[str, Any]] = {
     # The paper's agent: linear layer over the pooled activations, then an LSTM (actor);
     # an MLP critic on the same linear features; PPO with clip 0.1.
     "rl_tune": {
-        "learning_rate": 3e-4,
-        "n_epochs": 10,
-        "gamma": 0.99,
-        "gae_lambda": 0.95,
-        "clip_range": 0.1,
-        "ent_coef": 0.01,
+        **PPO_SETTINGS,
         "vf_coef": 0.5,
         "max_grad_norm": 0.5,
         "features_dim": 64,
         "lstm_hidden_size": 64,
         "critic_net_arch": [64, 64],
     },
-    "ppo": {
-        "learning_rate": 3e-4,
-        "n_epochs": 10,
-        "gamma": 0.99,
-        "gae_lambda": 0.95,
-        "clip_range": 0.1,
-        "ent_coef": 0.01,
-        "net_arch": [64, 64],
-    },
+    "ppo": {**PPO_SETTINGS, "net_arch": [64, 64]},
     "a2c": {
         "learning_rate": 7e-4,
         "gamma": 0.99,
@@ -63,14 +60,5 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "linear_probe": {"lr": 1e-3},
     # A policy pretrained over many runs (train.py --pretrain): frozen, or learning online with PPO
     # (the pretraining's settings; one update per epoch).
-    "rl_tune_pretrained": {
-        "policy": None,
-        "learn": False,
-        "learning_rate": 3e-4,
-        "n_epochs": 10,
-        "gamma": 0.99,
-        "gae_lambda": 0.95,
-        "clip_range": 0.1,
-        "ent_coef": 0.01,
-    },
+    "rl_tune_pretrained": {"policy": None, "learn": False, **PPO_SETTINGS},
 }

@@ -35,6 +35,7 @@ from finetune_gym.layerwise import DEFAULT_MAX_LAYERS
 from finetune_gym.storage import atomic_torch_save
 from finetune_gym.tasks import DEFAULT_SAMPLING_RATES, DEFAULT_TASKS, SHARED_DEFAULTS, FineTuneTasksEnv
 
+from .hyperparams import PPO_SETTINGS
 from .layerwise_policy import LayerwisePolicy
 from .pretrained import save_policy
 from .rundir import CHECKPOINT, CONFIG, RESULTS, RunDirectory, RunDirectoryError
@@ -44,15 +45,8 @@ RUN_LOG = "runs.jsonl"
 SHARED_DATA = Path(
     os.environ.get("FINETUNE_GYM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
 )
-# PPO's settings for pretraining (train.py's PPO, with a rollout of its own: tasks differ in epoch length).
-PPO_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 3e-4,
-    "n_epochs": 10,
-    "gamma": 0.99,
-    "gae_lambda": 0.95,
-    "clip_range": 0.1,
-    "ent_coef": 0.01,
-}
+# PPO's settings for pretraining: train.py's (its rollout is its own: tasks differ in epoch length).
+PPO_DEFAULTS: dict[str, Any] = dict(PPO_SETTINGS)
 
 
 def _cifar_task(root: Path, dataset: str) -> dict[str, Any]:
