@@ -146,7 +146,7 @@ def _make_env(config: PretrainConfig, tasks: list[dict[str, Any]], rank: int, of
             epochs_per_episode=config.epochs_per_episode,
             max_layers=config.max_layers,
             env_kwargs=config.env_kwargs,
-            # Distinct draws per process, and new ones after a resume (``offset``: runs done).
+            # Distinct draws per process, and new ones after a resume (``offset``: steps done).
             seed=config.seed * 100_003 + rank * 10_007 + offset,
         )
         return Monitor(env)
@@ -328,7 +328,9 @@ def pretrain(
     _obs_features(config)
     payload = torch.load(run_dir / CHECKPOINT, weights_only=True) if resume else None
     state = dict(payload["state"]) if payload else {"runs_done": 0, "images": 0, "wall_s": 0.0}
-    venv = build_vec_env(config, offset=state["runs_done"])
+    # New draws after a resume: the steps done so far (never 0 once a checkpoint exists) shift every
+    # process's task RNG.
+    venv = build_vec_env(config, offset=int(payload["num_timesteps"]) if payload else 0)
     try:
         model = build_model(config, venv)
         if payload:

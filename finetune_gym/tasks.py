@@ -100,6 +100,7 @@ class FineTuneTasksEnv(gym.Env):
             )
         self.data_seeds, self.epochs_per_episode, self.max_layers = data_seeds, epochs_per_episode, max_layers
         self.shared = {**SHARED_DEFAULTS, **(env_kwargs or {})}
+        self.seed_offset = int(seed)
         self._rng = np.random.default_rng(seed)
         self.current: dict[str, Any] = {}
         self.view = self._build(0, self.sampling_rates[0], 0)  # fixes the spaces; checks the first task
@@ -136,7 +137,9 @@ class FineTuneTasksEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if seed is not None:
-            self._rng = np.random.default_rng(seed)
+            # Combined with the constructor's seed: SB3 seeds every reset it starts with its own seed
+            # (plus the env's index), which alone would repeat the same tasks after a resume.
+            self._rng = np.random.default_rng([int(seed), self.seed_offset])
         task, rate, data_seed = self.draw()
         if (task, rate, data_seed) != tuple(self.current[k] for k in ("task", "sampling_rate", "data_seed")):
             self.view.close()

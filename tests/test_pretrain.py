@@ -74,7 +74,8 @@ def test_pretraining_refuses_bad_configurations(tmp_path):
 
 def test_pretraining_in_subprocesses_and_resuming_after_a_kill(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "--pretrain", "--runs", "6", "--n-envs", "2", "--n-steps", "4"]
+    # 8 steps a rollout: each process finishes a run (5 steps) before the first checkpoint.
+    cmd = [sys.executable, "train.py", "--pretrain", "--runs", "6", "--n-envs", "2", "--n-steps", "8"]
     cmd += [
         "--epochs-per-episode",
         "1",
@@ -88,6 +89,8 @@ def test_pretraining_in_subprocesses_and_resuming_after_a_kill(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     assert kill_after_first_checkpoint(cmd, run_dir, env) == -9
     killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["num_timesteps"]
+    log = run_dir / "runs.jsonl"
+    before = log.read_text().splitlines() if log.is_file() else []
     refused = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "--resume" in refused.stderr
     done = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -95,6 +98,11 @@ def test_pretraining_in_subprocesses_and_resuming_after_a_kill(tmp_path):
     card = json.loads((run_dir / "results.json").read_text())
     assert card["budget"]["runs"] >= 6 and card["budget"]["timesteps"] > killed_at
     assert card["budget"]["n_envs"] == 2
+    # After the resume the processes draw new tasks, not the first ones again.
+    seeds = [json.loads(line)["task"]["data_seed"] for line in log.read_text().splitlines()]
+    assert len(before) >= 2
+    after = seeds[len(before) :]
+    assert after[:2] != seeds[:2]
 
 
 def test_deployed_policy_frozen_replays_exactly(policy_file, tmp_path):

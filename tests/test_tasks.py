@@ -106,6 +106,18 @@ def test_tasks_are_drawn_reproducibly_and_share_one_layout(two_depths):
     assert [again.reset()[1]["task"]["data_seed"] for _ in range(6)] == [d[2] for d in draws]
     a, b = env.reset(seed=5)[1]["task"], again.reset(seed=5)[1]["task"]
     assert a == b
+    # Another constructor seed (pretraining's offset after a resume) draws other tasks, also when
+    # the reset is seeded the same (SB3 seeds every first reset with its own seed).
+    other = FineTuneTasksEnv(
+        tasks=two_depths, sampling_rates=[0.5, 1.0], epochs_per_episode=1, max_layers=32, seed=25
+    )
+    first = [env.reset(seed=0)[1]["task"]["data_seed"]] + [
+        env.reset()[1]["task"]["data_seed"] for _ in range(3)
+    ]
+    second = [other.reset(seed=0)[1]["task"]["data_seed"]] + [
+        other.reset()[1]["task"]["data_seed"] for _ in range(3)
+    ]
+    assert first != second
 
 
 def test_tasks_refuse_bad_specifications():
