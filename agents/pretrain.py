@@ -268,7 +268,7 @@ def save_checkpoint(path: Path, model: PPO, state: dict[str, Any]) -> None:
 def card(config: PretrainConfig, state: dict[str, Any], model: PPO, command: str) -> dict[str, Any]:
     return {
         "what": "finetune-gym learning-rate policy (LayerwisePolicy, PPO over FineTune-Tasks-v0)",
-        "tasks": config.resolved_tasks() if not isinstance(config.tasks, str) else config.tasks,
+        "tasks": config.tasks,  # a task set's name, or the tasks as given
         "task_details": config.resolved_tasks(),
         "sampling_rates": config.sampling_rates,
         "epochs_per_episode": config.epochs_per_episode,

@@ -39,7 +39,7 @@ import multiprocessing
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -246,23 +246,29 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_cell(
-    method: str, rate: float, seed: int, dataset: str, done: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """Run (or resume) one cell in this process; returns its results line."""
+def run_or_load(run_dir: Path, make_config: Callable[[], Any]) -> dict[str, Any]:
+    """A cell's results (without the per-epoch log): read when the run finished, else run it,
+    resuming from its checkpoint when it has one. Any benchmark's cells run through this."""
     from finetune_gym.agents.run import run_training
     from finetune_gym.agents.rundir import CHECKPOINT, RESULTS
 
-    run_dir = RUNS_DIR / cell_id(method, rate, seed, dataset)
     if (run_dir / RESULTS).is_file():
         results = json.loads((run_dir / RESULTS).read_text())
     else:
         resume = (run_dir / CHECKPOINT).is_file()
-        config = run_config(method, rate, seed, done, dataset)
         results = run_training(
-            config, run_dir, resume=resume, overwrite=not resume, progress=False, verbose=False
+            make_config(), run_dir, resume=resume, overwrite=not resume, progress=False, verbose=False
         )
     results.pop("epochs", None)
+    return results
+
+
+def run_cell(
+    method: str, rate: float, seed: int, dataset: str, done: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Run (or resume) one cell in this process; returns its results line."""
+    run_dir = RUNS_DIR / cell_id(method, rate, seed, dataset)
+    results = run_or_load(run_dir, lambda: run_config(method, rate, seed, done, dataset))
     return {
         "cell": cell_id(method, rate, seed, dataset),
         "method": method,

@@ -22,6 +22,7 @@ Protocol (fixed before any result was seen):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -106,9 +107,6 @@ def load_done() -> dict[str, dict[str, Any]]:
 def cmd_run(args: argparse.Namespace) -> None:
     import torch
 
-    from finetune_gym.agents.run import run_training
-    from finetune_gym.agents.rundir import CHECKPOINT, RESULTS
-
     torch.set_num_threads(args.threads)
     done = load_done()
     for dataset in args.datasets:
@@ -120,21 +118,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                     cell = grid.cell_id(method, rate, seed, dataset)
                     if cell in done:
                         continue
-                    run_dir = RUNS_DIR / cell
-                    if (run_dir / RESULTS).is_file():
-                        results = json.loads((run_dir / RESULTS).read_text())
-                    else:
-                        resume = (run_dir / CHECKPOINT).is_file()
-                        config = run_config(method, rate, seed, dataset, policy)
-                        results = run_training(
-                            config,
-                            run_dir,
-                            resume=resume,
-                            overwrite=not resume,
-                            progress=False,
-                            verbose=False,
-                        )
-                    results.pop("epochs", None)
+                    config = functools.partial(run_config, method, rate, seed, dataset, policy)
+                    results = grid.run_or_load(RUNS_DIR / cell, config)
                     line = {
                         "cell": cell,
                         "method": method,
