@@ -23,6 +23,22 @@ from .baselines import Baseline
 from .layerwise_policy import LayerwisePolicy
 
 FORMAT = "finetune-gym-policy-1"
+# The policy shipped inside the package, the default of ``rl_tune_pretrained`` (``policy="default"``
+# or no policy given): pretrained by ``benchmarks/transfer.py`` without GTSRB, the one whose transfer
+# to an unseen dataset is measured (benchmarks/results/transfer.md); its card is the file beside it.
+DEFAULT_POLICY = "default"
+SHIPPED_POLICY = Path(__file__).resolve().parent / "pretrained_policies" / "sf_rel_no_gtsrb.pt"
+
+
+def resolve_policy(policy: str | None) -> tuple[str, Path]:
+    """What to record for ``policy`` (``"default"`` for the shipped one, so the record is the same on
+    every machine) and the file to read."""
+    if policy is None or policy == DEFAULT_POLICY:
+        return DEFAULT_POLICY, SHIPPED_POLICY
+    path = Path(policy).expanduser().resolve()
+    return str(path), path
+
+
 # What the policy's architecture is rebuilt from (the rest of the card is for people).
 ARCHITECTURE_KEYS = ("max_layers", "obs_features", "n_actions", "hidden")
 
@@ -95,17 +111,14 @@ class PretrainedPolicyAgent(Baseline):
 
     name = "rl_tune_pretrained"
 
-    def __init__(self, seed: int = 0, policy: str | None = None, learn: bool = False, **ppo: Any) -> None:
-        if policy is None:
-            raise ValueError(
-                "rl_tune_pretrained needs policy=PATH: a policy file written by train.py --pretrain "
-                "(<run-dir>/policy.pt)"
-            )
+    def __init__(
+        self, seed: int = 0, policy: str | None = DEFAULT_POLICY, learn: bool = False, **ppo: Any
+    ) -> None:
         if not isinstance(learn, bool):
             raise ValueError(f"rl_tune_pretrained: learn must be True or False, got {learn!r}")
-        path = str(Path(policy).expanduser().resolve())
+        recorded, path = resolve_policy(policy)
         self.policy, self.card = load_policy(path)
-        super().__init__(seed, policy=path, learn=learn, **ppo)
+        super().__init__(seed, policy=recorded, learn=learn, **ppo)
         self.max_layers = int(self.card["max_layers"])
 
     def env_overrides(self) -> dict[str, Any]:

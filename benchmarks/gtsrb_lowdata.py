@@ -305,7 +305,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     done = load_done()
-    threads = max(1, (multiprocessing.cpu_count() or 1) // args.workers)
+    threads = args.threads or max(1, (multiprocessing.cpu_count() or 1) // args.workers)
     context = multiprocessing.get_context("spawn")
     started, finished = time.time(), 0
     code = code_version()
@@ -576,6 +576,12 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the cells not yet in the results file")
     run.add_argument("--workers", type=int, default=1, help="cells run in parallel (CPU threads are shared)")
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per cell (default: the cores shared by the workers); pass 1 when "
+        "another job shares the machine, as 2 threads on a busy core run many times slower",
+    )
     run.add_argument("--max-cells", type=int, help="stop after this many cells")
     run.add_argument("--only", nargs="*", help="run only these methods")
     run.add_argument("--datasets", nargs="*", choices=list(DATASETS), help="run only on these datasets")

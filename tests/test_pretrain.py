@@ -14,7 +14,7 @@ from conftest import ROOT, kill_after_first_checkpoint
 
 import train
 from finetune_gym.agents.pretrain import PretrainConfig, build_model, build_vec_env, pretrain
-from finetune_gym.agents.pretrained import PolicyFileError, load_policy
+from finetune_gym.agents.pretrained import SHIPPED_POLICY, PolicyFileError, load_policy
 from finetune_gym.agents.registry import layer_tokens, make_agent
 
 TINY = {"runs": 3, "n_steps": 8, "epochs_per_episode": 1, "max_layers": 16, "sampling_rates": [0.3]}
@@ -175,8 +175,8 @@ def test_deployment_errors_name_the_fix(policy_file, tmp_path):
     import gymnasium as gym
 
     env = gym.make("FineTune-Digits-v0", epochs_per_episode=1, batch_size=64, sampling_rate=0.3)
-    with pytest.raises(ValueError, match="needs policy=PATH"):
-        make_agent("rl_tune_pretrained", env)
+    with pytest.raises(ValueError, match="learn must be True or False"):
+        make_agent("rl_tune_pretrained", env, learn="yes")
     bad = tmp_path / "bad.pt"
     torch.save({"format": "something else"}, bad)
     with pytest.raises(PolicyFileError, match="is not a finetune-gym-policy-1 file"):
@@ -202,3 +202,66 @@ def test_pretraining_logs_to_wandb_offline(tmp_path):
     returns = [row["run/return"] for row in logged["history"] if "run/return" in row]
     runs = [json.loads(line)["return"] for line in (run_dir / "runs.jsonl").read_text().splitlines()]
     assert returns == pytest.approx(runs)
+
+
+def test_shipped_policy_is_the_default_and_deploys(tmp_path):
+    """The policy inside the package: rl_tune_pretrained's default, recorded as "default" (the
+    same on every machine), its card portable (no machine's paths), and it acts in a new run."""
+    payload = torch.load(SHIPPED_POLICY, map_location="cpu", weights_only=True)
+    card = payload["card"]
+    assert card["tasks"] == "no-gtsrb" and "gtsrb" not in {
+        t.get("name", t["dataset"]) for t in card["task_details"]
+    }
+    assert card["budget"]["runs"] > 0 and card["commit"] and card["shipped"]["command"]
+    assert "/work/" not in json.dumps(card) and str(Path.home()) not in json.dumps(card)
+    assert json.loads(SHIPPED_POLICY.with_name(SHIPPED_POLICY.name + ".json").read_text()) == card
+    run = tmp_path / "deploy"
+    assert train.main(["--algo", "rl_tune_pretrained", *DEPLOY, "--run-dir", str(run)]) == 0
+    saved = json.loads((run / "agent" / "agent.json").read_text())
+    assert saved["params"]["policy"] == "default"
+    results = json.loads((run / "results.json").read_text())
+    assert 0.0 <= results["final_test_accuracy"] <= 1.0
+    assert results["env_config"]["lr_scale"] == "relative"  # the options the policy was trained with
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_default_policy(tmp_path):
+    """A fresh install gets the policy: the built wheel holds it and its card, loadable as is."""
+    import io
+    import zipfile
+
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: the source tree to build from is unknown")
+    source = tmp_path / "src"
+    for name in listed.stdout.splitlines():
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((ROOT / name).read_bytes())
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("finetune_gym-*.whl")
+    inside = "finetune_gym/agents/pretrained_policies/" + SHIPPED_POLICY.name
+    with zipfile.ZipFile(wheel) as archive:
+        assert inside + ".json" in archive.namelist()
+        payload = torch.load(io.BytesIO(archive.read(inside)), weights_only=True)
+    assert payload["card"] == load_policy(SHIPPED_POLICY)[1]
