@@ -32,6 +32,16 @@ def method_name(algo: str, label: str | None, agent_kwargs: dict[str, Any]) -> s
     return f"{algo}[{overrides}]" if overrides else algo
 
 
+def _plain(value: Any) -> Any:
+    """JSON for what is not: a module passed as the model is recorded by class and size (a run
+    folder cannot rebuild it, and says so on --resume), anything else as its text."""
+    from torch import nn
+
+    from finetune_gym.models.custom import describe_module
+
+    return describe_module(value) if isinstance(value, nn.Module) else str(value)
+
+
 @dataclass
 class RunConfig:
     """A run: which environment and agent, how long, and where it is logged."""
@@ -124,7 +134,7 @@ class RunConfig:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        return json.loads(json.dumps(asdict(self), default=_plain))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunConfig:

@@ -41,6 +41,7 @@ from .datasets import load_dataset, sample_and_split
 from .device import HostCopy, place_cache, resolve_channels_last, resolve_device, resolve_precision
 from .evaluation import HeldOutSplits
 from .models import build_backbone
+from .models.custom import RECORDED, describe_module, unrebuildable
 from .observation import OBS_LIMIT, ActivationPooler, TrainingSignals, check_obs_extras, extras_size
 from .optimizers import check_optimizer, check_rates, evaluation_point, layer_optimizer
 from .rewards import check_reward, step_reward
@@ -75,6 +76,10 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self,
         model: str | nn.Module = "resnet50",
         weights: str | Path | None = "imagenet",
+        model_kwargs: dict[str, Any] | None = None,
+        layers: list[str] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
         dataset: str = "aircraft",
         data_root: str | Path | None = "data",
         download: bool = False,
@@ -108,6 +113,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ) -> None:
         super().__init__()
         arguments = locals()
+        if isinstance(model, dict) and RECORDED in model:  # a run folder's record of a module object
+            raise unrebuildable(model)
         check_types(FineTuneEnv.__init__, arguments)
         check_positive_integers(
             batch_size=batch_size,
@@ -129,6 +136,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.optimizer_name, self.optimizer_kwargs = check_optimizer(optimizer), dict(optimizer_kwargs or {})
         self.schedule, self.warmup = schedule, float(warmup)
         self.config = {name: arguments[name] for name in self.default_config()}
+        if isinstance(model, nn.Module):  # recorded by class and size, not by its repr
+            self.config["model"] = describe_module(model)
         self.reward_mode = check_reward(reward)
         self.batch_size, self.image_size = int(batch_size), int(image_size)
         self.epochs_per_episode, self.eval_batch_size = int(epochs_per_episode), int(eval_batch_size)
@@ -149,7 +158,16 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
         # Model: source weights, new head, layer cut.
         backbone = build_backbone(
-            model, len(self.dataset.classes), weights=weights, granularity=granularity, seed=seed
+            model,
+            len(self.dataset.classes),
+            weights=weights,
+            granularity=granularity,
+            seed=seed,
+            image_size=self.image_size,
+            model_kwargs=model_kwargs,
+            layers=layers,
+            mean=mean,
+            std=std,
         )
         if backbone.in_channels != self.dataset.channels:
             raise ValueError(
@@ -165,11 +183,17 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model = backbone.model.to(self.device, memory_format=memory_format)
         self.layers = backbone.layers
+        # Dropout and stochastic depth draw from torch's global generator: a seed per batch from
+        # the stream makes them repeat with the seed and continue exactly after a restore.
+        self._stochastic = training.has_stochastic_layers(self.model)
+        self._noise_seed = 0
         self.layer_names = backbone.layer_names
         self.n_layers = len(self.layers)
         # The source network is a hook-free copy: the EMA wrapper averages into it, reset copies from it.
         self.source_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.pooler = ActivationPooler([layer.probe for layer in self.layers], obs_features)
+        self.pooler = ActivationPooler(
+            [layer.probe for layer in self.layers], obs_features, [layer.tokens for layer in self.layers]
+        )
         self.augmenter = BatchAugment(
             augment_mode,
             self.image_size,
@@ -282,6 +306,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "pending": None if pending is None else pending.get_state(),
             "buffers_before": cpu_copy(self._guard.saved),
             "needs_reset": self._needs_reset,
+            "noise_seed": self._noise_seed,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -300,6 +325,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             setattr(self, key, value)
         self.signals.set_state(state["signals"])
         self._needs_reset = state["needs_reset"]
+        self._noise_seed = state.get("noise_seed", 0)
         self._pending = None
         self.model.zero_grad(set_to_none=True)
         if state["pending"] is not None:
@@ -427,11 +453,16 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         return layer_optimizer(self.optimizer_name, layers, self.device, **self.optimizer_kwargs)
 
     def _train_forward(self) -> TrainingForward:
+        if self._stochastic:
+            self._noise_seed = self.stream.noise_seed()
         return self._forward(*self.stream.load())
 
     def _forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> TrainingForward:
         self._guard.snapshot()
-        with self.pooler.record():
+        with (
+            self.pooler.record(),
+            training.seeded(self._noise_seed if self._stochastic else None, self.device),
+        ):
             return training.train_forward(self.model, inputs, labels, self.amp_dtype)
 
     def _observe(

@@ -53,10 +53,14 @@ def channel_means(out: torch.Tensor) -> torch.Tensor:
 class ActivationPooler:
     """Forward hooks that record each probe's pooled output while ``recording`` is on."""
 
-    def __init__(self, probes: Sequence[nn.Module], features: int) -> None:
+    def __init__(
+        self, probes: Sequence[nn.Module], features: int, tokens: Sequence[bool] | None = None
+    ) -> None:
         if features < 1:
             raise ValueError(f"obs_features must be at least 1, got {features}")
         self.features = features
+        # Probes whose output is (batch, tokens, channels), a transformer's: averaged over tokens.
+        self._tokens = list(tokens) if tokens is not None else [False] * len(probes)
         self.recording = False
         self._pooled: list[torch.Tensor | None] = [None] * len(probes)
         self._handles = [p.register_forward_hook(self._hook(i)) for i, p in enumerate(probes)]
@@ -68,7 +72,10 @@ class ActivationPooler:
 
     def _record(self, index: int, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
         if self.recording:
-            per_channel = channel_means(output.detach())
+            out = output.detach()
+            per_channel = (
+                out.mean(dim=(0, 1), dtype=torch.float32) if self._tokens[index] else channel_means(out)
+            )
             self._pooled[index] = F.adaptive_avg_pool1d(per_channel.view(1, 1, -1), self.features).view(-1)
 
     @contextmanager

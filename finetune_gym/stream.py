@@ -39,6 +39,8 @@ class TrainingStream:
         self.augmenter, self.batch_size, self.device = augmenter, int(batch_size), device
         self.order_generator = torch.Generator()
         self.augment_generator = torch.Generator(device=device)
+        # One seed per batch for the network's own randomness (dropout, stochastic depth).
+        self.noise_generator = torch.Generator()
         self.seed(seed)
         self.batches: list[torch.Tensor] = []  # this epoch's index batches
         self.position = 0  # the batch to train on next
@@ -52,9 +54,15 @@ class TrainingStream:
         return math.ceil(n / self.batch_size) - (1 if n % self.batch_size == 1 else 0)
 
     def seed(self, seed: int) -> None:
-        """Restart both generators: the data order from ``seed``, augmentation from ``seed + 1``."""
+        """Restart the generators: the data order from ``seed``, augmentation from ``seed + 1``,
+        the batches' noise seeds from ``seed + 2``."""
         self.order_generator.manual_seed(int(seed))
         self.augment_generator.manual_seed(int(seed) + 1)
+        self.noise_generator.manual_seed(int(seed) + 2)
+
+    def noise_seed(self) -> int:
+        """A seed for the network's randomness in the next training forward (a CPU draw, no sync)."""
+        return int(torch.randint(0, 2**62, (1,), generator=self.noise_generator))
 
     def fork(self, seed: int) -> TrainingStream:
         """The same cached data with generators of its own (a second consumer, e.g. a plain loop)."""
@@ -99,6 +107,7 @@ class TrainingStream:
         return {
             "order_generator": self.order_generator.get_state(),
             "augment_generator": self.augment_generator.get_state().cpu(),
+            "noise_generator": self.noise_generator.get_state(),
             "batches": [b.cpu() for b in self.batches],
             "position": self.position,
         }
@@ -106,5 +115,7 @@ class TrainingStream:
     def set_state(self, state: dict[str, Any]) -> None:
         self.order_generator.set_state(state["order_generator"])
         self.augment_generator.set_state(state["augment_generator"])
+        if "noise_generator" in state:  # absent from checkpoints written before it existed
+            self.noise_generator.set_state(state["noise_generator"])
         self.batches = [b.to(self.images.device) for b in state["batches"]]
         self.position = state["position"]

@@ -141,3 +141,27 @@ class BatchNormGuard:
     def restore(self) -> None:
         if self.saved:
             torch._foreach_copy_([b.data for b in self.model.buffers()], self.saved)
+
+
+def has_stochastic_layers(model: nn.Module) -> bool:
+    """Whether the network draws random numbers when training: dropout or stochastic depth with a
+    rate above 0 (randomness of a user's own forward code cannot be seen from here)."""
+    from torchvision.ops import StochasticDepth
+
+    return any(
+        (isinstance(m, nn.modules.dropout._DropoutNd) or isinstance(m, StochasticDepth)) and m.p > 0
+        for m in model.modules()
+    )
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Inside the block torch's global generators (the CPU's, and ``device``'s if CUDA) start from
+    ``seed``; after it they are as before, so the caller's randomness is untouched. ``None``: no-op
+    (the network has no randomness of its own, and a CUDA generator's save costs a sync)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield

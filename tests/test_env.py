@@ -230,6 +230,7 @@ def test_non_finite_loss_skips_the_update():
         switch,
     )
     env = digits_env(model=model, weights=None, epochs_per_episode=3)
+    switch = env.model[-1]  # the environment trains a copy of the module it was given
     env.reset(seed=0)
     env.step(np.full(env.n_layers, 5))  # build Adam state
     switch.active = True

@@ -1,0 +1,190 @@
+"""Torchvision's other ImageNet families as sources: MobileNetV2/V3, EfficientNet, ConvNeXt, ViT.
+
+Each family says where its new head goes and how it is cut into layers at each granularity
+("stage": resolution stages, "block": each residual block, "conv": each conv with its norm). A
+granularity a family has no meaning for (a ViT has no stages and no convs to speak of) is an
+error, never a silent fallback. ResNets are cut in :func:`layers.resnet_layers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from torchvision import models as tvm
+
+from .layers import Layer, check_partition, conv_units
+
+Cut = Callable[[nn.Module, str], list[Layer]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A torchvision family: its classes, head, cut and the granularities the cut knows."""
+
+    classes: tuple[type[nn.Module], ...]
+    head: str  # the Linear replaced by a new head sized to the target classes
+    cut: Cut
+    granularities: tuple[str, ...]
+    tokens: Callable[[str], bool] = lambda _name: False  # which modules output (batch, tokens, ch)
+
+    def layers(self, model: nn.Module, granularity: str, what: str) -> list[Layer]:
+        if granularity not in self.granularities:
+            raise ValueError(
+                f"granularity={granularity!r} is not defined for {what}: use one of "
+                f"{', '.join(self.granularities)}, or name the layers yourself with layers=[module names]"
+            )
+        layers = self.cut(model, granularity)
+        check_partition(model, layers)
+        return layers
+
+
+def _one(model: nn.Module, name: str, *more: str, tokens: bool = False) -> Layer:
+    """A layer of the modules named ``name`` and ``more``, read at the last of them."""
+    modules = [model.get_submodule(n) for n in (name, *more)]
+    return Layer(name, modules, modules[-1], tokens=tokens)
+
+
+def _units(model: nn.Module, prefix: str) -> list[Layer]:
+    block = model.get_submodule(prefix)
+    return [Layer(f"{prefix}.{name}", mods, mods[-1]) for name, mods in conv_units(block)]
+
+
+def _head_layers(model: nn.Module, classifier: str) -> list[Layer]:
+    """The classifier's Linears, each its own layer (MobileNetV3 has a hidden one before the head);
+    a norm inside the classifier (ConvNeXt) goes with the first of them."""
+    layers: list[Layer] = []
+    pending: list[nn.Module] = []
+    for name, module in model.get_submodule(classifier).named_children():
+        if isinstance(module, nn.Linear):
+            layers.append(Layer(f"{classifier}.{name}", [*pending, module], module))
+            pending = []
+        elif any(True for _ in module.parameters()):
+            pending.append(module)
+    layers[-1].name = "head"
+    return layers
+
+
+def _inverted_residual_cut(model: nn.Module, granularity: str) -> list[Layer]:
+    """MobileNetV2/V3: ``features`` = stem conv, inverted-residual blocks, last 1x1 conv; a stage
+    is a run of blocks of the same output width (same resolution and channels)."""
+    features = list(model.features.named_children())
+    blocks = features[1:-1]
+    layers = [_one(model, "features.0")]
+    if granularity == "block":
+        layers += [_one(model, f"features.{name}") for name, _ in blocks]
+    elif granularity == "conv":
+        for name, _ in blocks:
+            layers += _units(model, f"features.{name}")
+    else:
+        runs: list[list[str]] = []
+        for name, block in blocks:
+            if runs and model.get_submodule(f"features.{runs[-1][-1]}").out_channels == block.out_channels:
+                runs[-1].append(name)
+            else:
+                runs.append([name])
+        for run in runs:
+            modules = [model.get_submodule(f"features.{n}") for n in run]
+            name = f"features.{run[0]}" + (f"-{run[-1]}" if len(run) > 1 else "")
+            layers.append(Layer(name, modules, modules[-1]))
+    layers.append(_one(model, f"features.{features[-1][0]}"))
+    return layers + _head_layers(model, "classifier")
+
+
+def _efficientnet_cut(model: nn.Module, granularity: str) -> list[Layer]:
+    """EfficientNet: ``features`` = stem conv, seven stages of MBConv blocks, last 1x1 conv."""
+    names = [name for name, _ in model.features.named_children()]
+    layers = [_one(model, "features.0")]
+    for stage in names[1:-1]:
+        prefix = f"features.{stage}"
+        if granularity == "stage":
+            layers.append(_one(model, prefix))
+        else:
+            for block, _ in model.get_submodule(prefix).named_children():
+                full = f"{prefix}.{block}"
+                layers += [_one(model, full)] if granularity == "block" else _units(model, full)
+    layers.append(_one(model, f"features.{names[-1]}"))
+    return layers + _head_layers(model, "classifier")
+
+
+def _convnext_cut(model: nn.Module, granularity: str) -> list[Layer]:
+    """ConvNeXt: ``features`` = stem, then four stages of CNBlocks with a downsampling layer before
+    each of the last three. "stage": a stage with the downsampling before it; "block": each CNBlock,
+    each downsampling its own layer. The classifier's LayerNorm goes with the head."""
+    names = [name for name, _ in model.features.named_children()]
+    layers = [_one(model, "features.0")]
+    for i, name in enumerate(names[1:], start=1):
+        prefix = f"features.{name}"
+        is_stage = i % 2 == 1
+        if granularity == "stage":
+            if is_stage:
+                down = [f"features.{names[i - 1]}"] if i > 1 else []
+                layers.append(
+                    Layer(
+                        prefix, [model.get_submodule(n) for n in (*down, prefix)], model.get_submodule(prefix)
+                    )
+                )
+        elif is_stage:
+            layers += [
+                _one(model, f"{prefix}.{block}") for block, _ in model.get_submodule(prefix).named_children()
+            ]
+        else:
+            layers.append(_one(model, prefix))
+    return layers + _head_layers(model, "classifier")
+
+
+def _vit_cut(model: nn.Module, granularity: str) -> list[Layer]:
+    """ViT: the patch embedding with the class token and position embedding, each encoder block
+    (outputs are tokens), and the head with the encoder's final LayerNorm."""
+    stem = Layer(
+        "conv_proj",
+        [model.conv_proj],
+        model.conv_proj,
+        [model.class_token, model.encoder.pos_embedding],
+    )
+    blocks = [
+        _one(model, f"encoder.layers.{name}", tokens=True)
+        for name, _ in model.encoder.layers.named_children()
+    ]
+    head = Layer("head", [model.encoder.ln, model.heads], model.heads.head)
+    return [stem, *blocks, head]
+
+
+FAMILIES: dict[str, Family] = {
+    "mobilenet_v2": Family(
+        (tvm.MobileNetV2,), "classifier.1", _inverted_residual_cut, ("stage", "block", "conv")
+    ),
+    "mobilenet_v3": Family(
+        (tvm.MobileNetV3,), "classifier.3", _inverted_residual_cut, ("stage", "block", "conv")
+    ),
+    "efficientnet": Family(
+        (tvm.EfficientNet,), "classifier.1", _efficientnet_cut, ("stage", "block", "conv")
+    ),
+    "convnext": Family((tvm.ConvNeXt,), "classifier.2", _convnext_cut, ("stage", "block")),
+    "vit": Family(
+        (tvm.VisionTransformer,),
+        "heads.head",
+        _vit_cut,
+        ("block",),
+        tokens=lambda name: name == "encoder" or name.startswith("encoder."),
+    ),
+}
+# The torchvision builders served by name: model="<builder>" (weights: "imagenet" is the family's
+# DEFAULT weights; any name of the builder's weights enum works too).
+BUILDERS: dict[str, str] = {
+    "mobilenet_v2": "mobilenet_v2",
+    "mobilenet_v3_small": "mobilenet_v3",
+    "mobilenet_v3_large": "mobilenet_v3",
+    **{f"efficientnet_b{i}": "efficientnet" for i in range(8)},
+    **{f"convnext_{size}": "convnext" for size in ("tiny", "small", "base", "large")},
+    **{f"vit_{size}": "vit" for size in ("b_16", "b_32", "l_16", "l_32")},
+}
+
+
+def family_of(model: nn.Module) -> str | None:
+    """The family of a torchvision network (built here, by import path, or passed in), if any."""
+    for name, family in FAMILIES.items():
+        if isinstance(model, family.classes):
+            return name
+    return None
