@@ -76,3 +76,58 @@ def test_train_runs_on_the_gpu(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["machine"] == torch.cuda.get_device_name(0)
     assert 0.0 <= results["final_test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "model, kwargs",
+    [
+        ("mobilenet_v3_small", {}),  # dropout: a seed per batch
+        ("efficientnet_b0", {}),  # stochastic depth too
+        (
+            "torchvision.models.vision_transformer:VisionTransformer",  # tokens
+            {
+                "model_kwargs": {
+                    "image_size": 32,
+                    "patch_size": 8,
+                    "num_layers": 2,
+                    "num_heads": 2,
+                    "hidden_dim": 16,
+                    "mlp_dim": 32,
+                }
+            },
+        ),
+    ],
+)
+def test_families_step_on_the_gpu_with_one_sync(tmp_path, model, kwargs):
+    """Other families on the GPU (bf16, channels-last): finite steps, the per-batch dropout seed
+    costs no extra synchronisation, and the caller's CUDA generator is left as it was."""
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "folder", per_class=12)
+    env = FineTuneEnv(
+        model=model,
+        weights=None,
+        dataset="imagefolder",
+        data_root=str(root),
+        image_size=32,
+        batch_size=8,
+        epochs_per_episode=3,
+        device="cuda",
+        **kwargs,
+    )
+    env.reset(seed=0)
+    action = np.full(env.n_layers, 4)
+    env.step(action)
+    env.step(action)
+    before = torch.cuda.get_rng_state()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            obs, _, _, _, info = env.step(action)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 1, [str(w.message) for w in syncs]
+    assert np.all(np.isfinite(obs)) and math.isfinite(info["loss"])
+    assert torch.equal(before, torch.cuda.get_rng_state())
