@@ -91,7 +91,8 @@ def row_from_results(results: dict[str, Any], run_dir: str = "") -> Row:
     return Row(
         env_id=results["env_id"],
         dataset=str(env["dataset"]),
-        model=str(env["model"]),
+        # A module passed as an object is recorded as {"module": class, ...}: its class names it.
+        model=str(env["model"]["module"] if isinstance(env["model"], dict) else env["model"]),
         sampling_rate=float(env["sampling_rate"]),
         method=method_name(results["algo"], config.get("label"), config.get("agent_kwargs", {})),
         seed=int(config["seed"]),

@@ -274,6 +274,10 @@ def test_a_module_object_is_copied_and_recorded_by_class(image_folder, tmp_path)
     run_training(config, run_dir, progress=False, verbose=False)
     saved = json.loads((run_dir / "config.json").read_text())["env_kwargs"]["model"]
     assert saved["module"].endswith("Sequential") and len(json.dumps(saved)) < 300
+    from finetune_gym.agents.report import row_from_results
+
+    row = row_from_results(json.loads((run_dir / "results.json").read_text()))
+    assert row.model == "torch.nn.modules.container.Sequential"
     # Re-evaluating the folder cannot rebuild an object, and says what to do instead.
     with pytest.raises(ValueError, match=r"cannot rebuild: pass the module again.*import path"):
         FineTuneEnv(model=saved, dataset="imagefolder", data_root=str(image_folder))
