@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -412,6 +413,7 @@ def cmd_overhead(args: argparse.Namespace) -> None:
             return time.perf_counter() - start, results
 
     labels = list(OVERHEAD_RUNS)
+    load_before = os.getloadavg()[0]
     samples: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
     for r in range(args.rounds):
         for label in step_overhead._rotated(labels, r):
@@ -436,6 +438,8 @@ def cmd_overhead(args: argparse.Namespace) -> None:
             for label in labels
         ],
         "",
+        f"1-minute load average before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f} "
+        f"({os.cpu_count()} cores); the rounds interleave the runs, so load hits all alike.",
         f"Target (issue 14): `pretrained_frozen` and `pretrained_learn` at most 1.20x `{reference}`.",
         f"Command: `python benchmarks/transfer.py overhead {' '.join(args.argv)}`",
         "",
