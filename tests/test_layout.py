@@ -17,21 +17,27 @@ def _architecture_block() -> str:
     return section.split("```")[3]  # the second code block: the tree
 
 
-def test_readme_tree_lists_every_module_and_only_existing_ones():
-    block = _architecture_block()
+def _listed_paths(block: str) -> set[str]:
+    """The paths the tree names: a line indented under a folder line is inside that folder."""
     listed: set[str] = set()
-    folder = ""
+    stack: list[tuple[int, str]] = []  # (indent, folder path) of the open folder lines
     for line in block.splitlines():
         if not line.strip():
             continue
-        name = line.split()[0]
-        if not line.startswith(" "):
-            folder = name if name.endswith("/") else ""
-            if not name.endswith("/"):
-                listed.add(name)
-            continue
-        for part in re.split(r",\s*", line.strip().split("  ")[0]):
-            listed.add(folder + part)
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        prefix = stack[-1][1] if stack else ""
+        parts = re.split(r",\s*", line.strip().split("  ")[0])
+        for part in parts:
+            listed.add(prefix + part)
+        if len(parts) == 1 and parts[0].endswith("/"):
+            stack.append((indent, prefix + parts[0]))
+    return listed
+
+
+def test_readme_tree_lists_every_module_and_only_existing_ones():
+    listed = _listed_paths(_architecture_block())
     for path in listed:
         assert (ROOT / path).exists(), f"README lists {path}, which does not exist"
     for package in ("finetune_gym", "agents"):
@@ -40,6 +46,11 @@ def test_readme_tree_lists_every_module_and_only_existing_ones():
         for sub in (ROOT / package).iterdir():
             if sub.is_dir() and (sub / "__init__.py").is_file():
                 assert f"{package}/{sub.name}/" in listed, f"README's tree misses {package}/{sub.name}/"
+    # A folder whose modules the tree opens lists all of them.
+    for folder in {p for p in listed if p.endswith("/")}:
+        if any(p.startswith(folder) and p != folder for p in listed):
+            for module in (ROOT / folder).glob("*.py"):
+                assert f"{folder}{module.name}" in listed, f"README's tree misses {folder}{module.name}"
 
 
 def test_console_scripts_point_at_the_command_lines():
