@@ -211,6 +211,43 @@ def test_transfer_benchmark_is_declared(tmp_path, monkeypatch):
     assert transfer.plot_policy(tmp_path / "policy.png") and (tmp_path / "policy.png").stat().st_size > 0
 
 
+def test_transfer_targets_are_judged_from_complete_cells():
+    """+2 beyond the spread at the lowest rate, not below elsewhere, +2 over the control everywhere;
+    a rate with a missing reference is named incomplete, never judged."""
+    import transfer
+
+    from finetune_gym.agents.report import Group
+
+    def group(method, rate, mean, std=0.01, n=3, note=""):
+        return Group("E", "gtsrb", "m", rate, method, n, mean, std, 0.5, 0.0, 1.0, 1.0, note)
+
+    groups = [
+        group("uniform (best on val)", 0.15, 0.60, note="= uniform_0.001"),
+        group("cosine (best on val)", 0.15, 0.58),
+        group("schedulefree_adamw", 0.15, 0.59),
+        group("random_sf_rel", 0.15, 0.55),
+        group("pretrained_frozen", 0.15, 0.63),  # +3, beyond spread (0.62 > 0.61); +8 over control
+        group("pretrained_learn", 0.15, 0.615),  # +1.5: missed
+        *[group(m, 1.0, v) for m, v in [("uniform (best on val)", 0.90), ("cosine (best on val)", 0.91)]],
+        group("random_sf_rel", 1.0, 0.85),
+        group("pretrained_frozen", 1.0, 0.91),
+        group("pretrained_learn", 1.0, 0.92, n=2),
+    ]
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[1:3]): line
+        for line in transfer.targets_table(groups, (0.15, 1.0))[2:]
+    }
+    assert (
+        "+3.00" in rows[("15%", "pretrained_frozen")]
+        and "beyond spread: met; control +2: met" in rows[("15%", "pretrained_frozen")]
+    )
+    assert "+2, beyond spread: missed" in rows[("15%", "pretrained_learn")]
+    assert "uniform (best on val) = uniform_0.001: 60.00" in rows[("15%", "pretrained_learn")]
+    # No Schedule-Free cell at 100%: incomplete, whatever the others say.
+    assert "incomplete: schedulefree_adamw" in rows[("100%", "pretrained_frozen")]
+    assert "incomplete: pretrained_learn, schedulefree_adamw" in rows[("100%", "pretrained_learn")]
+
+
 def test_threads_under_load_measures_both_thread_counts(tmp_path, capsys):
     import step_overhead
 
