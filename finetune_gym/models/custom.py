@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
+
+from .backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, is_checkpoint_path, replace_head
+from .families import FAMILIES, family_of
+from .layers import generic_layers, named_layers
+from .weights import WeightsError, load_source_weights, read_state_dict
 
 # The key of a recorded module in a configuration: {"module": "pkg.Class", "parameters": N, ...}.
 RECORDED = "module"
@@ -81,3 +88,57 @@ def unrebuildable(recorded: dict[str, Any]) -> ValueError:
         "again (model=<nn.Module>), or give its factory as an import path, "
         "model='package.module:factory' with model_kwargs"
     )
+
+
+def build_custom(
+    model: nn.Module,
+    num_classes: int,
+    weights: str | os.PathLike | None,
+    granularity: str,
+    layers: Sequence[str] | None,
+    what: str,
+) -> Backbone:
+    """A user's own network. A torchvision family (a ResNet, MobileNet, ... built by the user) gets
+    its family's head and cut; any other network is used as given (its head must already fit),
+    cut one layer per child with parameters, or as ``layers`` says."""
+    family_name = family_of(model)
+    family = FAMILIES.get(family_name) if family_name else None
+    if weights is not None:
+        if isinstance(weights, str) and not is_checkpoint_path(weights):
+            raise WeightsError(
+                f"weights={weights!r}: a model of your own loads weights from a checkpoint file path "
+                "(or load them into the module before passing it), not by name"
+            )
+        load_source_weights(
+            model,
+            read_state_dict(weights),
+            head=family.head if family else None,
+            source=f"file {str(weights)!r}",
+        )
+    if family is not None and model.get_submodule(family.head).out_features != num_classes:
+        replace_head(model, family.head, num_classes)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears and linears[-1].out_features != num_classes:
+        raise ValueError(
+            f"the model's last Linear layer has {linears[-1].out_features} outputs but the dataset has "
+            f"{num_classes} classes: give the model a head of {num_classes} outputs"
+        )
+    if layers is not None:
+        cut = named_layers(model, layers, tokens=family.tokens if family else lambda _n: False)
+    elif family is not None:
+        cut = family.layers(model, granularity, f"{what} ({family_name})")
+    elif granularity != "block":
+        raise ValueError(
+            f"granularity={granularity!r} is not defined for {what}: a network of your own is cut one layer "
+            "per child module with parameters (granularity='block'); name other cuts with layers=[...]"
+        )
+    else:
+        cut = generic_layers(model)
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    in_channels = first_conv.in_channels if first_conv is not None else 3
+    # Without known training statistics: ImageNet's for RGB, a symmetric [-1, 1] scaling otherwise
+    # (mean=/std= say otherwise).
+    mean, std = (
+        (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.5,) * in_channels, (0.5,) * in_channels)
+    )
+    return Backbone(model, cut, in_channels, mean, std)

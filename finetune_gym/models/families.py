@@ -1,4 +1,5 @@
-"""Torchvision's other ImageNet families as sources: MobileNetV2/V3, EfficientNet, ConvNeXt, ViT.
+"""Torchvision's other ImageNet families as sources: MobileNetV2/V3, EfficientNet, ConvNeXt, ViT,
+built by name (:func:`build_family`: the weights enum's weights and statistics, a new head, the cut).
 
 Each family says where its new head goes and how it is cut into layers at each granularity
 ("stage": resolution stages, "block": each residual block, "conv": each conv with its norm). A
@@ -8,13 +9,25 @@ error, never a silent fallback. ResNets are cut in :func:`layers.resnet_layers`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .layers import Layer, check_partition, conv_units
+from .backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    fetch_torchvision,
+    is_checkpoint_path,
+    replace_head,
+)
+from .layers import Layer, check_partition, conv_units, named_layers
+from .weights import WeightsError, load_source_weights, read_state_dict
 
 Cut = Callable[[nn.Module, str], list[Layer]]
 
@@ -188,3 +201,55 @@ def family_of(model: nn.Module) -> str | None:
         if isinstance(model, family.classes):
             return name
     return None
+
+
+def build_family(
+    model: str,
+    num_classes: int,
+    weights: str | os.PathLike | None,
+    granularity: str,
+    image_size: int,
+    model_kwargs: dict[str, Any],
+    layers: Sequence[str] | None,
+) -> Backbone:
+    """A torchvision builder by name: the family's head and cut, the weights enum's statistics."""
+    family = FAMILIES[BUILDERS[model]]
+    sized = {"image_size": image_size} if BUILDERS[model] == "vit" else {}
+    network = getattr(tvm, model)(weights=None, **sized, **model_kwargs)
+    enum = tvm.get_model_weights(model)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if weights is not None:
+        names = {"imagenet": "DEFAULT", **{n: n for n in enum.__members__}}
+        if isinstance(weights, str) and weights in names:
+            chosen = enum[names[weights]]
+            state = fetch_torchvision(chosen, f"ImageNet {model} ({chosen.name})")
+            transform = chosen.transforms()
+            mean, std = tuple(transform.mean), tuple(transform.std)
+            source = f"torchvision {enum.__name__}.{chosen.name}"
+        elif is_checkpoint_path(weights):
+            state, source = read_state_dict(weights), f"file {str(weights)!r}"
+        else:
+            raise WeightsError(
+                f"unknown weights {weights!r} for model {model!r}: use 'imagenet' (its DEFAULT), a name of "
+                f"{enum.__name__} ({', '.join(enum.__members__)}), a checkpoint file path, or None"
+            )
+        if sized and "encoder.pos_embedding" in state:
+            state = _resize_position_embedding(network, state)
+        load_source_weights(network, state, head=family.head, source=source)
+    replace_head(network, family.head, num_classes)
+    cut = (
+        named_layers(network, layers, tokens=family.tokens)
+        if layers is not None
+        else family.layers(network, granularity, model)
+    )
+    return Backbone(network, cut, 3, mean, std)
+
+
+def _resize_position_embedding(network: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ViT's pretrained position embedding interpolated to this network's image size
+    (torchvision's own ``interpolate_embeddings``), so the weights serve any input size."""
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    if state["encoder.pos_embedding"].shape == network.encoder.pos_embedding.shape:
+        return state
+    return dict(interpolate_embeddings(network.image_size, network.patch_size, state))
