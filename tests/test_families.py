@@ -236,6 +236,8 @@ def test_import_path_models_and_their_errors(image_folder):
             build_backbone(
                 model, 3, weights=None, model_kwargs={"shape": 3} if model == "numpy:zeros" else None
             )
+    with pytest.raises(ValueError, match=r"model='mobilenet_v2' with model_kwargs=\{'depth': 3\}"):
+        build_backbone("mobilenet_v2", 3, weights=None, model_kwargs={"depth": 3})
     with pytest.raises(ValueError, match="model_kwargs go to a factory"):
         build_backbone("resnet18", 3, weights=None, model_kwargs={"width": 2})
     with pytest.raises(ValueError, match="unknown model 'mobilenet_v9'.*import path"):

@@ -215,7 +215,10 @@ def build_family(
     """A torchvision builder by name: the family's head and cut, the weights enum's statistics."""
     family = FAMILIES[BUILDERS[model]]
     sized = {"image_size": image_size} if BUILDERS[model] == "vit" else {}
-    network = getattr(tvm, model)(weights=None, **sized, **model_kwargs)
+    try:
+        network = getattr(tvm, model)(weights=None, **{**sized, **model_kwargs})
+    except TypeError as error:  # a keyword the builder does not take
+        raise ValueError(f"model={model!r} with model_kwargs={model_kwargs!r}: {error}") from error
     enum = tvm.get_model_weights(model)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if weights is not None:
