@@ -23,7 +23,8 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +276,12 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         average, BatchNorm statistics recomputed there over a pass of training batches); after it,
         exactly as before. Other optimizers evaluate where they train."""
         batches = lambda: self.stream.inputs(self._statistics_seed, 50)  # noqa: E731
-        return evaluation_point(self.optimizer, self.model, batches)
+        # The statistics pass runs in train mode: dropout and stochastic depth draw from the same seed
+        # every time, so an evaluation repeats exactly.
+        noise = self._statistics_seed if self._stochastic else None
+        return _nested(
+            training.seeded(noise, self.device), evaluation_point(self.optimizer, self.model, batches)
+        )
 
     def source_state_dict(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the source weights that each episode starts from."""
@@ -480,3 +486,12 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             extras = self.signals.features(self._step / self.episode_steps, forward.loss_value)
             observation = np.concatenate([observation, extras])
         return observation, reward_count
+
+
+@contextmanager
+def _nested(*managers: AbstractContextManager[None]) -> Iterator[None]:
+    """The managers entered in order when the block starts (not when this is called)."""
+    with ExitStack() as stack:
+        for manager in managers:
+            stack.enter_context(manager)
+        yield

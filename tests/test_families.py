@@ -330,3 +330,15 @@ def test_import_path_model_trains_resumes_after_a_kill_and_reevaluates(tmp_path,
     capsys.readouterr()
     assert evaluate.main([str(whole)]) == 0  # rebuilt from config.json, recomputed, agrees
     assert f"{100 * results['final_test_accuracy']:.2f}" in capsys.readouterr().out
+
+
+def test_schedule_free_evaluation_repeats_with_stochastic_depth(image_folder):
+    """Schedule-Free recomputes BatchNorm statistics in train mode at every evaluation: with
+    EfficientNet's stochastic depth that pass is seeded, so evaluating twice gives the same number."""
+    env = _env(image_folder, "efficientnet_b0", optimizer="schedulefree_adamw", epochs_per_episode=2)
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(np.full(env.n_layers, 10))
+    first, second = env.fine_tuned_state_dict(), env.fine_tuned_state_dict()  # at the evaluation point
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert env.evaluate("test") == env.evaluate("test")
