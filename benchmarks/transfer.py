@@ -228,17 +228,19 @@ def targets_table(groups: list[report.Group], rates: tuple[float, ...]) -> list[
     below; every rate: at least +2 over the control."""
     full = len(grid.SEEDS)
     by = {(g.method, g.sampling_rate): g for g in groups if g.n == full}
+    # The references this dataset's grid has at all (sign_digits has no uniform grid).
+    references = [m for m in REFERENCES if any(g.method == m for g in groups)]
     lines = [
         "| rate | variant | test % | best reference | gap | control | gap to control | target |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for rate in rates:
-        refs = [by[(m, rate)] for m in REFERENCES if (m, rate) in by]
+        refs = [by[(m, rate)] for m in references if (m, rate) in by]
         control = by.get((CONTROL, rate))
         for method in METHODS:
             mine = by.get((method, rate))
-            if mine is None or len(refs) < len(REFERENCES) or control is None:
-                missing = [m for m in [method, *REFERENCES, CONTROL] if (m, rate) not in by]
+            if mine is None or len(refs) < len(references) or control is None:
+                missing = [m for m in [method, *references, CONTROL] if (m, rate) not in by]
                 lines.append(f"| {rate:.0%} | {method} | | | | | | incomplete: {', '.join(missing)} |")
                 continue
             best = max(refs, key=lambda g: g.test_mean)
