@@ -24,7 +24,7 @@ import copy
 import inspect
 import math
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +271,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         with self.evaluation_weights():
             return cpu_copy(self.model.state_dict())
 
-    def evaluation_weights(self) -> AbstractContextManager[None]:
+    @contextmanager
+    def evaluation_weights(self) -> Iterator[None]:
         """Inside the block the target model is at the optimizer's evaluation point (Schedule-Free's
         average, BatchNorm statistics recomputed there over a pass of training batches); after it,
         exactly as before. Other optimizers evaluate where they train."""
@@ -279,9 +280,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         # The statistics pass runs in train mode: dropout and stochastic depth draw from the same seed
         # every time, so an evaluation repeats exactly.
         noise = self._statistics_seed if self._stochastic else None
-        return _nested(
-            training.seeded(noise, self.device), evaluation_point(self.optimizer, self.model, batches)
-        )
+        with training.seeded(noise, self.device), evaluation_point(self.optimizer, self.model, batches):
+            yield
 
     def source_state_dict(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the source weights that each episode starts from."""
@@ -486,12 +486,3 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             extras = self.signals.features(self._step / self.episode_steps, forward.loss_value)
             observation = np.concatenate([observation, extras])
         return observation, reward_count
-
-
-@contextmanager
-def _nested(*managers: AbstractContextManager[None]) -> Iterator[None]:
-    """The managers entered in order when the block starts (not when this is called)."""
-    with ExitStack() as stack:
-        for manager in managers:
-            stack.enter_context(manager)
-        yield

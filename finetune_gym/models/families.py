@@ -53,10 +53,10 @@ class Family:
         return layers
 
 
-def _one(model: nn.Module, name: str, *more: str, tokens: bool = False) -> Layer:
-    """A layer of the modules named ``name`` and ``more``, read at the last of them."""
-    modules = [model.get_submodule(n) for n in (name, *more)]
-    return Layer(name, modules, modules[-1], tokens=tokens)
+def _one(model: nn.Module, name: str, tokens: bool = False) -> Layer:
+    """A layer of the one module named ``name``, read at its output."""
+    module = model.get_submodule(name)
+    return Layer(name, [module], module, tokens=tokens)
 
 
 def _units(model: nn.Module, prefix: str) -> list[Layer]:
