@@ -209,12 +209,22 @@ def best_lr(
 ) -> float | None:
     """The family's (uniform, cosine) rate with the best mean validation accuracy at ``rate`` on
     ``dataset``, once all its seeds are done."""
+    names = {f"{family}_{lr:g}": lr for lr in UNIFORM_RATES}
+    best = best_on_val(done, names, rate, dataset)
+    return None if best is None else names[best]
+
+
+def best_on_val(
+    done: dict[str, dict[str, Any]], methods: Iterable[str], rate: float, dataset: str = "gtsrb"
+) -> str | None:
+    """Of ``methods``, the one with the best mean validation accuracy over the seeds at ``rate`` on
+    ``dataset`` (the first on a tie); None until every seed of every one is done."""
     scores = {}
-    for lr in UNIFORM_RATES:
-        lines = [done.get(cell_id(f"{family}_{lr:g}", rate, s, dataset)) for s in SEEDS]
+    for method in methods:
+        lines = [done.get(cell_id(method, rate, s, dataset)) for s in SEEDS]
         if any(line is None for line in lines):
             return None
-        scores[lr] = sum(line["results"]["final_val_accuracy"] for line in lines) / len(lines)
+        scores[method] = sum(line["results"]["final_val_accuracy"] for line in lines) / len(lines)
     return max(scores, key=scores.get)
 
 

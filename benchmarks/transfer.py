@@ -151,13 +151,7 @@ def best_baseline(rate: float, dataset: str = "gtsrb") -> str | None:
         if lr is None:
             return None
         candidates.append(f"{family}_{lr:g}")
-    scores = {}
-    for method in candidates:
-        lines = [done.get(grid.cell_id(method, rate, s, dataset)) for s in grid.SEEDS]
-        if any(line is None for line in lines):
-            return None
-        scores[method] = sum(line["results"]["final_val_accuracy"] for line in lines) / len(lines)
-    return max(scores, key=scores.get)
+    return grid.best_on_val(done, candidates, rate, dataset)
 
 
 def plot_policy(path: Path) -> bool:
@@ -392,7 +386,7 @@ def cmd_overhead(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     policy = str(args.policy)
     env = overhead_env(args)
-    relative = {**grid.LEARNED, **grid.SF_BASE}  # random_sf_rel's environment in the grid
+    relative = grid.METHODS[CONTROL].env  # the control's environment in the grid (random_sf_rel)
 
     def one(label: str) -> tuple[float, dict[str, Any]]:
         algo, agent = OVERHEAD_RUNS[label]
