@@ -62,6 +62,19 @@ def image_folder(tmp_path):
     return make_image_folder(tmp_path / "folder")
 
 
+TINY_VIT = {  # torchvision's VisionTransformer class by import path, at a size a test can afford
+    "model": "torchvision.models.vision_transformer:VisionTransformer",
+    "model_kwargs": {
+        "image_size": 32,
+        "patch_size": 8,
+        "num_layers": 2,
+        "num_heads": 2,
+        "hidden_dim": 16,
+        "mlp_dim": 32,
+    },
+}
+
+
 TINY_DIGITS = {"epochs_per_episode": 1, "batch_size": 64, "sampling_rate": 0.3}
 
 # train.py arguments for a run of a few seconds on the digits default.

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DIGITS, TINY_TRAIN_ARGS
+from conftest import TINY_DIGITS, TINY_TRAIN_ARGS, TINY_VIT
 
 import train
 from finetune_gym import FineTuneEnv, default_config
@@ -83,19 +83,7 @@ def test_train_runs_on_the_gpu(tmp_path):
     [
         ("mobilenet_v3_small", {}),  # dropout: a seed per batch
         ("efficientnet_b0", {}),  # stochastic depth too
-        (
-            "torchvision.models.vision_transformer:VisionTransformer",  # tokens
-            {
-                "model_kwargs": {
-                    "image_size": 32,
-                    "patch_size": 8,
-                    "num_layers": 2,
-                    "num_heads": 2,
-                    "hidden_dim": 16,
-                    "mlp_dim": 32,
-                }
-            },
-        ),
+        (TINY_VIT["model"], {"model_kwargs": TINY_VIT["model_kwargs"]}),  # tokens
     ],
 )
 def test_families_step_on_the_gpu_with_one_sync(tmp_path, model, kwargs):

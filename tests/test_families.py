@@ -13,7 +13,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, kill_after_first_checkpoint, make_image_folder
+from conftest import ROOT, TINY_VIT, kill_after_first_checkpoint, make_image_folder
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch import nn
@@ -77,19 +77,6 @@ def test_a_network_of_your_own_is_never_cut_silently_otherwise(image_folder):
 def _env(root, model, **kwargs):
     options = {"weights": None, "image_size": 32, "batch_size": 4, "epochs_per_episode": 1, "device": "cpu"}
     return FineTuneEnv(model=model, dataset="imagefolder", data_root=str(root), **{**options, **kwargs})
-
-
-TINY_VIT = {  # torchvision's VisionTransformer class by import path, at a size a test can afford
-    "model": "torchvision.models.vision_transformer:VisionTransformer",
-    "model_kwargs": {
-        "image_size": 32,
-        "patch_size": 8,
-        "num_layers": 2,
-        "num_heads": 2,
-        "hidden_dim": 16,
-        "mlp_dim": 32,
-    },
-}
 
 
 @pytest.mark.parametrize(
