@@ -67,6 +67,23 @@ def test_a_granularity_a_family_lacks_is_an_error(model, granularity):
         build_backbone(model, 7, weights=None, granularity=granularity, image_size=32)
 
 
+@pytest.mark.parametrize("granularity", ["stage", "block", "conv"])
+def test_a_resnet_built_elsewhere_gets_the_cut_of_one_built_by_name(granularity):
+    """By import path or as a module, a ResNet is cut (and its head replaced) as by name."""
+    from finetune_gym.models.cifar_resnet import cifar_resnet
+
+    by_name = build_backbone("resnet18", 5, weights=None, granularity=granularity)
+    by_path = build_backbone("torchvision.models:resnet18", 5, weights=None, granularity=granularity)
+    assert by_path.layer_names == by_name.layer_names and by_path.layer_names[0] == "stem"
+    assert by_path.model.fc.out_features == 5
+    own = build_backbone(tvm.resnet34(), 5, weights=None, granularity=granularity)  # 1000 -> 5 classes
+    assert own.layer_names == build_backbone("resnet34", 5, weights=None, granularity=granularity).layer_names
+    assert own.model.fc.out_features == 5
+    cifar = build_backbone(cifar_resnet(32), 3, weights=None, granularity=granularity)
+    named = build_backbone("cifar_resnet32", 3, weights=None, granularity=granularity)
+    assert cifar.layer_names == named.layer_names and cifar.model.linear.out_features == 3
+
+
 def test_a_network_of_your_own_is_never_cut_silently_otherwise(image_folder):
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(3))
     net(torch.zeros(1, 3, 32, 32))

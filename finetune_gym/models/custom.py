@@ -98,10 +98,10 @@ def build_custom(
     layers: Sequence[str] | None,
     what: str,
 ) -> Backbone:
-    """A user's own network. A network of a torchvision family in :data:`families.FAMILIES` (a
-    MobileNet, EfficientNet, ConvNeXt or ViT built by the user) gets its family's head and cut; any
-    other network, a torchvision ResNet included, is used as given (its head must already fit), cut
-    one layer per child with parameters, or as ``layers`` says."""
+    """A user's own network. A network of a family in :data:`families.FAMILIES` (a torchvision
+    ResNet, MobileNet, EfficientNet, ConvNeXt or ViT, or a CIFAR ResNet, built by the user) gets its
+    family's head and cut; any other network is used as given (its head must already fit), cut one
+    layer per child with parameters, or as ``layers`` says."""
     family_name = family_of(model)
     family = FAMILIES.get(family_name) if family_name else None
     if weights is not None:

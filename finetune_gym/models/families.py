@@ -4,7 +4,9 @@ built by name (:func:`build_family`: the weights enum's weights and statistics, 
 Each family says where its new head goes and how it is cut into layers at each granularity
 ("stage": resolution stages, "block": each residual block, "conv": each conv with its norm). A
 granularity a family has no meaning for (a ViT has no stages and no convs to speak of) is an
-error, never a silent fallback. ResNets are cut in :func:`layers.resnet_layers`.
+error, never a silent fallback. The ResNets are built by name in :mod:`.resnets`; their classes
+are families here too, so that a ResNet built by import path or passed as a module gets the same
+head and cut as one built by name.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from .backbone import (
     is_checkpoint_path,
     replace_head,
 )
+from .cifar_resnet import CifarResNet
 from .layers import Layer, check_partition, conv_units, named_layers
+from .resnets import BACKBONES
 from .weights import WeightsError, load_source_weights, read_state_dict
 
 Cut = Callable[[nn.Module, str], list[Layer]]
@@ -165,6 +169,11 @@ def _vit_cut(model: nn.Module, granularity: str) -> list[Layer]:
 
 
 FAMILIES: dict[str, Family] = {
+    # Any depth: the cut reads each stage's children, so one spec serves every member of the class.
+    "resnet": Family((tvm.ResNet,), "fc", BACKBONES["resnet50"].cut, ("stage", "block", "conv")),
+    "cifar_resnet": Family(
+        (CifarResNet,), "linear", BACKBONES["cifar_resnet20"].cut, ("stage", "block", "conv")
+    ),
     "mobilenet_v2": Family(
         (tvm.MobileNetV2,), "classifier.1", _inverted_residual_cut, ("stage", "block", "conv")
     ),

@@ -20,7 +20,7 @@ from .backbone import (
     replace_head,
 )
 from .cifar_resnet import cifar_resnet, digits_resnet
-from .layers import named_layers, resnet_layers
+from .layers import Layer, named_layers, resnet_layers
 from .weights import WeightsError, download_state_dict, load_source_weights, read_state_dict
 
 DIGITS_MEAN, DIGITS_STD = (0.5,), (0.5,)
@@ -46,6 +46,18 @@ class BackboneSpec:
     in_channels: int = 3
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+
+    def cut(self, network: nn.Module, granularity: str) -> list[Layer]:
+        """The network's stem, stages of blocks and head at ``granularity``; also the cut of a
+        network of this class built elsewhere (by import path, or passed as a module)."""
+        return resnet_layers(
+            network,
+            stem=self.stem,
+            stem_probe=self.stem_probe,
+            stages=self.stages,
+            head=self.head,
+            granularity=granularity,
+        )
 
 
 def _torchvision_weights(depth: int, enum_name: str) -> Callable[[], dict[str, torch.Tensor]]:
@@ -120,18 +132,7 @@ def build_resnet(
         state, source = _resolve_weights(model, spec, weights)
         load_source_weights(network, state, head=spec.head, source=source)
     replace_head(network, spec.head, num_classes)
-    cut = (
-        named_layers(network, layers)
-        if layers is not None
-        else resnet_layers(
-            network,
-            stem=spec.stem,
-            stem_probe=spec.stem_probe,
-            stages=spec.stages,
-            head=spec.head,
-            granularity=granularity,
-        )
-    )
+    cut = named_layers(network, layers) if layers is not None else spec.cut(network, granularity)
     return Backbone(network, cut, spec.in_channels, spec.mean, spec.std)
 
 
