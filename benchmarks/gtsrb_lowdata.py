@@ -36,6 +36,7 @@ import argparse
 import concurrent.futures as futures
 import json
 import multiprocessing
+import statistics
 import subprocess
 import sys
 import time
@@ -568,15 +569,50 @@ def cmd_report(_args: argparse.Namespace) -> None:
     print((RESULTS_DIR / f"{NAME}.md").read_text())
 
 
+def cell_seconds(done: dict[str, dict[str, Any]], dataset: str, rate: float) -> tuple[float, str] | None:
+    """A cell's expected wall time on ``dataset`` at ``rate`` for planning: the median of the done
+    cells there, else the median at the dataset's nearest done rate scaled by the rate ratio (the
+    epochs' work grows with the sampled set). None before any cell of the dataset is done."""
+    times: dict[float, list[float]] = {}
+    for line in done.values():
+        if line.get("dataset", "gtsrb") == dataset and _time_covers_run(line):
+            times.setdefault(line["sampling_rate"], []).append(line["results"]["wall_time_s"])
+    if not times:
+        return None
+    if rate in times:
+        return statistics.median(times[rate]), f"median of {len(times[rate])} done there"
+    nearest = min(times, key=lambda r: abs(r - rate))
+    return statistics.median(times[nearest]) * rate / nearest, f"scaled from {nearest:.0%}"
+
+
 def cmd_status(_args: argparse.Namespace) -> None:
+    """Cells done per dataset and rate, and for the missing ones which they are and about how many
+    core-hours they take (one thread per cell), so a session can plan what fits."""
     done = load_done()
     cells = all_cells()
     print(f"{len(done)} of {len(cells)} cells done")
+    total = 0.0
     for dataset in DATASETS:
         for rate in RATES:
             mine = [c for c in cells if c[1] == rate and c[3] == dataset]
-            if mine:
-                print(f"  {dataset} {rate:.0%}: {sum(cell_id(*c) in done for c in mine)} of {len(mine)}")
+            if not mine:
+                continue
+            missing = [c for c in mine if cell_id(*c) not in done]
+            line = f"  {dataset} {rate:.0%}: {len(mine) - len(missing)} of {len(mine)}"
+            estimate = cell_seconds(done, dataset, rate) if missing else None
+            if estimate is not None:
+                total += estimate[0] * len(missing)
+                line += (
+                    f"; missing ~{estimate[0] * len(missing) / 3600:.1f} core-h "
+                    f"({estimate[0] / 60:.0f} min a cell, {estimate[1]}): "
+                )
+                counts: dict[str, int] = {}
+                for method, *_ in missing:
+                    counts[method] = counts.get(method, 0) + 1
+                line += ", ".join(f"{m} x{n}" for m, n in counts.items())
+            print(line)
+    if total:
+        print(f"missing in all: ~{total / 3600:.1f} core-hours (one thread per cell; load slows it)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -179,6 +179,29 @@ def test_gtsrb_benchmark_grid_is_declared():
             assert timing.get("whole_run"), line["cell"]
 
 
+def test_grid_status_estimates_the_missing_cells_time(capsys):
+    import gtsrb_lowdata as bench
+
+    def line(dataset, rate, seconds, **extra):
+        return {"dataset": dataset, "sampling_rate": rate, "results": {"wall_time_s": seconds}, **extra}
+
+    done = {
+        "a": line("gtsrb", 0.15, 60.0),
+        "b": line("gtsrb", 0.15, 100.0),
+        "c": line("gtsrb", 0.15, 80.0),
+        "d": line("gtsrb", 0.15, 9999.0, wall_time_invalid="paused"),  # partial: not counted
+        "e": line("sign_digits", 1.0, 400.0),
+    }
+    assert bench.cell_seconds(done, "gtsrb", 0.15) == (80.0, "median of 3 done there")
+    seconds, how = bench.cell_seconds(done, "gtsrb", 0.3)
+    assert seconds == pytest.approx(160.0) and how == "scaled from 15%"
+    assert bench.cell_seconds(done, "clothing10", 1.0) is None
+    # The status command prints them from the committed grid.
+    bench.cmd_status(None)
+    out = capsys.readouterr().out
+    assert re.search(r"\d+ of \d+ cells done", out) and "gtsrb 15%" in out
+
+
 def test_transfer_benchmark_is_declared(tmp_path, monkeypatch):
     """The transfer protocol: pretraining never sees the held-out domain; deployment cells are the
     GTSRB grid's protocol with the pretrained agent; the report runs on what exists."""
