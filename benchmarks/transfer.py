@@ -59,6 +59,9 @@ BASELINES = [
     "layerwise_decay",
 ]
 CONTROL = "random_sf_rel"
+# What the report reads from run folders (git ignores benchmarks/runs/), kept where a clone has it.
+DERIVED = grid.RESULTS_DIR / "transfer_derived.json"
+PHASES = 5  # the policy's rates are summarised over fifths of the run
 
 
 def pretrain_dir(task_set: str) -> Path:
@@ -152,6 +155,81 @@ def best_baseline(rate: float, dataset: str = "gtsrb") -> str | None:
             return None
         candidates.append(f"{family}_{lr:g}")
     return grid.best_on_val(done, candidates, rate, dataset)
+
+
+def policy_phases(files: list[Path]) -> dict[str, Any]:
+    """Each layer's mean log2 multiple of Schedule-Free AdamW's rate over each fifth of the run,
+    averaged over the runs (seeds) whose learning-rate logs are ``files``."""
+    import numpy as np
+
+    per_run, spread, names = [], [], None
+    for file in files:
+        schedule = np.load(file)
+        multiple = np.log2(schedule["learning_rates"] / grid.SF_BASE["base_lr"])  # (steps, layers)
+        parts = np.array_split(multiple, PHASES)
+        per_run.append([part.mean(axis=0) for part in parts])
+        spread.append([part.std(axis=0).mean() for part in parts])
+        names = [str(n) for n in schedule["layer_names"]]
+    mean = np.mean(per_run, axis=0).T  # (layers, phases)
+    return {
+        "layers": names,
+        "runs": len(files),
+        "log2_multiple": np.round(mean, 2).tolist(),
+        # how much the rates move step to step within a fifth (a policy that samples widely has a
+        # mean near 0 and a spread near that of the random control, 2.0 for 7 uniform choices)
+        "log2_spread": np.round(np.mean(spread, axis=0), 2).tolist(),
+    }
+
+
+def derived_facts() -> dict[str, Any]:
+    """The pretraining budgets and the deployed policies' phases, refreshed from the run folders
+    this machine has and kept in :data:`DERIVED` (committed), so the report is the same on a clone
+    without them."""
+    facts = json.loads(DERIVED.read_text()) if DERIVED.is_file() else {}
+    before = json.dumps(facts, sort_keys=True)
+    facts.setdefault("pretraining", {})
+    facts.setdefault("phases", {})
+    for task_set in dict.fromkeys(s for s, _ in SPLITS.values()):
+        card_file = pretrain_dir(task_set) / "results.json"
+        if card_file.is_file():
+            facts["pretraining"][task_set] = json.loads(card_file.read_text())["budget"]
+    for dataset, (_, rates) in SPLITS.items():
+        for method in METHODS:
+            for rate in (min(rates), max(rates)):
+                files = [
+                    RUNS_DIR / grid.cell_id(method, rate, seed, dataset) / "lr_schedule.npz"
+                    for seed in grid.SEEDS
+                ]
+                files = [f for f in files if f.is_file()]
+                key = f"{dataset}/{method}/r{rate:g}"
+                if files and len(files) >= facts["phases"].get(key, {}).get("runs", 0):
+                    facts["phases"][key] = policy_phases(files)
+    if json.dumps(facts, sort_keys=True) != before:
+        DERIVED.write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
+    return facts
+
+
+def phases_table(phases: dict[str, Any], dataset: str) -> list[str]:
+    """One row per layer; per variant and rate, its mean log2 multiple in each fifth of the run."""
+    keys = sorted((k for k in phases if k.split("/")[0] == dataset), key=lambda k: k.split("/")[1:][::-1])
+    if not keys:
+        return []
+
+    def title(key: str) -> str:
+        _, method, rate = key.split("/")
+        return f"{method.removeprefix('pretrained_')} {float(rate[1:]):.0%} ({phases[key]['runs']} runs)"
+
+    layers = phases[keys[0]]["layers"]
+    lines = ["| layer | " + " | ".join(title(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for i, layer in enumerate(layers):
+        cells = [
+            " ".join(f"{v:+.1f}" for v in phases[k]["log2_multiple"][i]) if phases[k]["layers"] == layers else ""
+            for k in keys
+        ]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    spreads = [" ".join(f"{v:.1f}" for v in phases[k].get("log2_spread", [])) for k in keys]
+    lines.append("| spread (std over steps, mean of layers) | " + " | ".join(spreads) + " |")
+    return lines
 
 
 def plot_policy(path: Path) -> bool:
@@ -264,10 +342,10 @@ def write_report() -> None:
         "seeds 0-2; baselines are the GTSRB grid's cells (`gtsrb_lowdata.jsonl`), chosen on validation.",
         "",
     ]
+    facts = derived_facts()
     for task_set in dict.fromkeys(s for s, _ in SPLITS.values()):
-        card_file = pretrain_dir(task_set) / "results.json"
-        if card_file.is_file():
-            budget = json.loads(card_file.read_text())["budget"]
+        budget = facts["pretraining"].get(task_set)
+        if budget is not None:
             lines.append(
                 f"- Pretraining `{task_set}`: {budget['runs']} runs, {budget['timesteps']} steps, "
                 f"{budget['images']} images, {budget['wall_s']:.0f} s ({budget['n_envs']} process)."
@@ -300,11 +378,24 @@ def write_report() -> None:
         ]
         if missing:
             lines += [f"Missing cells ({len(missing)}): " + ", ".join(missing), ""]
-    if plot_policy(REPORT.with_suffix(".png")):
+        table = phases_table(facts["phases"], dataset)
+        if table:
+            lines += [
+                f"### What the deployed policy does on {dataset}",
+                "",
+                "Each layer's rate as a multiple of Schedule-Free AdamW's (log2: 0 is the base method,",
+                "-1 half of it, +3 eight times), averaged over the runs, in each fifth of the run; the last",
+                "row is how far the rates move from step to step (uniform random choice: 2.0):",
+                "",
+                *table,
+                "",
+            ]
+    plot = REPORT.with_suffix(".png")
+    if plot_policy(plot) or plot.is_file():  # a clone without the run folders keeps the committed one
         lines += [
             "## What the deployed policy does",
             "",
-            f"![per-layer multiples]({REPORT.with_suffix('.png').name})",
+            f"![per-layer multiples]({plot.name})",
             "",
         ]
     REPORT.write_text("\n".join(lines) + "\n")

@@ -221,6 +221,8 @@ def test_transfer_benchmark_is_declared(tmp_path, monkeypatch):
     assert config.env_kwargs["weights"] == transfer.grid.BASE_ENV["weights"]
     monkeypatch.setattr(transfer, "REPORT", tmp_path / "transfer.md")
     monkeypatch.setattr(transfer, "RESULTS_FILE", tmp_path / "none.jsonl")
+    monkeypatch.setattr(transfer, "DERIVED", tmp_path / "derived.json")
+    monkeypatch.setattr(transfer, "RUNS_DIR", tmp_path / "no_runs")
     transfer.write_report()
     assert "No deployment cell has run yet." in (tmp_path / "transfer.md").read_text()
     # The policy plot, from a deployed cell's learning-rate log.
@@ -232,6 +234,23 @@ def test_transfer_benchmark_is_declared(tmp_path, monkeypatch):
     np.savez(cell / "lr_schedule.npz", learning_rates=rates, layer_names=np.array(["stem", "mid", "head"]))
     monkeypatch.setattr(transfer, "RUNS_DIR", tmp_path / "runs")
     assert transfer.plot_policy(tmp_path / "policy.png") and (tmp_path / "policy.png").stat().st_size > 0
+    # What the report reads from the run folders is kept in the committed facts file, and a clone
+    # without the folders reports the same.
+    np.savez(  # a second seed: the head at the base rate for the first two fifths, then 8x
+        (cell.parent / "s1").mkdir() or cell.parent / "s1" / "lr_schedule.npz",
+        learning_rates=np.concatenate([rates[:8] * [1, 1, 1 / 8], rates[8:]]),
+        layer_names=np.array(["stem", "mid", "head"]),
+    )
+    facts = transfer.derived_facts()
+    phases = facts["phases"]["gtsrb/pretrained_frozen/r0.15"]
+    assert phases["layers"] == ["stem", "mid", "head"] and phases["runs"] == 2
+    assert phases["log2_multiple"] == [[-3.0] * 5, [0.0] * 5, [1.5, 1.5, 3.0, 3.0, 3.0]]
+    assert phases["log2_spread"][0] == 0.0  # constant within each fifth
+    table = transfer.phases_table(facts["phases"], "gtsrb")
+    assert table[0] == "| layer | frozen 15% (2 runs) |" and table[-2] == "| head | +1.5 +1.5 +3.0 +3.0 +3.0 |"
+    assert transfer.phases_table(facts["phases"], "sign_digits") == []
+    monkeypatch.setattr(transfer, "RUNS_DIR", tmp_path / "no_runs")
+    assert transfer.derived_facts() == facts
 
 
 def test_transfer_targets_are_judged_from_complete_cells():
