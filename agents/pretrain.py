@@ -39,6 +39,7 @@ from .hyperparams import PPO_SETTINGS
 from .layerwise_policy import LayerwisePolicy
 from .pretrained import save_policy
 from .rundir import CHECKPOINT, CONFIG, RESULTS, RunDirectory, RunDirectoryError
+from .threads import torch_threads
 
 POLICY = "policy.pt"
 RUN_LOG = "runs.jsonl"
@@ -133,13 +134,18 @@ class PretrainConfig:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
+def process_threads(config: PretrainConfig) -> int:
+    """Each process's share of the cores: PyTorch's default (all of them) in every process makes
+    OpenMP threads spin against each other."""
+    return config.threads or max(1, (os.cpu_count() or 1) // config.n_envs)
+
+
 def _make_env(config: PretrainConfig, tasks: list[dict[str, Any]], rank: int, offset: int):
     device = config.devices[rank % len(config.devices)]
 
     def make():
-        # Each process's share of the cores: PyTorch's default (all of them) in every process makes
-        # OpenMP threads spin against each other.
-        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // config.n_envs))
+        if config.n_envs > 1:  # a process of its own (SubprocVecEnv); one env runs in the caller's
+            torch.set_num_threads(process_threads(config))
         env = FineTuneTasksEnv(
             tasks=[{"device": device, **task} if "device" not in task else task for task in tasks],
             sampling_rates=config.sampling_rates,
@@ -314,8 +320,25 @@ def pretrain(
     wandb_project: str = "finetune-gym",
 ) -> dict[str, Any]:
     """Pretrain (or continue) and write ``run_dir``; returns the policy's card. With ``wandb_mode``
-    offline or online, each finished run, PPO's statistics and the policy file go to W&B."""
-    run_dir = Path(run_dir)
+    offline or online, each finished run, PPO's statistics and the policy file go to W&B.
+
+    With one process the environment runs in the caller's, which gets its thread count back
+    afterwards: a later run in the same Python session (and the thread count its checkpoints
+    record, which exact resume relies on) must not inherit the pretraining's setting."""
+    with torch_threads(process_threads(config)):
+        return _pretrain(config, Path(run_dir), resume, overwrite, verbose, command, wandb_mode, wandb_project)
+
+
+def _pretrain(
+    config: PretrainConfig,
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    verbose: bool,
+    command: str | None,
+    wandb_mode: str,
+    wandb_project: str,
+) -> dict[str, Any]:
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     if resume:
         if (run_dir / RESULTS).is_file():

@@ -88,7 +88,9 @@ def test_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path, capsys):
 def test_two_processes_on_one_run_directory(tmp_path, package_cache):
     env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
     run_dir = tmp_path / "shared"
-    cmd = [sys.executable, "train.py", "--run-dir", str(run_dir), "--episodes", "3", "--no-progress"]
+    # Long enough to outlive both refused attempts (each starts Python and torch) on a slow
+    # machine: it is killed at the end, never run to completion.
+    cmd = [sys.executable, "train.py", "--run-dir", str(run_dir), "--episodes", "50", "--no-progress"]
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

@@ -54,9 +54,11 @@ def test_pretraining_writes_a_policy_with_its_card(policy_file):
     last = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert last["num_timesteps"] == 16
     assert all(torch.equal(v, last["policy"][k]) for k, v in policy.state_dict().items())
-    venv = build_vec_env(PretrainConfig(**TINY))
+    threads = torch.get_num_threads()
+    venv = build_vec_env(PretrainConfig(**TINY))  # one env: in this process, its threads untouched
     untrained = build_model(PretrainConfig(**TINY), venv).policy.state_dict()
     venv.close()
+    assert torch.get_num_threads() == threads
     assert any(not torch.equal(v, untrained[k]) for k, v in policy.state_dict().items())
 
 
@@ -191,7 +193,18 @@ def test_pretraining_logs_to_wandb_offline(tmp_path):
     from wandb_files import offline_run
 
     run_dir = tmp_path / "run"
-    pretrain(PretrainConfig(**TINY), run_dir, verbose=False, wandb_mode="offline", wandb_project="test")
+    before = torch.get_num_threads()
+    mine = 2 if before == 1 else 1  # the pretraining's own, unlike the caller's
+    pretrain(
+        PretrainConfig(**{**TINY, "threads": mine}),
+        run_dir,
+        verbose=False,
+        wandb_mode="offline",
+        wandb_project="test",
+    )
+    # The caller's thread count is back: a run after it in this process (whose checkpoints record
+    # it for an exact resume) does not inherit the pretraining's.
+    assert torch.get_num_threads() == before
     logged = offline_run(run_dir)
     keys = set().union(*logged["history"])
     assert {"run/return", "run/steps", "run/val_accuracy/digits"} <= keys
