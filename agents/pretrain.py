@@ -325,7 +325,7 @@ def pretrain(
     With one process the environment runs in the caller's, which gets its thread count back
     afterwards: a later run in the same Python session (and the thread count its checkpoints
     record, which exact resume relies on) must not inherit the pretraining's setting."""
-    with torch_threads(process_threads(config)):
+    with torch_threads(process_threads(config) if config.n_envs == 1 else None):
         return _pretrain(config, Path(run_dir), resume, overwrite, verbose, command, wandb_mode, wandb_project)
 
 

@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -606,9 +607,7 @@ def cmd_status(_args: argparse.Namespace) -> None:
                     f"; missing ~{estimate[0] * len(missing) / 3600:.1f} core-h "
                     f"({estimate[0] / 60:.0f} min a cell, {estimate[1]}): "
                 )
-                counts: dict[str, int] = {}
-                for method, *_ in missing:
-                    counts[method] = counts.get(method, 0) + 1
+                counts = Counter(method for method, *_ in missing)  # in the grid's order
                 line += ", ".join(f"{m} x{n}" for m, n in counts.items())
             print(line)
     if total:

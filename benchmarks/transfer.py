@@ -227,7 +227,7 @@ def phases_table(phases: dict[str, Any], dataset: str) -> list[str]:
             for k in keys
         ]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
-    spreads = [" ".join(f"{v:.1f}" for v in phases[k].get("log2_spread", [])) for k in keys]
+    spreads = [" ".join(f"{v:.1f}" for v in phases[k]["log2_spread"]) for k in keys]
     lines.append("| spread (std over steps, mean of layers) | " + " | ".join(spreads) + " |")
     return lines
 
