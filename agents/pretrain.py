@@ -326,7 +326,9 @@ def pretrain(
     afterwards: a later run in the same Python session (and the thread count its checkpoints
     record, which exact resume relies on) must not inherit the pretraining's setting."""
     with torch_threads(process_threads(config) if config.n_envs == 1 else None):
-        return _pretrain(config, Path(run_dir), resume, overwrite, verbose, command, wandb_mode, wandb_project)
+        return _pretrain(
+            config, Path(run_dir), resume, overwrite, verbose, command, wandb_mode, wandb_project
+        )
 
 
 def _pretrain(

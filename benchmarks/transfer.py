@@ -223,7 +223,9 @@ def phases_table(phases: dict[str, Any], dataset: str) -> list[str]:
     lines = ["| layer | " + " | ".join(title(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for i, layer in enumerate(layers):
         cells = [
-            " ".join(f"{v:+.1f}" for v in phases[k]["log2_multiple"][i]) if phases[k]["layers"] == layers else ""
+            " ".join(f"{v:+.1f}" for v in phases[k]["log2_multiple"][i])
+            if phases[k]["layers"] == layers
+            else ""
             for k in keys
         ]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")

@@ -247,7 +247,9 @@ def test_transfer_benchmark_is_declared(tmp_path, monkeypatch):
     assert phases["log2_multiple"] == [[-3.0] * 5, [0.0] * 5, [1.5, 1.5, 3.0, 3.0, 3.0]]
     assert phases["log2_spread"][0] == 0.0  # constant within each fifth
     table = transfer.phases_table(facts["phases"], "gtsrb")
-    assert table[0] == "| layer | frozen 15% (2 runs) |" and table[-2] == "| head | +1.5 +1.5 +3.0 +3.0 +3.0 |"
+    assert (
+        table[0] == "| layer | frozen 15% (2 runs) |" and table[-2] == "| head | +1.5 +1.5 +3.0 +3.0 +3.0 |"
+    )
     assert transfer.phases_table(facts["phases"], "sign_digits") == []
     monkeypatch.setattr(transfer, "RUNS_DIR", tmp_path / "no_runs")
     assert transfer.derived_facts() == facts
