@@ -32,10 +32,11 @@ $py -c "import torch, gymnasium, stable_baselines3 as s; print(torch.__version__
 timeout 90 $py -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
 # Issue 14's cost target on the GPU: a run deployed with the shipped policy against Schedule-Free
 # AdamW's run of the same epochs (ResNet-50 224 px batch 64, and the benchmark's ResNet-20 32 px
-# batch 32, where a step is so short that the policy's own time shows most).
+# batch 32, where a step is so short that the policy's own time shows most). Three rounds: with one,
+# the first run of the process (the plain one) pays CUDA's warm-up (2026-11-28, transfer_overhead_gpu.md).
 timeout 200 $py benchmarks/transfer.py overhead --device cuda --model resnet50 --image-size 224 \
-    --batch-size 64 --epochs 2 --rounds 1 --out "$out/transfer_overhead_gpu.md" 2>&1 | tee "$out/transfer_overhead_gpu.log"
-timeout 120 $py benchmarks/transfer.py overhead --device cuda --epochs 3 --rounds 1 \
+    --batch-size 64 --epochs 2 --rounds 3 --out "$out/transfer_overhead_gpu.md" 2>&1 | tee "$out/transfer_overhead_gpu.log"
+timeout 120 $py benchmarks/transfer.py overhead --device cuda --epochs 3 --rounds 3 \
     --out "$out/transfer_overhead_gpu.md" 2>&1 | tee -a "$out/transfer_overhead_gpu.log"
 # Each GPU configuration has its own budget, so one that runs long cannot take the other's time
 # (2026-11-27 on an H200: the b64 configuration whole took most of 420 s). b64 whole: full runs of
