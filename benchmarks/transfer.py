@@ -433,11 +433,17 @@ def cmd_ship(args: argparse.Namespace) -> None:
     print(f"wrote {SHIPPED_POLICY} ({SHIPPED_POLICY.stat().st_size} bytes) and its card")
 
 
-OVERHEAD_RUNS = {  # label: (algo, agent options); the first is the reference
-    "schedulefree_adamw (plain)": ("schedulefree_adamw", {}),  # with the deployed runs' reward
-    "random_sf_rel (control)": ("random", {}),
-    "pretrained_frozen": ("rl_tune_pretrained", {"learn": False}),
-    "pretrained_learn": ("rl_tune_pretrained", {"learn": True}),
+_CONTROL_ENV = grid.METHODS[CONTROL].env  # the control's environment in the grid
+# label: (algo, agent options, environment options); the first is the reference. The plain run
+# reads no reward, but the environment's default (the paper's "batch") costs an eval-mode forward a
+# step: it gets the deployed runs' reward, read from the training forward, so the ratio measures the
+# policy and its observations, not a reward nobody reads (2026-11-28: with the default, the plain run
+# was the slowest of the four on an H200). The pretrained runs take theirs from the policy's card.
+OVERHEAD_RUNS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "schedulefree_adamw (plain)": ("schedulefree_adamw", {}, {"reward": _CONTROL_ENV["reward"]}),
+    "random_sf_rel (control)": ("random", {}, _CONTROL_ENV),
+    "pretrained_frozen": ("rl_tune_pretrained", {"learn": False}, {}),
+    "pretrained_learn": ("rl_tune_pretrained", {"learn": True}, {}),
 }
 
 
@@ -479,16 +485,10 @@ def cmd_overhead(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     policy = str(args.policy)
     env = overhead_env(args)
-    relative = grid.METHODS[CONTROL].env  # the control's environment in the grid (random_sf_rel)
 
     def one(label: str) -> tuple[float, dict[str, Any]]:
-        algo, agent = OVERHEAD_RUNS[label]
+        algo, agent, extra = OVERHEAD_RUNS[label]
         agent = {**agent, "policy": policy} if algo == "rl_tune_pretrained" else agent
-        # The plain run reads no reward, but the environment's default (the paper's "batch") costs
-        # an eval-mode forward a step; it gets the deployed runs' reward, read from the training
-        # forward, so the ratio measures the policy and its observations, not a reward nobody reads
-        # (2026-11-28: with the default, the plain run was the slowest of the four on an H200).
-        extra = relative if algo == "random" else {"reward": relative["reward"]}
         config = RunConfig(
             env_id="FineTune-CIFARResNet-v0",
             algo=algo,
