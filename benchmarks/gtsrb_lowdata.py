@@ -74,10 +74,25 @@ DATASETS: dict[str, dict[str, Any]] = {
     "gtsrb": {},
     **{
         name: {"dataset": "imagefolder", "data_root": str(SHARED / name), "dataset_kwargs": {}}
-        for name in ("sign_digits", "clothing10")
+        for name in ("sign_digits", "clothing10", "omniglot_alphabets", "oracle_mnist")
     },
 }
-NEW_RATES = {"gtsrb": RATES, "sign_digits": (0.15, 1.0), "clothing10": (0.15, 1.0)}
+NEW_RATES = {
+    "gtsrb": RATES,
+    "sign_digits": (0.15, 1.0),
+    "clothing10": (0.15, 1.0),
+    "omniglot_alphabets": (0.15, 1.0),
+    "oracle_mnist": (0.15, 1.0),
+}
+# Issue 25: 5 seeds at 15% where 3 leave answers inside the seeds' spread. Declared for the two
+# grey-scale domains added with it (before any of their results); the datasets whose 3-seed cells
+# are complete keep 3 until their seeds 3 and 4 are run for every method that depends on them.
+MORE_SEEDS = {("omniglot_alphabets", 0.15): (0, 1, 2, 3, 4), ("oracle_mnist", 0.15): (0, 1, 2, 3, 4)}
+
+
+def seeds_on(dataset: str, rate: float) -> tuple[int, ...]:
+    """The seeds a cell of ``dataset`` at ``rate`` runs (and a method's mean is taken) over."""
+    return MORE_SEEDS.get((dataset, rate), SEEDS)
 
 
 @dataclass(frozen=True)
@@ -190,7 +205,7 @@ def all_cells() -> list[tuple[str, float, int, str]]:
     for rate in sorted({r for spec in METHODS.values() for d in DATASETS for r in spec.rates_on(d)}):
         for dataset in DATASETS:
             for deps in (False, True):
-                for seed in SEEDS:
+                for seed in seeds_on(dataset, rate):
                     cells += [
                         (m, rate, seed, dataset)
                         for m, spec in METHODS.items()
@@ -223,7 +238,7 @@ def best_on_val(
     ``dataset`` (the first on a tie); None until every seed of every one is done."""
     scores = {}
     for method in methods:
-        lines = [done.get(cell_id(method, rate, s, dataset)) for s in SEEDS]
+        lines = [done.get(cell_id(method, rate, s, dataset)) for s in seeds_on(dataset, rate)]
         if any(line is None for line in lines):
             return None
         scores[method] = sum(line["results"]["final_val_accuracy"] for line in lines) / len(lines)

@@ -143,8 +143,11 @@ def test_gtsrb_benchmark_grid_is_declared():
     cells = bench.all_cells()
     assert len(cells) == len(set(cells))
     # First grid: 15 methods at 4 rates and 6 knobs at 15% on GTSRB. Second grid: 11 methods at 4
-    # rates on GTSRB and at 2 on each of the two other datasets. 3 seeds each.
-    assert len(cells) == (15 * 4 + 6) * 3 + 11 * (4 + 2 + 2) * 3
+    # rates on GTSRB and at 2 on each of the four other datasets. 3 seeds each, but 5 at 15% on the
+    # two grey-scale domains (issue 25).
+    assert len(cells) == (15 * 4 + 6) * 3 + 11 * (4 + 2 + 2) * 3 + 11 * 2 * (5 + 3)
+    assert [s for m, r, s, d in cells if (m, r, d) == ("prodigy", 0.15, "oracle_mnist")] == [0, 1, 2, 3, 4]
+    assert bench.seeds_on("gtsrb", 0.15) == bench.seeds_on("oracle_mnist", 1.0) == (0, 1, 2)
     # Every cell of a family comes before the cells whose rate is chosen from it.
     for dataset, rates in bench.NEW_RATES.items():
         for rate in rates:
