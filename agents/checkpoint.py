@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
-from finetune_gym.storage import atomic_torch_save
+from finetune_gym.storage import UnreadableFile, atomic_torch_save, load_tensors
 
 from .baselines import Baseline
 from .recording import RunRecorder
@@ -50,8 +51,13 @@ class Checkpointer:
     checkpoint.
     """
 
-    def __init__(self, path: Path, recorder: RunRecorder, timer: Timer) -> None:
+    def __init__(
+        self, path: Path, recorder: RunRecorder, timer: Timer, on_written: Callable[[], None] | None = None
+    ) -> None:
+        """``on_written`` is called (on the writer thread) once a checkpoint is on disk: the run an
+        ``--overwrite`` replaced may go then (:meth:`RunDirectory.drop_replaced`)."""
         self.path, self.recorder, self.timer = path, recorder, timer
+        self.on_written = on_written
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: Future | None = None
         self.saved = 0  # checkpoints written by this process
@@ -80,9 +86,14 @@ class Checkpointer:
             payload["loop"] = plain(loop)  # copies: the loop keeps stepping while the writer saves
             payload["baseline_rng"] = agent.get_rng_state() if isinstance(agent, Baseline) else None
         self.wait()
-        self._pending = self._pool.submit(atomic_torch_save, payload, self.path)
+        self._pending = self._pool.submit(self._write, payload)
         self.saved += 1
         self.timer.checkpoints_s += time.perf_counter() - started
+
+    def _write(self, payload: dict[str, Any]) -> None:
+        atomic_torch_save(payload, self.path)
+        if self.on_written is not None:
+            self.on_written()
 
     def wait(self) -> None:
         """Block until the last checkpoint is on disk (re-raising its error, if any)."""
@@ -100,12 +111,9 @@ class Checkpointer:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint's contents, loaded without unpickling any object (nothing in it can run code)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a truncated, empty or foreign file
-        raise RunDirectoryError(
-            f"{str(path)!r} is not a readable checkpoint ({type(error).__name__}: {str(error)[:160]}); "
-            "start the run again with --overwrite"
-        ) from error
+        payload = load_tensors(path)
+    except UnreadableFile as error:
+        raise RunDirectoryError(f"checkpoint {error}; start the run again with --overwrite") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RunDirectoryError(
             f"{str(path)!r} is not a checkpoint of this version of finetune-gym; "

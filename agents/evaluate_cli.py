@@ -29,6 +29,7 @@ from finetune_gym.agents.config import RunConfig
 from finetune_gym.agents.outputs import load_final_model
 from finetune_gym.agents.run import run_training
 from finetune_gym.agents.rundir import CONFIG, FINAL_MODEL, RESULTS, RunDirectoryError
+from finetune_gym.agents.trust import TRUST_FLAG, check_code, named_code
 from finetune_gym.cli import parse_kwargs
 
 TOLERANCE = 1e-6
@@ -44,7 +45,7 @@ def _stored(results: dict, key: str, optional: bool = False) -> float | None:
     return float(value)
 
 
-def recompute(run_dirs: list[Path], device: str) -> int:
+def recompute(run_dirs: list[Path], device: str, trust_code: bool = False) -> int:
     """Print stored against recomputed accuracy for each run, going on past broken runs; 1 if any
     run differs beyond TOLERANCE or cannot be checked."""
     flagged = 0
@@ -55,13 +56,13 @@ def recompute(run_dirs: list[Path], device: str) -> int:
             results = json.loads((run_dir / RESULTS).read_text())
             stored_test = _stored(results, "final_test_accuracy")
             stored_val = _stored(results, "final_val_accuracy", optional=True)
-            env, _ = load_final_model(run_dir / FINAL_MODEL, device=device)
+            env, _ = load_final_model(run_dir / FINAL_MODEL, device=device, trust_code=trust_code)
             test = env.evaluate("test")
             val = env.evaluate("val") if len(env.val_indices) else None
             env.close()
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        except Exception as error:  # noqa: BLE001 - one broken run is a row, never the end of the table
             flagged += 1
-            message = str(error).replace("|", "/").splitlines()[0]
+            message = " ".join(str(error).replace("|", "/").split())
             print(f"| {run_dir} | | | | | ERROR: {type(error).__name__}: {message} |")
             continue
         bad = abs(test - stored_test) > TOLERANCE or (
@@ -109,8 +110,23 @@ def replay(agent_dir: Path, args: argparse.Namespace) -> int:
         raise FileNotFoundError(
             f"{str(agent_dir)!r} is not the agent/ folder of a run ({CONFIG} missing beside it)"
         )
-    saved = json.loads((run_dir_of_agent / CONFIG).read_text())
-    env_kwargs = {**saved["env_kwargs"], **parse_kwargs(args.env_kwargs)}
+    config_file = run_dir_of_agent / CONFIG
+    try:
+        saved = json.loads(config_file.read_text())
+        saved_env = dict(saved["env_kwargs"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{str(config_file)!r} is not a run configuration ({type(error).__name__}: {error})"
+        ) from error
+    given = parse_kwargs(args.env_kwargs)
+    # The saved model's import path is imported only if asked for (or given again here).
+    check_code(
+        {k: v for k, v in saved_env.items() if k not in given},
+        repr(str(config_file)),
+        trust_code=args.trust_code,
+        given=named_code(given),
+    )
+    env_kwargs = {**saved_env, **given}
     for key in ("dataset", "data_root", "sampling_rate", "device"):
         if getattr(args, key) is not None:
             env_kwargs[key] = getattr(args, key)
@@ -159,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     replay_group.add_argument("--run-dir", help="where the replay run is written (default: <run>-replay)")
     replay_group.add_argument("--overwrite", action="store_true")
     replay_group.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        TRUST_FLAG,
+        action="store_true",
+        help="import a model the run's files name by import path (package.module:factory); that runs "
+        "its code: only for runs you trust",
+    )
     args = parser.parse_args(argv)
     try:
         if args.agent is not None:
@@ -167,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give run directories, --table OUT.md with run directories, or --agent")
         if args.table is not None:
             return table(args.table, args.runs)
-        return recompute(report.find_runs(args.runs), args.device)
+        return recompute(report.find_runs(args.runs), args.device, args.trust_code)
     except (FileNotFoundError, ValueError, RunDirectoryError) as error:
         print(f"evaluate.py: error: {error}", file=sys.stderr)
         return 2

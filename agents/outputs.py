@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ import numpy as np
 import torch
 
 from finetune_gym import FineTuneEnv
+from finetune_gym.storage import UnreadableFile, load_tensors
 
 from . import plots
 from .config import RunConfig
 from .recording import RunRecorder
 from .registry import Agent, save_agent
 from .rundir import ACCURACY_PLOT, AGENT_DIR, FINAL_MODEL, LR_HEATMAP, LR_SCHEDULE, RESULTS
+from .trust import check_code
 
 
 def jsonable(obj: Any) -> Any:
@@ -103,19 +106,35 @@ def write_outputs(
     return results, images
 
 
-def load_final_model(path: str | os.PathLike, device: str = "cpu") -> tuple[FineTuneEnv, dict[str, Any]]:
+def load_final_model(
+    path: str | os.PathLike, device: str = "cpu", *, trust_code: bool = False, given_code: Iterable[str] = ()
+) -> tuple[FineTuneEnv, dict[str, Any]]:
     """Rebuild the environment of a run with its fine-tuned model loaded, to re-evaluate it.
 
     Returns the :class:`~finetune_gym.FineTuneEnv` (same data, split and
     preprocessing as the run) and the saved metadata. Source weights are not
-    fetched: the saved state dict replaces every tensor.
+    fetched: the saved state dict replaces every tensor. A model the file names by import path is
+    imported only with ``trust_code`` or when it is in ``given_code`` (:mod:`.trust`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{str(path)!r} does not exist: a run directory holds {FINAL_MODEL} when it finished"
         )
-    meta = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        meta = load_tensors(path)
+    except UnreadableFile as error:
+        raise ValueError(f"final model {error}") from error
+    if not (
+        isinstance(meta, dict)
+        and isinstance(meta.get("env_kwargs"), dict)
+        and isinstance(meta.get("state_dict"), dict)
+    ):
+        raise ValueError(
+            f"{str(path)!r} is not a finetune-gym final model: it must be a dict with the state_dict and "
+            "the env_kwargs that rebuild it (as train.py writes it)"
+        )
+    check_code(meta["env_kwargs"], repr(str(path)), trust_code=trust_code, given=given_code)
     kwargs = dict(meta["env_kwargs"])
     if not isinstance(kwargs.get("model"), str) or kwargs["model"].startswith(("<", "(")):
         raise ValueError(

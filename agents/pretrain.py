@@ -20,6 +20,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from finetune_gym.datasets.sampling import check_sampling_rate
 from finetune_gym.layerwise import DEFAULT_MAX_LAYERS
-from finetune_gym.storage import atomic_torch_save
+from finetune_gym.storage import UnreadableFile, atomic_torch_save, load_tensors
 from finetune_gym.tasks import DEFAULT_SAMPLING_RATES, DEFAULT_TASKS, SHARED_DEFAULTS, FineTuneTasksEnv
 
 from .hyperparams import PPO_SETTINGS
@@ -208,10 +209,11 @@ class PretrainProgress(BaseCallback):
         state: dict[str, Any],
         verbose: bool,
         wandb_run: Any = None,
+        on_checkpoint: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.run_dir, self.config, self.state, self.print_runs = run_dir, config, state, verbose
-        self.wandb_run = wandb_run
+        self.wandb_run, self.on_checkpoint = wandb_run, on_checkpoint
         self.rollouts, self.steps_in_rollout = 0, 0
 
     def _on_rollout_start(self) -> None:
@@ -219,6 +221,8 @@ class PretrainProgress(BaseCallback):
         if self.rollouts:
             self.state["wall_s"] = self.state["wall_before"] + time.time() - self.state["started"]
             save_checkpoint(self.run_dir / CHECKPOINT, self.model, self.state)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint()
         self.rollouts += 1
         self.steps_in_rollout = 0
 
@@ -351,7 +355,14 @@ def _pretrain(
                 f"--resume continues {str(run_dir)!r} as it was started: give its arguments"
             )
     _obs_features(config)
-    payload = torch.load(run_dir / CHECKPOINT, weights_only=True) if resume else None
+    payload = None
+    if resume:
+        try:
+            payload = load_tensors(run_dir / CHECKPOINT)
+        except UnreadableFile as error:
+            raise RunDirectoryError(
+                f"checkpoint {error}; start the pretraining again with --overwrite"
+            ) from error
     state = dict(payload["state"]) if payload else {"runs_done": 0, "images": 0, "wall_s": 0.0}
     # New draws after a resume: the steps done so far (never 0 once a checkpoint exists) shift every
     # process's task RNG.
@@ -362,44 +373,52 @@ def _pretrain(
             model.policy.load_state_dict(payload["policy"])
             model.policy.optimizer.load_state_dict(payload["optimizer"])
             model.num_timesteps = int(payload["num_timesteps"])
-        with RunDirectory.claim(run_dir, config, resume=resume, overwrite=overwrite):
-            state.update(started=time.time(), wall_before=state["wall_s"])
-            wandb_run = None
-            if wandb_mode != "disabled":
-                from stable_baselines3.common.logger import Logger
+        with RunDirectory.claim(run_dir, config, resume=resume, overwrite=overwrite) as directory:
+            try:
+                state.update(started=time.time(), wall_before=state["wall_s"])
+                wandb_run = None
+                if wandb_mode != "disabled":
+                    from stable_baselines3.common.logger import Logger
 
-                from .wandb_logging import WandbKVWriter, WandbRun
+                    from .wandb_logging import WandbKVWriter, WandbRun
 
-                name = config.tasks if isinstance(config.tasks, str) else "custom"
-                wandb_run = WandbRun(
-                    wandb_mode,
-                    run_dir,
-                    config.to_json(),
-                    project=wandb_project,
-                    entity=None,
-                    group=f"pretrain/{name}",
-                    tags=["pretrain", name],
-                    name=f"pretrain-{name}-s{config.seed}",
-                    layer_names=[],
+                    name = config.tasks if isinstance(config.tasks, str) else "custom"
+                    wandb_run = WandbRun(
+                        wandb_mode,
+                        run_dir,
+                        config.to_json(),
+                        project=wandb_project,
+                        entity=None,
+                        group=f"pretrain/{name}",
+                        tags=["pretrain", name],
+                        name=f"pretrain-{name}-s{config.seed}",
+                        layer_names=[],
+                    )
+                    model.set_logger(Logger(folder=None, output_formats=[WandbKVWriter()]))
+                callback = PretrainProgress(
+                    run_dir, config, state, verbose, wandb_run, on_checkpoint=directory.drop_replaced
                 )
-                model.set_logger(Logger(folder=None, output_formats=[WandbKVWriter()]))
-            callback = PretrainProgress(run_dir, config, state, verbose, wandb_run)
-            if state["runs_done"] < config.runs:
-                model.learn(total_timesteps=10**12, callback=callback, reset_num_timesteps=not resume)
-            state["wall_s"] = state["wall_before"] + time.time() - state["started"]
-            state.pop("started", None)
-            result = card(config, state, model, command)
-            save_policy(model.policy, result, run_dir / POLICY)
-            (run_dir / RESULTS).write_text(json.dumps(result, indent=2) + "\n")
-            if wandb_run is not None:
-                wandb_run.close(
-                    result["budget"], [run_dir / POLICY, run_dir / RUN_LOG], "finetune-policy", {}
-                )
-            if verbose:
-                print(
-                    f"pretrained on {state['runs_done']} runs ({model.num_timesteps} steps, "
-                    f"{state['wall_s']:.0f} s): {run_dir / POLICY}"
-                )
-            return result
+                if state["runs_done"] < config.runs:
+                    model.learn(total_timesteps=10**12, callback=callback, reset_num_timesteps=not resume)
+                state["wall_s"] = state["wall_before"] + time.time() - state["started"]
+                state.pop("started", None)
+                result = card(config, state, model, command)
+                save_policy(model.policy, result, run_dir / POLICY)
+                (run_dir / RESULTS).write_text(json.dumps(result, indent=2) + "\n")
+                directory.drop_replaced()
+                if wandb_run is not None:
+                    wandb_run.close(
+                        result["budget"], [run_dir / POLICY, run_dir / RUN_LOG], "finetune-policy", {}
+                    )
+                if verbose:
+                    print(
+                        f"pretrained on {state['runs_done']} runs ({model.num_timesteps} steps, "
+                        f"{state['wall_s']:.0f} s): {run_dir / POLICY}"
+                    )
+                return result
+            except BaseException:
+                if not resume and not (run_dir / CHECKPOINT).is_file():
+                    directory.abandon()  # nothing to resume: leave nothing, restore what it replaced
+                raise
     finally:
         venv.close()

@@ -14,10 +14,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from finetune_gym.layerwise import token_size
-from finetune_gym.storage import atomic_torch_save
+from finetune_gym.storage import UnreadableFile, atomic_torch_save, load_tensors
 
 from .baselines import Baseline
 from .layerwise_policy import LayerwisePolicy
@@ -41,6 +40,26 @@ def resolve_policy(policy: str | None) -> tuple[str, Path]:
 
 # What the policy's architecture is rebuilt from (the rest of the card is for people).
 ARCHITECTURE_KEYS = ("max_layers", "obs_features", "n_actions", "hidden")
+# The card's environment options that a deployment takes over: what the policy's actions mean (the
+# rate grid around which base), what its observations hold and what it was rewarded for. The
+# others (the source network, data, device, batch size) describe the pretraining and are not
+# applied: the deployment's own are. So a card never names a model, and cannot make a run import
+# code (a file is anyone's; :mod:`.trust`).
+CARD_OPTIONS = (
+    "optimizer",
+    "optimizer_kwargs",
+    "base_lr",
+    "lr_scale",
+    "n_lr_steps",
+    "lr_max",
+    "lr_min",
+    "lr_steps",
+    "schedule",
+    "warmup",
+    "obs_extras",
+    "obs_features",
+    "reward",
+)
 
 
 class PolicyFileError(ValueError):
@@ -81,12 +100,9 @@ def load_policy(path: str | Path) -> tuple[LayerwisePolicy, dict[str, Any]]:
             f"no pretrained policy at {str(path)!r}: give the file written by train.py --pretrain"
         )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
-        raise PolicyFileError(
-            f"{str(path)!r} is not a pretrained policy file (it does not load with weights_only=True: "
-            f"{type(error).__name__}: {error})"
-        ) from error
+        payload = load_tensors(path)
+    except UnreadableFile as error:
+        raise PolicyFileError(f"pretrained policy file {error}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise PolicyFileError(f"{str(path)!r} is not a {FORMAT} file")
     card = payload["card"]
@@ -122,7 +138,12 @@ class PretrainedPolicyAgent(Baseline):
         self.max_layers = int(self.card["max_layers"])
 
     def env_overrides(self) -> dict[str, Any]:
-        return {**self.card["env_kwargs"], "obs_features": int(self.card["obs_features"])}
+        """The card's :data:`CARD_OPTIONS`: the rest of its settings are the pretraining's."""
+        settings = self.card.get("env_kwargs")
+        if not isinstance(settings, dict):
+            raise PolicyFileError(f"the policy card's env_kwargs must be a dict, got {settings!r}")
+        taken = {k: v for k, v in settings.items() if k in CARD_OPTIONS}
+        return {**taken, "obs_features": int(self.card["obs_features"])}
 
     def bind(self, n_layers: int, rates: np.ndarray) -> PretrainedPolicyAgent:
         if len(rates) != int(self.card["n_actions"]):

@@ -13,6 +13,8 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
+from finetune_gym.storage import UnreadableFile, load_tensors
+
 from .baselines import BASELINES, Baseline
 from .hyperparams import HYPERPARAMS
 from .layerwise_policy import LayerwisePolicy
@@ -263,8 +265,6 @@ def load_agent(directory: str | Path, env: gym.Env | VecEnv) -> tuple[Agent, Vec
 
 def _load_tensors(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a truncated or foreign file
-        raise ValueError(
-            f"{str(path)!r} cannot be read as saved tensors ({type(error).__name__}: {error})"
-        ) from error
+        return load_tensors(path)
+    except UnreadableFile as error:
+        raise ValueError(f"saved agent file {error}") from error

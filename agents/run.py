@@ -134,7 +134,7 @@ def _run_training(
             warning = load_warning(recorder.env_threads)
             if warning:
                 print(warning, file=sys.stderr, flush=True)
-        checkpointer = Checkpointer(run_dir / CHECKPOINT, recorder, timer)
+        checkpointer = Checkpointer(run_dir / CHECKPOINT, recorder, timer, directory.drop_replaced)
         try:
             wandb_run, timing = _train(
                 config,
@@ -149,6 +149,7 @@ def _run_training(
                 resume,
             )
             results, images = write_outputs(run_dir, config, agent, recorder, timer.wall_s(), timing)
+            directory.drop_replaced()  # a run without checkpoints (one epoch) replaces it now
         except BaseException:
             if not resume and checkpointer.saved == 0:
                 directory.abandon()  # nothing to resume: leave nothing behind

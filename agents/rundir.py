@@ -3,8 +3,11 @@
 Every file name a run directory holds is defined here once. A run holds an advisory lock
 (``fcntl``) on its directory for its whole life, so a second process cannot write, replace
 or resume it meanwhile. ``--overwrite`` replaces only a directory that a run made (it holds
-:data:`MARKER`), never another folder. A run that fails before its first checkpoint leaves
-nothing behind, so the corrected command can be run as it is.
+:data:`MARKER`), never another folder, and deletes the old run only once the new one has its
+first checkpoint: until then the old run waits in :data:`REPLACED` inside the folder and comes
+back if the new run fails, is stopped (Ctrl-C) or is killed (then at the next command that opens
+the folder). A run that fails before its first checkpoint leaves nothing behind, so the corrected
+command can be run as it is.
 """
 
 from __future__ import annotations
@@ -30,16 +33,56 @@ LR_HEATMAP = "lr_heatmap.png"
 ACCURACY_PLOT = "accuracy.png"
 MARKER = ".finetune_gym_run"  # says "a finetune-gym run made this folder": --overwrite may replace it
 LOCK = ".lock"  # held (fcntl) by the process running the run; holds its PID
+REPLACED = ".replaced"  # the run an --overwrite replaces, kept until the new run's first checkpoint
 
 
 class RunDirectoryError(RuntimeError):
     """The run directory cannot be used as asked (exists, is held, has nothing to resume, ...)."""
 
 
+def recover_replaced(path: Path) -> None:
+    """Settle a run that an ``--overwrite`` put aside (:data:`REPLACED`) and whose replacement was
+    killed: drop it if the new run reached a checkpoint, else put it back. Only while no process
+    holds the folder (its owner settles it itself)."""
+    if not (path / REPLACED).is_dir():
+        return
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return
+    try:
+        if (path / CHECKPOINT).is_file() or (path / RESULTS).is_file():
+            shutil.rmtree(path / REPLACED)
+        else:
+            _restore(path)
+    finally:
+        os.close(fd)
+
+
+def _restore(path: Path) -> None:
+    """Put the run kept in :data:`REPLACED` back in place of what the new run wrote."""
+    for entry in path.iterdir():
+        if entry.name not in (LOCK, REPLACED):
+            _remove(entry)
+    for entry in (path / REPLACED).iterdir():
+        os.replace(entry, path / entry.name)
+    (path / REPLACED).rmdir()
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
+
+
 def read_config(run_dir: Path) -> RunConfig:
     """The configuration a run directory was started with (for ``--resume``), read-only."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirectoryError(f"{str(run_dir)!r} is a file, not a run directory")
+    recover_replaced(run_dir)
     if (run_dir / RESULTS).is_file():
         raise RunDirectoryError(f"{str(run_dir)!r} holds a finished run ({RESULTS}); nothing to resume")
     if not (run_dir / CHECKPOINT).is_file():
@@ -70,6 +113,7 @@ class RunDirectory:
             raise RunDirectoryError("--resume and --overwrite exclude each other")
         if path.exists() and not path.is_dir():
             raise RunDirectoryError(f"run directory {str(path)!r} is a file: choose another --run-dir")
+        recover_replaced(path)
         existing = path.is_dir() and any(path.iterdir())
         if existing and not resume:
             if not overwrite:
@@ -110,23 +154,33 @@ class RunDirectory:
                     raise RunDirectoryError(f"{str(path)!r} has no unfinished run to resume")
                 directory.remove_partial_writes()
             else:
-                if existing:  # overwrite: everything but the lock this process now holds
-                    directory.clear()
+                if existing:  # overwrite: the old run goes aside until the new one has a checkpoint
+                    directory.move_aside()
                 (path / MARKER).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
                 (path / CONFIG).write_text(json.dumps(config.to_json(), indent=2))
         except BaseException:
+            if (path / REPLACED).is_dir():
+                _restore(path)
             directory.release()
             raise
         return directory
 
+    def move_aside(self) -> None:
+        """Keep the run this one replaces in :data:`REPLACED` (renames: no copy, same disk)."""
+        aside = self.path / REPLACED
+        aside.mkdir()
+        for entry in self.path.iterdir():
+            if entry.name not in (LOCK, REPLACED):
+                os.replace(entry, aside / entry.name)
+
+    def drop_replaced(self) -> None:
+        """The new run has a checkpoint (or finished): the run it replaced is deleted now."""
+        shutil.rmtree(self.path / REPLACED, ignore_errors=True)
+
     def clear(self) -> None:
         for entry in self.path.iterdir():
-            if entry.name == LOCK:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+            if entry.name not in (LOCK, REPLACED):
+                _remove(entry)
 
     def remove_partial_writes(self) -> None:
         """Temporary files of atomic writes cut short by a kill (no other writer holds the lock)."""
@@ -134,9 +188,12 @@ class RunDirectory:
             partial.unlink(missing_ok=True)
 
     def abandon(self) -> None:
-        """Undo a start that failed before its first checkpoint: nothing is left behind."""
+        """Undo a start that failed before its first checkpoint: nothing is left behind, and the
+        run an ``--overwrite`` replaced is back."""
         if self.created:
             shutil.rmtree(self.path, ignore_errors=True)
+        elif (self.path / REPLACED).is_dir():
+            _restore(self.path)
         else:
             self.clear()
             (self.path / LOCK).unlink(missing_ok=True)

@@ -27,7 +27,8 @@ from finetune_gym.agents import AGENT_NAMES
 from finetune_gym.agents.config import WANDB_MODES, RunConfig
 from finetune_gym.agents.recording import TrainingDiverged
 from finetune_gym.agents.run import run_training
-from finetune_gym.agents.rundir import RunDirectoryError, read_config
+from finetune_gym.agents.rundir import CONFIG, RunDirectoryError, read_config
+from finetune_gym.agents.trust import TRUST_FLAG, UntrustedCodeError, check_code, named_code
 from finetune_gym.cli import parse_kwargs
 from finetune_gym.rewards import REWARDS
 from finetune_gym.wrappers import check_ema
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        TRUST_FLAG,
+        action="store_true",
+        help="on --resume, import a model the run's config.json names by import path "
+        "(package.module:factory), which runs its code: only for runs you trust",
+    )
     wandb = parser.add_argument_group(
         "Weights & Biases",
         "defaults come from WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_RUN_GROUP, WANDB_TAGS",
@@ -206,10 +213,19 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--resume needs --run-dir: the run to continue")
             # The saved configuration, with what the command line gives on top: run_training
             # refuses any difference but the W&B settings.
-            config = config_from_args(args, given_arguments(parser, argv), read_config(run_dir))
+            given = given_arguments(parser, argv)
+            saved = read_config(run_dir)
+            typed = parse_kwargs(args.env_kwargs) if "env_kwargs" in given else {}
+            check_code(
+                saved.to_json(),
+                repr(str(run_dir / CONFIG)),
+                trust_code=args.trust_code,
+                given=named_code(typed),
+            )
+            config = config_from_args(args, given, saved)
         else:
             config = config_from_args(args)
-    except RunDirectoryError as error:
+    except (RunDirectoryError, UntrustedCodeError) as error:
         return _fail(str(error))
     except ValueError as error:
         parser.error(str(error))

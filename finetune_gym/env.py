@@ -45,6 +45,7 @@ from .models import build_backbone
 from .models.custom import RECORDED, describe_module, unrebuildable
 from .observation import OBS_LIMIT, ActivationPooler, TrainingSignals, check_obs_extras, extras_size
 from .optimizers import check_optimizer, check_rates, evaluation_point, layer_optimizer
+from .rendering import RENDER_FPS, RENDER_MODES, Frame, check_render_mode
 from .rewards import check_reward, step_reward
 from .schedules import check_schedule, schedule_factor
 from .storage import cpu_copy
@@ -61,7 +62,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     sampled training set; ``reset`` restores the target from the source weights.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": RENDER_MODES, "render_fps": RENDER_FPS}
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -123,13 +124,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             epochs_per_episode=epochs_per_episode,
             eval_batch_size=eval_batch_size,
         )
-        if render_mode is not None:
-            raise ValueError(
-                f"render_mode={render_mode!r}: FineTuneEnv draws nothing (its render_modes are empty); use "
-                "render_mode=None (rl_zoo3.enjoy: --no-render). A run's pictures are its lr_heatmap.png and "
-                "accuracy.png"
-            )
-        self.render_mode = None
+        self.render_mode = check_render_mode(render_mode, "FineTuneEnv")
         # Checked before any data is read:
         rates = lr_grid(n_lr_steps, lr_min, lr_max, lr_scale, lr_steps, base_lr)
         check_schedule(schedule, warmup)
@@ -224,6 +219,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
         self.lr_map = LearningRateMap(self.n_layers, rates=rates)
         self.action_space = self.lr_map.space
+        self._frame = Frame(self.layer_names, self.lr_map.rates)  # what render() shows
         n_obs = self.n_layers * obs_features + extras_size(self.obs_extras, self.n_layers)
         self.observation_space = spaces.Box(-OBS_LIMIT, OBS_LIMIT, (n_obs,), np.float32)
 
@@ -384,6 +380,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "loss": self._pending.loss_value,
             "batch_accuracy": self._pending.correct / len(self._pending.labels),
         }
+        self._frame = Frame(self.layer_names, self.lr_map.rates)
+        self._show()
         return observation, info
 
     def step(self, action):
@@ -441,12 +439,24 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             self.reward_mode, skipped, pending, reward_count, nxt, self.signals.previous_mean
         )
         info["reward"] = reward
+        self._frame.update(info)
+        self._show()
         if terminated:
             self._needs_reset = True
             info["episode_steps"] = self._step
             if self.held_out.has_val:
                 info["val_accuracy"] = self.evaluate("val")
         return observation, reward, terminated, False, info
+
+    def render(self) -> str | np.ndarray | None:
+        """The last step (:mod:`finetune_gym.rendering`): text (``"ansi"``), an image
+        (``"rgb_array"``); in ``"human"`` mode each step prints itself, as Gymnasium's convention
+        is, and this returns None."""
+        return None if self.render_mode == "human" else self._frame.render(self.render_mode)
+
+    def _show(self) -> None:
+        if self.render_mode == "human":
+            self._frame.render("human")
 
     def close(self) -> None:
         self._pending = None

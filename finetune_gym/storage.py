@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,44 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class UnreadableFile(ValueError):
+    """A file that does not load as tensors and plain values (``torch.load(weights_only=True)``)."""
+
+
+def load_tensors(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain values, never a pickled
+    object (which could run code). A failure is one line (:class:`UnreadableFile`): PyTorch's own
+    message spans a dozen lines and suggests ``weights_only=False``, the one thing not to do with a
+    file of unknown origin."""
+    try:
+        with warnings.catch_warnings():  # a raw pickle's protocol warning: the error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a truncated, empty or foreign file
+        raise UnreadableFile(f"{str(path)!r} {why_unreadable(error)}") from error
+
+
+def why_unreadable(error: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused a file."""
+    if isinstance(error, FileNotFoundError):
+        return "does not exist"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder, not a file"
+    text = " ".join(str(error).split())
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"holds a pickled Python object ({found.group(1)}), which could run code when loaded: "
+            "refused (only tensors and plain values are read)"
+        )
+    detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    reason = detail.group(1).strip() if detail else text
+    return (
+        "is not a PyTorch checkpoint of tensors and plain values (torch.save) "
+        f"({type(error).__name__}: {reason[:160] or 'empty message'})"
+    )
 
 
 def cpu_copy(obj: Any) -> Any:

@@ -24,6 +24,7 @@ import numpy as np
 from .datasets.sampling import check_sampling_rate
 from .env import FineTuneEnv
 from .layerwise import DEFAULT_MAX_LAYERS, LayerwiseView
+from .rendering import RENDER_FPS, RENDER_MODES, check_render_mode
 
 # What every task shares: the action grid is multiples 1/8..8 of Schedule-Free AdamW's own rate
 # (the best one-run method without tuning on the benchmark's 15% sign_digits; a policy that knows
@@ -58,7 +59,7 @@ LABEL = "name"  # a task's optional label in logs (default: its dataset); not an
 class FineTuneTasksEnv(gym.Env):
     """Each reset draws a task, a sampling rate and a data seed and starts that fine-tuning run."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": RENDER_MODES, "render_fps": RENDER_FPS}
 
     def __init__(
         self,
@@ -72,11 +73,7 @@ class FineTuneTasksEnv(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
-        if render_mode is not None:
-            raise ValueError(
-                f"render_mode={render_mode!r}: FineTuneTasksEnv draws nothing; use render_mode=None"
-            )
-        self.render_mode = None
+        self.render_mode = check_render_mode(render_mode, "FineTuneTasksEnv")
         self.tasks = [dict(task) for task in (DEFAULT_TASKS if tasks is None else tasks)]
         if not self.tasks:
             raise ValueError("tasks is empty: give at least one task (a dict of FineTuneEnv arguments)")
@@ -114,6 +111,7 @@ class FineTuneTasksEnv(gym.Env):
             "sampling_rate": rate,
             "seed": data_seed,
             "epochs_per_episode": self.epochs_per_episode,
+            "render_mode": self.render_mode,  # the current run's environment renders it
         }
         view = LayerwiseView(FineTuneEnv(**kwargs), self.max_layers)
         name = self.tasks[task].get(LABEL, self.tasks[task].get("dataset"))
@@ -150,6 +148,10 @@ class FineTuneTasksEnv(gym.Env):
     def step(self, action: object):
         observation, reward, terminated, truncated, info = self.view.step(action)
         return observation, reward, terminated, truncated, {**info, "task": dict(self.current)}
+
+    def render(self) -> str | np.ndarray | None:
+        """The current fine-tuning run's last step (:mod:`finetune_gym.rendering`)."""
+        return self.view.render()
 
     def close(self) -> None:
         self.view.close()

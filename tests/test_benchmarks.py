@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import limit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark scripts, imported as modules
@@ -32,7 +33,7 @@ def test_step_overhead_quick(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=limit(600),
     )
     assert result.returncode == 0, result.stderr
     text = out.read_text()
@@ -106,7 +107,7 @@ def test_peak_rss_of_a_spawned_child_is_its_own():
     queue = context.Queue()
     child = context.Process(target=_child_peak, args=(queue,))
     child.start()
-    peak = queue.get(timeout=120)
+    peak = queue.get(timeout=limit(120))
     child.join()
     assert parent > 600
     assert 0 < peak < parent - 400, (peak, parent)

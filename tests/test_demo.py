@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import limit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,7 +17,7 @@ def test_demo_runs_the_offline_default(package_cache):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=limit(300),
         env={**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")},
     )
     assert result.returncode == 0, result.stderr
@@ -31,7 +33,7 @@ def test_demo_rejects_bad_kwargs():
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=limit(120),
     )
     assert result.returncode != 0
     assert "sampling_rate must be in (0, 1]" in result.stderr

@@ -13,7 +13,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_VIT, kill_after_first_checkpoint, make_image_folder
+from conftest import ROOT, TINY_VIT, kill_after_first_checkpoint, limit, make_image_folder
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch import nn
@@ -323,7 +323,7 @@ def test_import_path_model_trains_resumes_after_a_kill_and_reevaluates(tmp_path,
     cmd = [sys.executable, "train.py", *args, "--run-dir", str(killed)]
     assert kill_after_first_checkpoint(cmd, killed, env) == -signal.SIGKILL
     resumed = subprocess.run(
-        [*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit(300)
     )
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load(whole / "final_model.pt", weights_only=True)["state_dict"]
@@ -332,7 +332,9 @@ def test_import_path_model_trains_resumes_after_a_kill_and_reevaluates(tmp_path,
     results = json.loads((whole / "results.json").read_text())
     assert results["env_config"]["model"] == "tiny_models:small_cnn"
     capsys.readouterr()
-    assert evaluate.main([str(whole)]) == 0  # rebuilt from config.json, recomputed, agrees
+    # The run's own model is code named in a file: evaluated only when asked for (issue 24).
+    assert evaluate.main([str(whole)]) == 1 and "--trust-code" in capsys.readouterr().out
+    assert evaluate.main([str(whole), "--trust-code"]) == 0  # rebuilt, recomputed, agrees
     assert f"{100 * results['final_test_accuracy']:.2f}" in capsys.readouterr().out
 
 

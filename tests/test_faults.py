@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS, kill_after_first_checkpoint
+from conftest import TINY_TRAIN_ARGS, kill_after_first_checkpoint, limit
 from test_env import digits_env
 
 import evaluate
@@ -66,6 +66,54 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert (folder / "thesis.tex").read_text() == "three years of work"
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_ctrl_c_before_the_first_checkpoint_of_an_overwrite_brings_the_old_run_back(tmp_path, monkeypatch):
+    from finetune_gym import FineTuneEnv
+
+    run_dir = finished_run(tmp_path)
+    before = _tree(run_dir)
+
+    def interrupted(self, action):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FineTuneEnv, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(run_dir, "--overwrite", "--algo", "uniform", "--seed", "1")
+    after = _tree(run_dir)
+    assert {k: v for k, v in after.items() if k != ".lock"} == {
+        k: v for k, v in before.items() if k != ".lock"
+    }
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_loses_nothing(tmp_path, package_cache, capsys):
+    """SIGKILL cannot be caught: the old run waits aside, and the next command on the folder puts
+    it back (the new run never reached a checkpoint); once one exists, the old run is gone."""
+    run_dir = finished_run(tmp_path)
+    before = (run_dir / "results.json").read_text()
+    env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
+    cmd = [sys.executable, "train.py", "--run-dir", str(run_dir), *TINY, "--algo", "uniform"]
+    # A first epoch of ~90 batches: the kill comes long before its checkpoint.
+    slow = ["--sampling-rate", "1.0", "--env-kwargs", "batch_size=8"]
+    process = subprocess.Popen([*cmd, *slow, "--overwrite", "--seed", "1"], cwd=ROOT, env=env)
+    deadline = time.time() + limit(120)
+    while not (run_dir / ".replaced").is_dir():  # moved aside: the new run has started
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "results.json").exists()
+    assert train.main(["--run-dir", str(run_dir), "--resume"]) == 2  # the next command on it
+    assert "holds a finished run" in capsys.readouterr().err
+    assert (run_dir / "results.json").read_text() == before
+    assert not (run_dir / ".replaced").exists()
+    # An overwrite that runs through deletes the old run after its first checkpoint.
+    assert run_train(run_dir, "--overwrite", "--algo", "uniform", "--seed", "1") == 0
+    assert (run_dir / "results.json").read_text() != before and not (run_dir / ".replaced").exists()
+
+
 # -------------------------------------------------------------- 2. one process per run directory
 
 
@@ -93,13 +141,13 @@ def test_two_processes_on_one_run_directory(tmp_path, package_cache):
     cmd = [sys.executable, "train.py", "--run-dir", str(run_dir), "--episodes", "50", "--no-progress"]
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + limit(120)
         while not (run_dir / "checkpoint.pt").exists():
             assert first.poll() is None and time.time() < deadline
             time.sleep(0.05)
         for extra in (["--overwrite"], ["--resume"]):
             second = subprocess.run(
-                cmd + extra, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+                cmd + extra, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit(300)
             )
             assert second.returncode == 2, second.stderr
             assert f"in use by another process (PID {first.pid})" in second.stderr

@@ -11,7 +11,7 @@ import subprocess
 
 import gymnasium as gym
 import pytest
-from conftest import ROOT, TINY_TRAIN_ARGS, make_image_folder
+from conftest import ROOT, TINY_TRAIN_ARGS, limit, make_image_folder
 
 import finetune_gym  # noqa: F401
 import train
@@ -42,7 +42,11 @@ def test_readme_own_data_commands_run_as_written(photos, tmp_path):
         block, count = re.subn(rf"^{name}=\S+", f"{name}={value}", block, count=1, flags=re.M)
         assert count == 1, f"the README block no longer sets {name}"
     result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=1800
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=limit(1800),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "runs" / "table.md").read_text()

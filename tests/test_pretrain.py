@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, kill_after_first_checkpoint
+from conftest import ROOT, kill_after_first_checkpoint, limit
 
 import train
 from finetune_gym.agents.pretrain import PretrainConfig, build_model, build_vec_env, pretrain
@@ -93,9 +93,11 @@ def test_pretraining_in_subprocesses_and_resuming_after_a_kill(tmp_path):
     killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["num_timesteps"]
     log = run_dir / "runs.jsonl"
     before = log.read_text().splitlines() if log.is_file() else []
-    refused = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit(600))
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    done = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit(600)
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     card = json.loads((run_dir / "results.json").read_text())
     assert card["budget"]["runs"] >= 6 and card["budget"]["timesteps"] > killed_at

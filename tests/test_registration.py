@@ -3,6 +3,7 @@
 import inspect
 
 import gymnasium as gym
+import numpy as np
 import pytest
 from conftest import CIFAR_CHECKPOINT, GTSRB_ROOT, TINY_DIGITS, make_image_folder
 from gymnasium.utils.env_checker import check_env as gym_check_env
@@ -75,7 +76,8 @@ def test_paper_defaults_of_the_resnet50_id():
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_env_checkers(env_id, tmp_path):
     env = gym.make(env_id, **tiny_kwargs(env_id, tmp_path))
-    gym_check_env(env.unwrapped, skip_render_check=True, skip_close_check=True)
+    # The render check builds the id once per render mode and renders each.
+    gym_check_env(env.unwrapped, skip_render_check=False, skip_close_check=True)
     sb3_check_env(env, warn=True, skip_render_check=True)
     if env_id == "FineTune-ResNet50-v0":
         assert env.unwrapped.n_layers == 18
@@ -87,17 +89,49 @@ def test_module_prefixed_make(tmp_path):
     assert isinstance(env.unwrapped, finetune_gym.FineTuneEnv)
 
 
-def test_render_mode_none_is_accepted_and_others_are_refused_with_the_reason():
+def test_every_render_mode_shows_the_last_step(capsys):
+    """rl_zoo3.enjoy renders "human" unless told not to, SB3's make_vec_env asks for "rgb_array":
+    each mode shows the last step's rates, accuracy and loss (issue 24)."""
     env = gym.make("FineTune-Digits-v0", render_mode=None, **TINY_DIGITS)
-    assert env.render_mode is None and env.unwrapped.metadata["render_modes"] == []
-    vec = gym.make_vec("FineTune-Digits-v0", num_envs=1, render_mode=None, **TINY_DIGITS)
-    vec.close()
-    # Gymnasium reads the metadata of the registered entry point: it warns, then the env refuses.
-    with (
-        pytest.warns(UserWarning, match=r"render_modes \(\[\]\)"),
-        pytest.raises(ValueError, match="draws nothing"),
-    ):
-        gym.make("FineTune-Digits-v0", render_mode="rgb_array", **TINY_DIGITS)
+    env.reset(seed=0)
+    assert env.render_mode is None and env.render() is None
+    action = np.array([0, 5, 10, 15, 19])
+    for mode in ("ansi", "rgb_array", "human"):
+        env = gym.make("FineTune-Digits-v0", render_mode=mode, **TINY_DIGITS)
+        env.reset(seed=0)
+        before = env.render()
+        _, _, _, _, info = env.step(action)
+        frame = env.render()
+        if mode == "ansi":
+            assert before.startswith("reset: 5 layers")
+            assert f"batch accuracy {info['batch_accuracy']:.3f}" in frame and "head=0.01" in frame
+            assert "stem=0 " in frame  # action 0: rate 0 on the paper's grid
+        elif mode == "rgb_array":
+            assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+            assert (before == 255).all() and not (frame == 255).all()
+            # One bar per layer, as high as its step on the grid: the stem's (rate 0) is empty,
+            # the head's (the top step) the tallest.
+            bars = [(frame[:96, 2 + i * 10 + 4] != 255).any(axis=-1).sum() for i in range(5)]
+            assert bars[0] == 0 and bars == sorted(bars) and bars[4] == 96
+        else:
+            assert before is None and frame is None  # "human" prints during reset and step
+            printed = capsys.readouterr().out.splitlines()
+            assert printed[0].startswith("reset:") and printed[1].startswith("epoch 0 step 1:")
+        env.close()
+    with pytest.raises(ValueError, match="renders 'human', 'ansi', 'rgb_array' or None"):
+        gym.make("FineTune-Digits-v0", render_mode="rgb", **TINY_DIGITS)
+
+
+def test_sb3_make_vec_env_takes_the_id():
+    """SB3 passes render_mode="rgb_array" to every environment it builds by id."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    venv = make_vec_env("FineTune-Digits-v0", n_envs=2, env_kwargs=TINY_DIGITS, seed=0)
+    assert venv.num_envs == 2 and venv.observation_space.shape == (5 * 4,)
+    venv.reset()
+    venv.step(np.stack([venv.action_space.sample()] * 2))
+    assert venv.render_mode == "rgb_array"
+    venv.close()
 
 
 def test_a_pickled_or_copied_environment_continues_exactly():

@@ -45,9 +45,14 @@ def two_depths(tmp_path):
 @pytest.mark.parametrize("env_id", TASK_ENV_IDS)
 def test_task_env_passes_gymnasium_and_sb3_checkers(env_id):
     env = gym.make(env_id, epochs_per_episode=1, max_layers=16)
-    check_env(env.unwrapped, skip_render_check=True)
+    check_env(env.unwrapped, skip_render_check=False)  # builds it in every render mode
     sb3_check_env(env.unwrapped)
     assert env.observation_space.shape[0] == 16 and env.action_space.shape == (16,)
+    # The current fine-tuning run renders (rl_zoo3.enjoy asks for "human" on every id).
+    text = gym.make(env_id, epochs_per_episode=1, max_layers=16, render_mode="ansi")
+    text.reset(seed=0)
+    text.step(text.action_space.sample())
+    assert text.render().startswith("epoch 0 step 1: batch accuracy")
 
 
 def test_view_tokens_layout():

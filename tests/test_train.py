@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS, kill_after_first_checkpoint
+from conftest import TINY_TRAIN_ARGS, kill_after_first_checkpoint, limit
 from wandb_files import offline_run
 
 import train
@@ -246,7 +246,9 @@ def _train_cmd(run_dir, *extra):
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, package_cache):
     env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
     reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(reference), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        _train_cmd(reference), cwd=ROOT, env=env, check=True, capture_output=True, timeout=limit(300)
+    )
 
     killed = tmp_path / "killed"
     assert kill_after_first_checkpoint(_train_cmd(killed), killed, env) == -signal.SIGKILL
@@ -261,7 +263,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, package_ca
     torch.save(payload, killed / "checkpoint.pt")
 
     resumed = subprocess.run(
-        _train_cmd(killed, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        _train_cmd(killed, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit(300)
     )
     assert resumed.returncode == 0, resumed.stderr
     start = int(resumed.stdout.split("at step ")[1].split()[0])
@@ -295,7 +297,7 @@ def test_train_with_no_arguments_runs_the_offline_default(tmp_path, package_cach
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=limit(600),
     )
     assert result.returncode == 0, result.stderr
     assert "final test accuracy" in result.stdout

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
+from conftest import limit
 
 from finetune_gym import ENV_IDS
 from finetune_gym.agents import registry
@@ -70,7 +71,7 @@ def test_zoo_trains_and_replays_an_environment(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=limit(600),
     )
     assert train.returncode == 0, train.stderr[-3000:]
     saved = tmp_path / "logs" / "ppo_lstm" / "FineTune-Digits-v0_1"
@@ -79,11 +80,13 @@ def test_zoo_trains_and_replays_an_environment(tmp_path):
     assert "total_timesteps      | 12" in train.stdout
     enjoy = subprocess.run(
         [sys.executable, "-m", "rl_zoo3.enjoy", *common, "-f", "logs", "--exp-id", "1", "-n", "6"]
-        + [*env_kwargs, "--deterministic", "--no-render"],
+        + [*env_kwargs, "--deterministic"],  # rendered, as users type it (issue 24)
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=limit(600),
     )
     assert enjoy.returncode == 0, enjoy.stderr[-3000:]
     assert "Mean reward:" in enjoy.stdout and "Episode Length 3" in enjoy.stdout
+    # "human" rendering prints each step: its rates, batch accuracy and loss.
+    assert "epoch 0 step 3: batch accuracy" in enjoy.stdout and "lr stem=" in enjoy.stdout

@@ -66,6 +66,8 @@ def build_from_import_path(path: str, num_classes: int, model_kwargs: dict[str, 
         network = factory(**kwargs)
     except TypeError as error:
         raise ValueError(f"model={path!r} with model_kwargs={model_kwargs!r}: {error}") from error
+    except Exception as error:  # the user's own code failed: say whose, in one line
+        raise ValueError(f"model={path!r}: the factory raised {type(error).__name__}: {error}") from error
     if not isinstance(network, nn.Module):
         raise ValueError(f"model={path!r} returned a {type(network).__name__}, not a torch.nn.Module")
     return network

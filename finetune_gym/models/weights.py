@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..storage import UnreadableFile, load_tensors
+
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 
@@ -36,12 +38,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "a pretrained-weights name of the model, or weights=None for random initialisation"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several unrelated types for a bad file
-        raise WeightsError(
-            f"weights file {str(path)!r} is not a PyTorch checkpoint that loads with weights_only=True "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-        ) from error
+        obj = load_tensors(path)
+    except UnreadableFile as error:
+        raise WeightsError(f"weights file {error}") from error
     return unwrap_state_dict(obj, source=str(path))
 
 
