@@ -141,6 +141,19 @@ class Prodigy(PublishedOptimizer):
     name = optimizer = "prodigy"
 
 
+class ProdigyLayerwise(PublishedOptimizer):
+    """Prodigy with its own estimate per layer (one instance per layer; issue 25), multiplier 1.0."""
+
+    name = optimizer = "prodigy_layerwise"
+
+
+class LDoG(PublishedOptimizer):
+    """L-DoG (Ivgi et al. 2023): distance over gradients per tensor, multiplier 1.0, evaluated at
+    its polynomial-decay average as its authors advise."""
+
+    name = optimizer = "ldog"
+
+
 class LayerwiseDecay(Baseline):
     """Discriminative rates: the head at ``base_lr``, layer ``i`` at ``base_lr * decay**(L-1-i)``."""
 
@@ -209,7 +222,17 @@ class RandomRates(Baseline):
 
 BASELINES: dict[str, type[Baseline]] = {
     cls.name: cls
-    for cls in (Uniform, Cosine, ScheduleFreeAdamW, Prodigy, LayerwiseDecay, LinearProbe, RandomRates)
+    for cls in (
+        Uniform,
+        Cosine,
+        ScheduleFreeAdamW,
+        Prodigy,
+        ProdigyLayerwise,
+        LDoG,
+        LayerwiseDecay,
+        LinearProbe,
+        RandomRates,
+    )
 }
 
 

@@ -52,6 +52,8 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     # Optimizers that avoid a learning-rate search, at their published defaults (lr None).
     "schedulefree_adamw": {"lr": None},
     "prodigy": {"lr": None},
+    "prodigy_layerwise": {"lr": None},
+    "ldog": {"lr": None},
     # Discriminative fine-tuning: the head at base_lr, each earlier layer `decay` times lower.
     "layerwise_decay": {"base_lr": 1e-3, "decay": 0.8},
     # The control: uniformly random actions in the environment's own action space.

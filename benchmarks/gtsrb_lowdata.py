@@ -20,6 +20,11 @@ Protocol (fixed before any result was seen; see benchmarks/README.md):
   schedule at the rate chosen on validation (`rl_tune_cos_rel`, `random_cos_rel`). The same new
   methods also run on two more real datasets, sign_digits and clothing10 (64 px photos, read at
   32 px), at 15% and 100%.
+- Added before any of their results (issue 25): two grey-scale script domains, omniglot_alphabets
+  (64 px) and oracle_mnist (28 px), both read at 32 px as RGB, at 15% (5 seeds) and 100% (3 seeds),
+  with the second grid's methods; and on every dataset, two one-run bases that estimate a step per
+  layer, at their published defaults: Prodigy per layer (`prodigy_layerwise`) and L-DoG with
+  polynomial averaging (`ldog`). They join the no-tuning pool the bar is chosen from (on validation).
 
 Every cell runs through finetune_gym.agents.run.run_training, the code path of train.py. Finished cells are
 appended to benchmarks/results/gtsrb_lowdata.jsonl (kept in the repository) and skipped on the next
@@ -158,6 +163,9 @@ METHODS: dict[str, Method] = {
     **{f"cosine_{lr:g}": _new("cosine", lr=lr) for lr in UNIFORM_RATES},
     "schedulefree_adamw": _new("schedulefree_adamw"),
     "prodigy": _new("prodigy"),
+    # Issue 25: bases that estimate a step per layer, at their published defaults (one run each).
+    "prodigy_layerwise": _new("prodigy_layerwise"),
+    "ldog": _new("ldog"),
     "rl_tune_sf_rel": _new("rl_tune", {**LEARNED, **SF_BASE}),
     "random_sf_rel": _new("random", {**LEARNED, **SF_BASE}),
     "rl_tune_cos_rel": _new("rl_tune", {**LEARNED, **COSINE_BASE}, depends_on="cosine"),
@@ -166,7 +174,8 @@ METHODS: dict[str, Method] = {
 UNIFORM_METHODS = [f"uniform_{lr:g}" for lr in UNIFORM_RATES]
 COSINE_METHODS = [f"cosine_{lr:g}" for lr in UNIFORM_RATES]
 FAMILIES = {"uniform": UNIFORM_METHODS, "cosine": COSINE_METHODS}
-NO_TUNING = ["schedulefree_adamw", "prodigy"]  # one run, published defaults
+# One run, published defaults; the best of them on validation is the bar a learned schedule must beat.
+NO_TUNING = ["schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog"]
 RL_PAIRS = {"rl_tune_sf_rel": "random_sf_rel", "rl_tune_cos_rel": "random_cos_rel"}
 MAIN_ORDER = [
     "rl_tune",
@@ -185,6 +194,8 @@ MAIN_ORDER = [
     *COSINE_METHODS,
     "schedulefree_adamw",
     "prodigy",
+    "prodigy_layerwise",
+    "ldog",
     "rl_tune_sf_rel",
     "random_sf_rel",
     "rl_tune_cos_rel",
@@ -513,7 +524,12 @@ def _no_tuning_table(groups: list[report.Group]) -> str:
         return "" if a is None or b is None else f"{100 * (a.test_mean - b.test_mean):+.1f}"
 
     for dataset, rate in sorted({(g.dataset, g.sampling_rate) for g in groups if g.method in NO_TUNING}):
+        # Only methods with every seed done compete (a partial mean is not comparable).
+        full = len(seeds_on(dataset, rate))
         pool = [cell[(dataset, rate, m)] for m in NO_TUNING if (dataset, rate, m) in cell]
+        pool = [g for g in pool if g.n == full]
+        if not pool:
+            continue
         best = max(pool, key=lambda g: g.val_mean or 0.0)
         row = [
             dataset,

@@ -74,7 +74,7 @@ OPTIMIZER_CONFIGS = [
         "memory": False,
         "agent": False,
     }
-    for optimizer in ("adam", "adamw", "sgd", "schedulefree_adamw", "prodigy")
+    for optimizer in ("adam", "adamw", "sgd", "schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog")
 ]
 GPU_CONFIGS = [
     {"name": "resnet50-224px-b64", "model": "resnet50", "image_size": 224, "batch_size": 64},

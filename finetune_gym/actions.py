@@ -10,8 +10,8 @@ from gymnasium import spaces
 
 from .arguments import check_choice
 
-LrScale = Literal["linear", "log", "relative"]
-LR_SCALES = ("linear", "log", "relative")
+LrScale = Literal["linear", "log", "relative", "residual"]
+LR_SCALES = ("linear", "log", "relative", "residual")
 RELATIVE_RANGE = 8.0  # relative steps multiply the base rate by 1/8 ... 8
 
 
@@ -27,6 +27,10 @@ def learning_rate_steps(
     - ``"relative"``: ``base_lr`` times multipliers log-spaced from 1/8 to 8, the middle one 1
       (``n_steps`` odd): a policy that knows nothing reproduces the base method, and random
       actions are random multipliers around it.
+    - ``"residual"``: ``base_lr`` times 0 (freeze) or a power of two around 1: ``n_steps`` 6 gives
+      {0, 1/4, 1/2, 1, 2, 4} (``n_steps`` even, at least 4). Powers of two are exact, so the action
+      "1 everywhere" is the base run bit for bit; with a per-layer parameter-free base
+      (``base_lr`` 1) each multiplier scales the layer's own estimated step.
     """
     check_choice("lr_scale", scale, LR_SCALES)
     if n_steps < 2:
@@ -41,6 +45,19 @@ def learning_rate_steps(
                 f"lr_scale='relative' needs an odd n_lr_steps, so that a multiplier of 1 is a step; got {n_steps}"
             )
         return base_lr * np.geomspace(1 / RELATIVE_RANGE, RELATIVE_RANGE, n_steps)
+    if scale == "residual":
+        if base_lr is None or not base_lr > 0:
+            raise ValueError(
+                f"lr_scale='residual' needs base_lr > 0, the rate a multiplier of 1 gives (1.0 for a "
+                f"parameter-free optimizer); got {base_lr}"
+            )
+        if n_steps % 2 or n_steps < 4:
+            raise ValueError(
+                "lr_scale='residual' needs an even n_lr_steps of at least 4 (0, then powers of two "
+                f"around 1: 6 gives 0, 1/4, 1/2, 1, 2, 4); got {n_steps}"
+            )
+        half = (n_steps - 2) // 2
+        return np.concatenate([[0.0], base_lr * 2.0 ** np.arange(-half, half + 1, dtype=np.float64)])
     if not (0.0 <= lr_min < lr_max):
         raise ValueError(f"need 0 <= lr_min < lr_max, got lr_min={lr_min}, lr_max={lr_max}")
     if scale == "linear":

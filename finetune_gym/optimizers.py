@@ -6,10 +6,13 @@ alternatives; ``schedulefree_adamw`` (the ``schedulefree`` package) and ``prodig
 sets each group's ``lr``: for Prodigy that is its multiplier of the learning rate it estimates
 (1.0 is its published default), and Prodigy estimates one step size for every group, so its
 layers share one multiplier (or 0, frozen): other actions are refused with that reason.
+``prodigy_layerwise`` and ``ldog`` (:mod:`finetune_gym.parameter_free`) estimate a step size per
+layer (per tensor for L-DoG): there the action is each layer's multiplier of its own estimate.
 
-Schedule-Free trains at one point (``y``) and is evaluated at another (``x``, an average):
-:func:`evaluation_point` switches the parameters to ``x`` and recomputes BatchNorm statistics
-there, as its documentation says, then restores both, so the training run goes on unchanged.
+Schedule-Free trains at one point (``y``) and is evaluated at another (``x``, an average), and so
+does averaged L-DoG (its polynomial-decay average): :func:`evaluation_point` switches the
+parameters there and recomputes BatchNorm statistics, as Schedule-Free's documentation says, then
+restores both, so the training run goes on unchanged.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from .arguments import check_choice
+from .parameter_free import AveragedLDoG, ldog, prodigy_per_layer
 from .training import frozen_buffers
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "schedulefree_adamw", "prodigy")
+# Per-layer parameter-free bases: the action multiplies each layer's own estimate (1: as published).
+PARAMETER_FREE = ("prodigy_layerwise", "ldog")
+OPTIMIZERS = ("adam", "adamw", "sgd", "schedulefree_adamw", "prodigy", *PARAMETER_FREE)
 # Published default rates, for baselines that run an optimizer as its authors ship it.
-DEFAULT_LR = {"schedulefree_adamw": 0.0025, "prodigy": 1.0}
+DEFAULT_LR = {"schedulefree_adamw": 0.0025, "prodigy": 1.0, "prodigy_layerwise": 1.0, "ldog": 1.0}
 
 
 def check_optimizer(name: str) -> str:
@@ -60,6 +66,10 @@ def layer_optimizer(
             optimizer = AdamWScheduleFree(groups, **kwargs)
             optimizer.train()  # it refuses to step until told it is training
             return optimizer
+        if name == "prodigy_layerwise":
+            return prodigy_per_layer(groups, **kwargs)
+        if name == "ldog":
+            return ldog(groups, **kwargs)
         from prodigyopt import Prodigy
 
         return Prodigy(groups, **kwargs)
@@ -77,8 +87,13 @@ def check_rates(name: str, rates: Sequence[float]) -> None:
         )
 
 
-def is_schedule_free(optimizer: torch.optim.Optimizer | None) -> bool:
-    return optimizer is not None and hasattr(optimizer, "eval") and "train_mode" in optimizer.param_groups[0]
+def has_evaluation_point(optimizer: object) -> bool:
+    """Whether the optimizer is evaluated at an average of its iterates rather than where it
+    trains: Schedule-Free's ``x``, averaged L-DoG's polynomial average."""
+    if isinstance(optimizer, AveragedLDoG):
+        return True
+    groups = getattr(optimizer, "param_groups", None)
+    return bool(groups) and hasattr(optimizer, "eval") and "train_mode" in groups[0]
 
 
 @contextmanager
@@ -89,11 +104,11 @@ def evaluation_point(
 ) -> Iterator[None]:
     """The model at the optimizer's evaluation point inside the block, restored after.
 
-    For Schedule-Free: parameters at ``x`` and BatchNorm statistics recomputed there over
-    ``batches()`` (``torch.optim.swa_utils.update_bn``). Every other optimizer evaluates where it
-    trains: nothing changes.
+    For Schedule-Free (and averaged L-DoG): parameters at the average and BatchNorm statistics
+    recomputed there over ``batches()`` (``torch.optim.swa_utils.update_bn``). Every other
+    optimizer evaluates where it trains: nothing changes.
     """
-    if not is_schedule_free(optimizer):
+    if not has_evaluation_point(optimizer):
         yield
         return
     # Switching back (y = lerp(x, z)) is exact only up to rounding: keep y and restore it bit for

@@ -70,7 +70,7 @@ def test_step_overhead_quick(tmp_path):
         assert f"- {variant}: acting" in text
 
 
-@pytest.mark.parametrize("optimizer", ["schedulefree_adamw", "prodigy"])
+@pytest.mark.parametrize("optimizer", ["schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog"])
 def test_step_benchmark_times_each_optimizer_against_its_own_plain_step(optimizer):
     import step_overhead
 
@@ -143,10 +143,10 @@ def test_gtsrb_benchmark_grid_is_declared():
 
     cells = bench.all_cells()
     assert len(cells) == len(set(cells))
-    # First grid: 15 methods at 4 rates and 6 knobs at 15% on GTSRB. Second grid: 11 methods at 4
-    # rates on GTSRB and at 2 on each of the four other datasets. 3 seeds each, but 5 at 15% on the
-    # two grey-scale domains (issue 25).
-    assert len(cells) == (15 * 4 + 6) * 3 + 11 * (4 + 2 + 2) * 3 + 11 * 2 * (5 + 3)
+    # First grid: 15 methods at 4 rates and 6 knobs at 15% on GTSRB. Second grid: 13 methods (11,
+    # and issue 25's two per-layer bases) at 4 rates on GTSRB and at 2 on each of the four other
+    # datasets. 3 seeds each, but 5 at 15% on the two grey-scale domains (issue 25).
+    assert len(cells) == (15 * 4 + 6) * 3 + 13 * (4 + 2 + 2) * 3 + 13 * 2 * (5 + 3)
     assert [s for m, r, s, d in cells if (m, r, d) == ("prodigy", 0.15, "oracle_mnist")] == [0, 1, 2, 3, 4]
     assert bench.seeds_on("gtsrb", 0.15) == bench.seeds_on("oracle_mnist", 1.0) == (0, 1, 2)
     # Every cell of a family comes before the cells whose rate is chosen from it.

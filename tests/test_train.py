@@ -20,6 +20,7 @@ from finetune_gym.agents import load_agent
 from finetune_gym.agents.config import RunConfig
 from finetune_gym.agents.outputs import load_final_model
 from finetune_gym.agents.run import build_env
+from finetune_gym.optimizers import DEFAULT_LR
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_TRAIN_ARGS
@@ -43,6 +44,8 @@ def run_train(tmp_path, *args, name="run"):
         "cosine",
         "schedulefree_adamw",
         "prodigy",
+        "prodigy_layerwise",
+        "ldog",
         "layerwise_decay",
         "random",
         "linear_probe",
@@ -71,8 +74,10 @@ def test_every_agent_runs_end_to_end(tmp_path, algo):
     rates = schedule["learning_rates"]
     if algo == "uniform":
         np.testing.assert_allclose(rates, 1e-3, rtol=1e-6)
-    elif algo in ("schedulefree_adamw", "prodigy"):  # one rate, the optimizer's published default
-        np.testing.assert_allclose(rates, {"schedulefree_adamw": 0.0025, "prodigy": 1.0}[algo], rtol=1e-6)
+    elif (
+        algo in DEFAULT_LR
+    ):  # one rate, the optimizer's published default (a multiplier of 1 for Prodigy, L-DoG)
+        np.testing.assert_allclose(rates, DEFAULT_LR[algo], rtol=1e-6)
         assert results["env_config"]["optimizer"] == algo
     elif algo == "cosine":  # 1e-3 decayed over each episode
         assert (
