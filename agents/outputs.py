@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +106,14 @@ def write_outputs(
 
 
 def load_final_model(
-    path: str | os.PathLike, device: str = "cpu", *, trust_code: bool = False, given_code: Iterable[str] = ()
+    path: str | os.PathLike, device: str = "cpu", *, trust_code: bool = False
 ) -> tuple[FineTuneEnv, dict[str, Any]]:
     """Rebuild the environment of a run with its fine-tuned model loaded, to re-evaluate it.
 
     Returns the :class:`~finetune_gym.FineTuneEnv` (same data, split and
     preprocessing as the run) and the saved metadata. Source weights are not
     fetched: the saved state dict replaces every tensor. A model the file names by import path is
-    imported only with ``trust_code`` or when it is in ``given_code`` (:mod:`.trust`).
+    imported only with ``trust_code`` (:mod:`.trust`).
     """
     path = Path(path)
     if not path.is_file():
@@ -134,7 +133,7 @@ def load_final_model(
             f"{str(path)!r} is not a finetune-gym final model: it must be a dict with the state_dict and "
             "the env_kwargs that rebuild it (as train.py writes it)"
         )
-    check_code(meta["env_kwargs"], repr(str(path)), trust_code=trust_code, given=given_code)
+    check_code(meta["env_kwargs"], repr(str(path)), trust_code=trust_code)
     kwargs = dict(meta["env_kwargs"])
     if not isinstance(kwargs.get("model"), str) or kwargs["model"].startswith(("<", "(")):
         raise ValueError(

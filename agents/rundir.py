@@ -63,19 +63,21 @@ def recover_replaced(path: Path) -> None:
 
 def _restore(path: Path) -> None:
     """Put the run kept in :data:`REPLACED` back in place of what the new run wrote."""
-    for entry in path.iterdir():
-        if entry.name not in (LOCK, REPLACED):
-            _remove(entry)
+    _clear(path)
     for entry in (path / REPLACED).iterdir():
         os.replace(entry, path / entry.name)
     (path / REPLACED).rmdir()
 
 
-def _remove(entry: Path) -> None:
-    if entry.is_dir() and not entry.is_symlink():
-        shutil.rmtree(entry)
-    else:
-        entry.unlink()
+def _clear(path: Path) -> None:
+    """Everything in ``path`` but the lock (held) and the run kept aside."""
+    for entry in path.iterdir():
+        if entry.name in (LOCK, REPLACED):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def read_config(run_dir: Path) -> RunConfig:
@@ -178,9 +180,7 @@ class RunDirectory:
         shutil.rmtree(self.path / REPLACED, ignore_errors=True)
 
     def clear(self) -> None:
-        for entry in self.path.iterdir():
-            if entry.name not in (LOCK, REPLACED):
-                _remove(entry)
+        _clear(self.path)
 
     def remove_partial_writes(self) -> None:
         """Temporary files of atomic writes cut short by a kill (no other writer holds the lock)."""

@@ -380,8 +380,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "loss": self._pending.loss_value,
             "batch_accuracy": self._pending.correct / len(self._pending.labels),
         }
-        self._frame = Frame(self.layer_names, self.lr_map.rates)
-        self._show()
+        self._frame_step()
         return observation, info
 
     def step(self, action):
@@ -439,8 +438,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             self.reward_mode, skipped, pending, reward_count, nxt, self.signals.previous_mean
         )
         info["reward"] = reward
-        self._frame.update(info)
-        self._show()
+        self._frame_step(info)
         if terminated:
             self._needs_reset = True
             info["episode_steps"] = self._step
@@ -454,7 +452,15 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         is, and this returns None."""
         return None if self.render_mode == "human" else self._frame.render(self.render_mode)
 
-    def _show(self) -> None:
+    def _frame_step(self, info: dict[str, Any] | None = None) -> None:
+        """Keep what :meth:`render` shows: a new episode's empty frame (``info`` None) or the last
+        step's. Only when rendering: without a render mode a step does no rendering work."""
+        if self.render_mode is None:
+            return
+        if info is None:
+            self._frame = Frame(self.layer_names, self.lr_map.rates)
+        else:
+            self._frame.update(info)
         if self.render_mode == "human":
             self._frame.render("human")
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from .arguments import check_choice
-from .parameter_free import AveragedLDoG, ldog, prodigy_per_layer
+from .parameter_free import ldog, prodigy_per_layer
 from .training import frozen_buffers
 
 # Per-layer parameter-free bases: the action multiplies each layer's own estimate (1: as published).
@@ -88,12 +88,10 @@ def check_rates(name: str, rates: Sequence[float]) -> None:
 
 
 def has_evaluation_point(optimizer: object) -> bool:
-    """Whether the optimizer is evaluated at an average of its iterates rather than where it
-    trains: Schedule-Free's ``x``, averaged L-DoG's polynomial average."""
-    if isinstance(optimizer, AveragedLDoG):
-        return True
-    groups = getattr(optimizer, "param_groups", None)
-    return bool(groups) and hasattr(optimizer, "eval") and "train_mode" in groups[0]
+    """Whether the optimizer is evaluated somewhere else than where it trains: it has ``eval()``
+    and ``train()`` switching its parameters there and back (Schedule-Free's ``x``, averaged
+    L-DoG's polynomial average; PyTorch's optimizers have neither)."""
+    return callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None))
 
 
 @contextmanager

@@ -37,10 +37,6 @@ class PerLayer:
         self.optimizers = list(optimizers)
         self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
 
-    @property
-    def state(self) -> dict[Any, Any]:
-        return {p: s for optimizer in self.optimizers for p, s in optimizer.state.items()}
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None

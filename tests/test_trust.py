@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TRAIN_ARGS
+from test_faults import Payload
 
 import evaluate
 import train
@@ -130,14 +131,6 @@ def test_a_policy_card_cannot_name_the_model(tmp_path, capsys, probe):
 
 
 # -------------------------------------------------------------- files that do not load: one line
-
-
-class Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 def pickled_files(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
