@@ -9,6 +9,7 @@ rate steps (``lr_steps``) before it is built; the baseline then picks indices in
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,17 @@ class Baseline:
         self.params = params
         self.n_layers: int | None = None
         self.rates: np.ndarray | None = None
+        self.layer_names: list[str] | None = None
 
     def env_overrides(self) -> dict[str, Any]:
         """Environment arguments this baseline needs (applied before the environment is built)."""
         return {}
 
-    def bind(self, n_layers: int, rates: np.ndarray) -> Baseline:
-        """Attach to an environment: its layer count and its learning-rate steps."""
+    def bind(self, n_layers: int, rates: np.ndarray, layer_names: Sequence[str] | None = None) -> Baseline:
+        """Attach to an environment: its layer count, its learning-rate steps and (for baselines
+        that address layers by name) its layer names."""
         self.n_layers, self.rates = int(n_layers), np.asarray(rates)
+        self.layer_names = None if layer_names is None else list(layer_names)
         return self
 
     def action(self) -> np.ndarray:
@@ -200,6 +204,90 @@ class LinearProbe(Baseline):
         return action
 
 
+def stage_of(layer: str) -> str:
+    """A layer's stage: its name before the first dot (``layer2.1`` -> ``layer2``; ``stem``, ``head``)."""
+    return layer.split(".", 1)[0]
+
+
+class StageProfile(Baseline):
+    """A fixed per-stage profile on top of a base optimizer: every layer at the base's rate ``lr``
+    (its published default unless given) times its stage's multiplier (0 freezes), the whole run
+    under ``schedule`` (constant, cosine or warmdown). ``multipliers`` maps a stage (``stem``,
+    ``layer1``, ..., ``head``: a layer's name before the first dot) or a whole layer name to its
+    multiplier; layers not named keep 1, so ``{}`` is the base run itself. The headroom study
+    (benchmarks/headroom.py) searches these profiles; on a per-layer base (``prodigy_layerwise``,
+    ``ldog``) a multiplier scales the layer's own estimated step, on ``prodigy`` its share of the
+    one global step."""
+
+    name = "stage_profile"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        optimizer: str = "prodigy",
+        lr: float | None = None,
+        multipliers: Mapping[str, float] | None = None,
+        schedule: str = "constant",
+    ) -> None:
+        from finetune_gym.optimizers import DEFAULT_LR, check_optimizer
+        from finetune_gym.schedules import check_schedule
+
+        check_optimizer(optimizer)
+        check_schedule(schedule, 0.0)
+        if lr is None:
+            if optimizer not in DEFAULT_LR:
+                raise ValueError(
+                    f"stage_profile: optimizer {optimizer!r} has no published default rate; give lr=<rate>"
+                )
+            lr = DEFAULT_LR[optimizer]
+        multipliers = dict(multipliers or {})
+        bad = {k: v for k, v in multipliers.items() if not isinstance(v, (int, float)) or not v >= 0}
+        if not lr > 0 or bad:
+            raise ValueError(
+                f"stage_profile needs lr > 0 and multipliers >= 0 (0 freezes); got lr={lr}, "
+                f"multipliers {bad or multipliers}"
+            )
+        super().__init__(seed, optimizer=optimizer, lr=float(lr), multipliers=multipliers, schedule=schedule)
+
+    def _steps(self) -> list[float]:
+        lr, multipliers = self.params["lr"], self.params["multipliers"]
+        return sorted({0.0, lr, *(lr * float(m) for m in multipliers.values())})
+
+    def env_overrides(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.params["optimizer"],
+            "lr_steps": self._steps(),
+            "schedule": self.params["schedule"],
+        }
+
+    def bind(
+        self, n_layers: int, rates: np.ndarray, layer_names: Sequence[str] | None = None
+    ) -> StageProfile:
+        if layer_names is None:
+            raise ValueError("stage_profile addresses layers by name: this environment has no layer_names")
+        names = list(layer_names)
+        known = set(names) | {stage_of(name) for name in names}
+        unknown = sorted(set(self.params["multipliers"]) - known)
+        if unknown:
+            stages = list(dict.fromkeys(stage_of(name) for name in names))
+            raise ValueError(
+                f"stage_profile: no layer or stage named {unknown} in this network; its stages are "
+                f"{stages} (layers {names})"
+            )
+        super().bind(n_layers, rates, names)
+        return self
+
+    def layer_multipliers(self) -> list[float]:
+        """Each layer's multiplier of the base (a layer's own entry wins over its stage's)."""
+        assert self.layer_names is not None
+        multipliers = self.params["multipliers"]
+        return [float(multipliers.get(n, multipliers.get(stage_of(n), 1.0))) for n in self.layer_names]
+
+    def action(self) -> np.ndarray:
+        lr = self.params["lr"]
+        return np.array([self._index(lr * m) for m in self.layer_multipliers()], dtype=np.int64)
+
+
 class RandomRates(Baseline):
     """Uniformly random steps per layer: the control an RL agent must beat to have learned anything."""
 
@@ -231,6 +319,7 @@ BASELINES: dict[str, type[Baseline]] = {
         LDoG,
         LayerwiseDecay,
         LinearProbe,
+        StageProfile,
         RandomRates,
     )
 }

@@ -58,6 +58,8 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "layerwise_decay": {"base_lr": 1e-3, "decay": 0.8},
     # The control: uniformly random actions in the environment's own action space.
     "random": {},
+    # A fixed per-stage profile of multipliers on a base optimizer (the headroom study's search space).
+    "stage_profile": {"optimizer": "prodigy", "lr": None, "multipliers": {}, "schedule": "constant"},
     # Only the head learns.
     "linear_probe": {"lr": 1e-3},
     # A policy pretrained over many runs (train.py --pretrain): frozen, or learning online with PPO

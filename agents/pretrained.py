@@ -9,6 +9,7 @@ policy downloaded from anyone cannot run code when loaded.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ CARD_OPTIONS = (
     "lr_steps",
     "schedule",
     "warmup",
+    "cooldown",
     "obs_extras",
     "obs_features",
     "reward",
@@ -145,13 +147,15 @@ class PretrainedPolicyAgent(Baseline):
         taken = {k: v for k, v in settings.items() if k in CARD_OPTIONS}
         return {**taken, "obs_features": int(self.card["obs_features"])}
 
-    def bind(self, n_layers: int, rates: np.ndarray) -> PretrainedPolicyAgent:
+    def bind(
+        self, n_layers: int, rates: np.ndarray, layer_names: Sequence[str] | None = None
+    ) -> PretrainedPolicyAgent:
         if len(rates) != int(self.card["n_actions"]):
             raise ValueError(
                 f"the policy chooses among {self.card['n_actions']} steps, this environment has {len(rates)}: "
                 "do not override n_lr_steps for rl_tune_pretrained"
             )
-        self.n_layers, self.rates = int(n_layers), np.asarray(rates)
+        self.n_layers, self.rates, self.layer_names = int(n_layers), np.asarray(rates), layer_names
         return self
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):

@@ -100,8 +100,10 @@ def _baseline(name: str, seed: int, overrides: dict[str, Any]) -> Baseline:
 
 
 def _bind(baseline: Baseline, venv: VecEnv) -> Baseline:
-    """Attach a baseline to the environment's layer count and learning-rate grid."""
-    return baseline.bind(venv.get_attr("n_layers")[0], venv.get_attr("lr_map")[0].rates)
+    """Attach a baseline to the environment's layer count, learning-rate grid and layer names."""
+    return baseline.bind(
+        venv.get_attr("n_layers")[0], venv.get_attr("lr_map")[0].rates, venv.get_attr("layer_names")[0]
+    )
 
 
 def _as_vec_env(env: gym.Env | VecEnv) -> VecEnv:

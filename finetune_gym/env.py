@@ -44,7 +44,7 @@ from .evaluation import HeldOutSplits
 from .models import build_backbone
 from .models.custom import RECORDED, describe_module, unrebuildable
 from .observation import OBS_LIMIT, ActivationPooler, TrainingSignals, check_obs_extras, extras_size
-from .optimizers import check_optimizer, check_rates, evaluation_point, layer_optimizer
+from .optimizers import check_optimizer, evaluation_point, layer_optimizer
 from .rendering import RENDER_FPS, RENDER_MODES, Frame, check_render_mode
 from .rewards import check_reward, step_reward
 from .schedules import check_schedule, schedule_factor
@@ -100,6 +100,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         base_lr: float | None = None,
         schedule: str = "constant",
         warmup: float = 0.0,
+        cooldown: float = 0.2,
         granularity: str = "block",
         obs_features: int = 8,
         obs_extras: list[str] | None = None,
@@ -127,10 +128,10 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.render_mode = check_render_mode(render_mode, "FineTuneEnv")
         # Checked before any data is read:
         rates = lr_grid(n_lr_steps, lr_min, lr_max, lr_scale, lr_steps, base_lr)
-        check_schedule(schedule, warmup)
+        check_schedule(schedule, warmup, cooldown)
         self.obs_extras = check_obs_extras(obs_extras)
         self.optimizer_name, self.optimizer_kwargs = check_optimizer(optimizer), dict(optimizer_kwargs or {})
-        self.schedule, self.warmup = schedule, float(warmup)
+        self.schedule, self.warmup, self.cooldown = schedule, float(warmup), float(cooldown)
         self.config = {name: arguments[name] for name in self.default_config()}
         if isinstance(model, nn.Module):  # recorded by class and size, not by its repr
             self.config["model"] = describe_module(model)
@@ -387,9 +388,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._needs_reset:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
         learning_rates = self.lr_map(action) * schedule_factor(
-            self.schedule, self.warmup, self._step, self.episode_steps
+            self.schedule, self.warmup, self._step, self.episode_steps, self.cooldown
         )
-        check_rates(self.optimizer_name, learning_rates)
         self.signals.rates = learning_rates
         pending = self._pending
         assert pending is not None and self.optimizer is not None

@@ -4,8 +4,10 @@
 alternatives; ``schedulefree_adamw`` (the ``schedulefree`` package) and ``prodigy``
 (``prodigyopt``) are what practitioners use to avoid a learning-rate search. The action always
 sets each group's ``lr``: for Prodigy that is its multiplier of the learning rate it estimates
-(1.0 is its published default), and Prodigy estimates one step size for every group, so its
-layers share one multiplier (or 0, frozen): other actions are refused with that reason.
+(1.0 is its published default). Prodigy estimates one step size for every group and its package
+refuses groups at different rates; here a layer at a lower rate takes that fraction of the step
+Prodigy takes for it at the highest rate (:class:`LayerScaledProdigy`), so an action is a
+per-layer multiplier of Prodigy's one global step, and a uniform action is Prodigy bit for bit.
 ``prodigy_layerwise`` and ``ldog`` (:mod:`finetune_gym.parameter_free`) estimate a step size per
 layer (per tensor for L-DoG): there the action is each layer's multiplier of its own estimate.
 
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from prodigyopt import Prodigy
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
@@ -34,6 +37,46 @@ PARAMETER_FREE = ("prodigy_layerwise", "ldog")
 OPTIMIZERS = ("adam", "adamw", "sgd", "schedulefree_adamw", "prodigy", *PARAMETER_FREE)
 # Published default rates, for baselines that run an optimizer as its authors ship it.
 DEFAULT_LR = {"schedulefree_adamw": 0.0025, "prodigy": 1.0, "prodigy_layerwise": 1.0, "ldog": 1.0}
+
+
+class LayerScaledProdigy(Prodigy):
+    """Prodigy whose groups may run at different rates: each group at rate ``r`` moves by
+    ``r / r_max`` of the step Prodigy takes for it at the highest rate ``r_max``.
+
+    Why not the package's: ``prodigyopt`` raises when groups' rates differ (other than 0), because
+    its one estimate ``d`` sums every group's contribution at a single rate. Here that estimate is
+    formed at ``r_max`` for every trained group, as Prodigy does, and only the displacement is
+    scaled afterwards (``p = p_old + (r / r_max) (p_new - p_old)``; Adam-type steps are linear in
+    the rate, so this is the rate ``r`` with Prodigy's own ``d``). With equal rates (or 0) no
+    copy is made and the step is the package's, bit for bit.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        top = max(group["lr"] for group in self.param_groups)
+        scaled = [group for group in self.param_groups if 0.0 < group["lr"] < top]
+        if not scaled:
+            return super().step(closure)
+        before = [
+            (
+                group,
+                group["lr"] / top,
+                [(p, p.detach().clone()) for p in group["params"] if p.grad is not None],
+            )
+            for group in scaled
+        ]
+        rates = [group["lr"] for group in scaled]
+        for group in scaled:
+            group["lr"] = top
+        try:
+            loss = super().step(closure)
+        finally:
+            for group, rate in zip(scaled, rates, strict=True):
+                group["lr"] = rate
+        for _group, fraction, pairs in before:
+            for parameter, old in pairs:
+                parameter.copy_(old.lerp_(parameter, fraction))
+        return loss
 
 
 def check_optimizer(name: str) -> str:
@@ -70,21 +113,9 @@ def layer_optimizer(
             return prodigy_per_layer(groups, **kwargs)
         if name == "ldog":
             return ldog(groups, **kwargs)
-        from prodigyopt import Prodigy
-
-        return Prodigy(groups, **kwargs)
+        return LayerScaledProdigy(groups, **kwargs)
     except TypeError as error:
         raise ValueError(f"optimizer {name!r} does not take {sorted(kwargs)}: {error}") from error
-
-
-def check_rates(name: str, rates: Sequence[float]) -> None:
-    """Prodigy estimates one step size for all groups: its groups may differ only by being at 0."""
-    if name == "prodigy" and len({float(r) for r in rates if r != 0}) > 1:
-        raise ValueError(
-            "Prodigy takes one rate multiplier for every layer it trains (0 freezes a layer): it estimates "
-            f"one step size for all of them; got {sorted({float(r) for r in rates})}. Use a uniform action, "
-            "or another optimizer for per-layer rates"
-        )
 
 
 def has_evaluation_point(optimizer: object) -> bool:

@@ -13,6 +13,7 @@ from conftest import TINY_DIGITS
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from test_env import digits_env
+from torch import nn
 
 from finetune_gym.optimizers import OPTIMIZERS, PARAMETER_FREE
 from finetune_gym.schedules import schedule_factor
@@ -104,6 +105,19 @@ def test_cosine_schedule_and_warmup_scale_the_rates():
     assert rates[0] == pytest.approx(1e-3) and rates[-1] < 1e-4 and np.all(np.diff(rates) < 0)
 
 
+def test_warmdown_schedule_holds_the_rate_then_decays_linearly_to_zero():
+    """Warm-up/stable/decay: 1 until the last ``cooldown`` fraction, then linear steps down to 1/(n+1)."""
+    factors = [schedule_factor("warmdown", 0.0, s, 10, cooldown=0.2) for s in range(10)]
+    assert factors[:8] == [1.0] * 8 and factors[8:] == pytest.approx([2 / 3, 1 / 3])
+    assert [schedule_factor("warmdown", 0.2, s, 10, cooldown=0.2) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    env = digits_env(schedule="warmdown", cooldown=0.5, epochs_per_episode=2, lr_steps=[0.0, 1e-3])
+    env.reset(seed=0)
+    rates = [info["learning_rates"][0] for *_, info in steps(env, env.episode_steps, np.ones(5, int))]
+    half = env.episode_steps - round(0.5 * env.episode_steps)
+    assert rates[:half] == pytest.approx([1e-3] * half)
+    assert np.all(np.diff(rates[half:]) < 0) and 0 < rates[-1] < 1e-3 / 2
+
+
 def test_relative_actions_multiply_a_base_rate():
     env = digits_env(lr_scale="relative", base_lr=2e-3, n_lr_steps=7)
     np.testing.assert_allclose(env.lr_map.rates, 2e-3 * np.geomspace(1 / 8, 8, 7))
@@ -164,6 +178,8 @@ def test_env_checkers_pass_with_the_options_on(kwargs):
         ({"optimizer": "lion"}, "unknown optimizer 'lion'"),
         ({"schedule": "step"}, "unknown schedule 'step'"),
         ({"warmup": 1.5}, "warmup must be a fraction"),
+        ({"cooldown": 0.0}, "cooldown must be a fraction"),
+        ({"schedule": "warmdown", "warmup": 0.5, "cooldown": 0.6}, "together exceed the episode"),
         ({"reward": "val"}, "unknown reward 'val'"),
         ({"optimizer": "sgd", "optimizer_kwargs": {"betas": (0.9, 0.99)}}, "optimizer 'sgd' does not take"),
     ],
@@ -174,16 +190,69 @@ def test_bad_option_values_are_named(kwargs, message):
         env.reset(seed=0)  # the optimizer is built at reset
 
 
-def test_prodigy_refuses_different_rates_per_layer_with_a_reason():
-    """Prodigy estimates one rate for all groups: per-layer multipliers other than 0 must agree."""
+def test_prodigy_at_different_rates_per_layer_scales_its_one_global_step():
+    """A layer at half the top rate moves by exactly half of the step Prodigy takes for it at the
+    top rate, with the same estimate d; a uniform action is the package's Prodigy bit for bit."""
+    from prodigyopt import Prodigy
+
+    from finetune_gym.optimizers import LayerScaledProdigy
+
+    def pair(seed: int) -> tuple[nn.Linear, nn.Linear]:
+        torch.manual_seed(seed)
+        return nn.Linear(4, 3), nn.Linear(3, 2)
+
+    def train(cls: type, rates: tuple[float, float], steps: int = 5) -> tuple[list, list, float]:
+        a, b = pair(0)
+        optimizer = cls(
+            [{"params": a.parameters(), "lr": rates[0]}, {"params": b.parameters(), "lr": rates[1]}]
+        )
+        generator = torch.Generator().manual_seed(1)
+        displacements = []
+        for _ in range(steps):
+            x = torch.randn(8, 4, generator=generator)
+            before = [p.detach().clone() for p in [*a.parameters(), *b.parameters()]]
+            optimizer.zero_grad()
+            b(torch.tanh(a(x))).pow(2).mean().backward()
+            grads = [p.grad.clone() for p in [*a.parameters(), *b.parameters()]]
+            optimizer.step()
+            after = [*a.parameters(), *b.parameters()]
+            displacements.append(([q.detach() - p for p, q in zip(before, after, strict=True)], grads))
+        return (
+            displacements,
+            [p.detach().clone() for p in [*a.parameters(), *b.parameters()]],
+            optimizer.param_groups[0]["d"],
+        )
+
+    # Uniform: the package's optimizer exactly.
+    _, ours, d_ours = train(LayerScaledProdigy, (1.0, 1.0))
+    _, theirs, d_theirs = train(Prodigy, (1.0, 1.0))
+    assert d_ours == d_theirs and all(torch.equal(x, y) for x, y in zip(ours, theirs, strict=True))
+    # Half rate on the first layer: its first step is half of its full-rate first step (same
+    # gradients, same d at the first step); the second layer's is unchanged. Rates are restored.
+    half, _, _ = train(LayerScaledProdigy, (0.5, 1.0), steps=1)
+    full, _, _ = train(LayerScaledProdigy, (1.0, 1.0), steps=1)
+    (moved_half, _), (moved_full, _) = half[0], full[0]
+    for k in range(2):  # the first layer's weight and bias
+        torch.testing.assert_close(moved_half[k], 0.5 * moved_full[k])
+    for k in range(2, 4):
+        torch.testing.assert_close(moved_half[k], moved_full[k])
+    optimizer = LayerScaledProdigy(
+        [{"params": [nn.Parameter(torch.ones(2))], "lr": 0.25}, {"params": [], "lr": 1.0}]
+    )
+    assert [g["lr"] for g in optimizer.param_groups] == [0.25, 1.0]
+
+
+def test_prodigy_takes_per_layer_multipliers_in_the_env():
+    """Per-layer actions (the relative and residual spaces, a profile) run on Prodigy; freezing at 0 holds."""
     env = digits_env(optimizer="prodigy")
     env.reset(seed=0)
+    frozen = next(env.unwrapped.model.parameters()).detach().clone()
     action = np.full(env.n_layers, 19)
-    action[0] = 0  # freezing a layer is allowed
-    env.step(action)
+    action[0] = 0
     action[1] = 10
-    with pytest.raises(ValueError, match="Prodigy"):
-        env.step(action)
+    env.step(action)
+    env.step(action)
+    assert torch.equal(next(env.unwrapped.model.parameters()).detach(), frozen)
 
 
 def test_a_run_with_the_new_options_resumes_bit_identically_after_sigkill(tmp_path, package_cache):

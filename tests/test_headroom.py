@@ -1,0 +1,144 @@
+"""The headroom study's pieces (issue 25): the stage_profile agent it searches, and the Optuna
+study rebuilt from its results file (the storage it resumes from)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finetune_gym.agents import make_agent
+from finetune_gym.agents.config import RunConfig
+from finetune_gym.agents.run import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "final_model.pt", weights_only=True)["state_dict"]
+
+
+def tiny(algo: str, **agent) -> RunConfig:
+    return RunConfig(
+        algo=algo,
+        episodes=1,
+        epochs_per_episode=2,
+        ema=None,
+        env_kwargs={"sampling_rate": 0.3, "batch_size": 64},
+        agent_kwargs=agent,
+    )
+
+
+def test_an_empty_profile_is_the_base_run_itself(tmp_path):
+    """Trial 0 of the study is scored from the grid's runs of the base: that holds only if the
+    profile with every multiplier 1 trains exactly as the base's own agent."""
+    run_training(tiny("prodigy"), tmp_path / "base", progress=False, verbose=False)
+    run_training(
+        tiny("stage_profile", optimizer="prodigy"), tmp_path / "profile", progress=False, verbose=False
+    )
+    base, profile = final_weights(tmp_path / "base"), final_weights(tmp_path / "profile")
+    assert base.keys() == profile.keys()
+    assert all(torch.equal(base[k], profile[k]) for k in base)
+
+
+def test_a_profile_sets_each_stage_and_freezes_at_zero():
+    import gymnasium as gym
+
+    from finetune_gym.agents.registry import baseline_env_overrides
+
+    agent_kwargs = {"optimizer": "ldog", "multipliers": {"stem": 0.0, "head": 4.0}, "schedule": "warmdown"}
+    env = gym.make("FineTune-Digits-v0", **baseline_env_overrides("stage_profile", **agent_kwargs))
+    agent = make_agent("stage_profile", env, **agent_kwargs)
+    names = env.unwrapped.layer_names
+    rates = env.unwrapped.lr_map(agent.predict(np.zeros((1, 1)))[0][0])
+    expected = [0.0 if n == "stem" else 4.0 if n == "head" else 1.0 for n in names]
+    np.testing.assert_allclose(rates, expected)
+    assert env.unwrapped.schedule == "warmdown" and env.unwrapped.optimizer_name == "ldog"
+    env.reset(seed=0)
+    stem = [p.detach().clone() for p in env.unwrapped.layers[0].parameters]
+    for _ in range(3):
+        env.step(agent.predict(np.zeros((1, 1)))[0][0])
+    assert all(torch.equal(a, b) for a, b in zip(stem, env.unwrapped.layers[0].parameters, strict=True))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"multipliers": {"layer9": 2.0}}, r"no layer or stage named \['layer9'\].*its stages are"),
+        ({"multipliers": {"head": -1.0}}, "multipliers >= 0"),
+        ({"optimizer": "adam"}, "no published default rate; give lr="),
+        ({"schedule": "step"}, "unknown schedule 'step'"),
+    ],
+)
+def test_bad_profiles_are_named(kwargs, message):
+    import gymnasium as gym
+
+    with pytest.raises(ValueError, match=message):
+        make_agent("stage_profile", gym.make("FineTune-Digits-v0"), **kwargs)
+
+
+@pytest.fixture
+def headroom(tmp_path, monkeypatch):
+    """benchmarks/headroom.py with its results file in ``tmp_path``."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    module = importlib.import_module("headroom")
+    monkeypatch.setattr(module, "RESULTS_FILE", tmp_path / "headroom.jsonl")
+    yield module
+    sys.modules.pop("headroom", None)
+
+
+def test_the_study_is_rebuilt_from_its_results_file_and_asks_an_unfinished_trial_again(headroom):
+    setting = "gtsrb/r0.15"
+    params = {**headroom.BASE_PARAMS, "head_log2": 1.5, "stem_frozen": True, "time": "cosine"}
+    for seed, val in ((0, 0.70), (1, 0.74)):
+        headroom.append(
+            {
+                "setting": setting,
+                "kind": "run",
+                "trial": 0,
+                "params": headroom.BASE_PARAMS,
+                "seed": seed,
+                "results": {"final_val_accuracy": val},
+            }
+        )
+    headroom.append({"setting": setting, "kind": "asked", "trial": 1, "params": params})
+    headroom.append(
+        {
+            "setting": setting,
+            "kind": "run",
+            "trial": 1,
+            "params": params,
+            "seed": 0,
+            "results": {"final_val_accuracy": 0.9},
+        }
+    )
+    lines = headroom.load_lines()
+    study, trials, finished = headroom.study_of(setting, "prodigy", lines, {})
+    assert sorted(finished) == [0] and sorted(trials) == [0, 1]  # trial 1 lacks seed 1
+    assert study.trials[0].value == pytest.approx(0.72)  # the mean over the search seeds
+    space = headroom.distributions()
+    assert set(space) == set(params)
+    multipliers, schedule = headroom.profile(params)
+    assert multipliers == {"stem": 0.0, "layer1": 1.0, "layer2": 1.0, "layer3": 1.0, "head": 2.0**1.5}
+    assert schedule == "cosine"
+    # The unfinished trial comes back with its parameters; once it is done, a new one is asked.
+    assert headroom.next_trial(study, trials, finished) == (1, params, False)
+    headroom.append(
+        {
+            "setting": setting,
+            "kind": "run",
+            "trial": 1,
+            "params": params,
+            "seed": 1,
+            "results": {"final_val_accuracy": 0.8},
+        }
+    )
+    study, trials, finished = headroom.study_of(setting, "prodigy", headroom.load_lines(), {})
+    assert sorted(finished) == [0, 1] and max(t.value for t in study.trials) == pytest.approx(0.85)
+    number, asked, new = headroom.next_trial(study, trials, finished)
+    assert number == 2 and new and set(asked) == set(space)
+    assert all(space[k]._contains(space[k].to_internal_repr(v)) for k, v in asked.items())
