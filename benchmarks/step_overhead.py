@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 from finetune_gym import FineTuneEnv  # noqa: E402
 from finetune_gym.device import resolve_channels_last, resolve_precision  # noqa: E402
+from finetune_gym.layer_signals import GRADIENT_EXTRAS as GRADIENT_EXTRAS_NAMES  # noqa: E402
 from finetune_gym.plain import PlainFineTuning  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -157,6 +158,16 @@ def time_steps(fn, steps: int, device: torch.device) -> float:
 
 EXTRAS = "env.step reward=next_batch +obs extras"
 EXTRAS_ALONE = "observation extras alone (part of +obs extras)"
+GRADIENT_EXTRAS = "env.step reward=next_batch +gradient extras"
+GRADIENT_ALONE = "gradient extras alone (part of +gradient extras)"
+
+
+def gradient_extras_alone(env: FineTuneEnv) -> None:
+    """The gradient extras' own work in a step (issue 25): statistics of the applied gradient, the
+    values that travel with the observation, and their host-side features."""
+    stats = env.statistics
+    stats.record_update()
+    stats.features(stats.device_values(env.optimizer).cpu().numpy(), env.optimizer)
 
 
 def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int) -> dict[str, Any]:
@@ -164,17 +175,25 @@ def step_benchmark(config: dict[str, Any], device: str, steps: int, rounds: int)
     if config.get("extras"):  # the observation extras (progress, rates, losses) on top of next_batch
         extras = {**env_kwargs(config, device, "next_batch"), "obs_extras": ["progress", "lr", "loss"]}
         envs["extras"] = FineTuneEnv(**extras)
+        gradient = {**env_kwargs(config, device, "next_batch"), "obs_extras": list(GRADIENT_EXTRAS_NAMES)}
+        envs["gradient"] = FineTuneEnv(**gradient)
     dev = envs["batch"].device
     plain = PlainFineTuning(envs["batch"])
     action = np.full(envs["batch"].n_layers, 2)
     for env in envs.values():
         env.reset(seed=0)
-    names = {"batch": "env.step reward=batch", "next_batch": "env.step reward=next_batch", "extras": EXTRAS}
+    names = {
+        "batch": "env.step reward=batch",
+        "next_batch": "env.step reward=next_batch",
+        "extras": EXTRAS,
+        "gradient": GRADIENT_EXTRAS,
+    }
     runners = {
         "plain": plain.step,
         **{names[r]: (lambda e=e: e.step(action)) for r, e in envs.items()},
         # The extras' own work, timed alone: what they add to a step on a quiet machine.
         **({EXTRAS_ALONE: lambda: envs["extras"].signals.features(0.5, 1.0)} if "extras" in envs else {}),
+        **({GRADIENT_ALONE: lambda: gradient_extras_alone(envs["gradient"])} if "gradient" in envs else {}),
         # Part of the plain step, timed alone: "never the bottleneck" means a small ratio here.
         DATA: plain.data,
     }
@@ -502,14 +521,18 @@ def render(report: dict[str, Any]) -> str:
             f"{row['ratio']:.{3 if row['ratio'] > 1e-3 else 6}f} | "
             f"{'' if memory is None else f'{memory:.0f}'} |"
         )
-    if EXTRAS in report["steps"]:
+    for label, full, alone_name in (
+        ("Observation extras (progress, lr, loss)", EXTRAS, EXTRAS_ALONE),
+        ("Gradient extras (grad_ratio, drift, grad_cosine, base_step)", GRADIENT_EXTRAS, GRADIENT_ALONE),
+    ):
+        if full not in report["steps"]:
+            continue
         step = report["steps"]["env.step reward=next_batch"]["s_per_step"]
-        ratio = report["steps"][EXTRAS]["s_per_step"] / step
-        alone = report["steps"].get(EXTRAS_ALONE, {}).get("s_per_step")
+        ratio = report["steps"][full]["s_per_step"] / step
+        alone = report["steps"].get(alone_name, {}).get("s_per_step")
         lines += [
             "",
-            f"Observation extras: {100 * (ratio - 1):+.1f}% on an `env.step` with reward=next_batch, side by "
-            "side"
+            f"{label}: {100 * (ratio - 1):+.1f}% on an `env.step` with reward=next_batch, side by side"
             + (
                 ""
                 if alone is None

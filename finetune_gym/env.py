@@ -41,6 +41,7 @@ from .augment import BatchAugment, resolve_augment
 from .datasets import load_dataset, sample_and_split
 from .device import HostCopy, place_cache, resolve_channels_last, resolve_device, resolve_precision
 from .evaluation import HeldOutSplits
+from .layer_signals import LayerStatistics
 from .models import build_backbone
 from .models.custom import RECORDED, describe_module, unrebuildable
 from .observation import OBS_LIMIT, ActivationPooler, TrainingSignals, check_obs_extras, extras_size
@@ -232,6 +233,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self._epoch = self._step = self._epoch_correct = self._epoch_seen = 0
         self._statistics_seed = seed  # the batches Schedule-Free's BatchNorm statistics are computed on
         self.signals = TrainingSignals(self.obs_extras, self.n_layers)  # for the extras and rewards
+        self.statistics = self._layer_statistics()  # the gradient extras (layer_signals.py)
 
     # ------------------------------------------------------------------ public API
 
@@ -306,6 +308,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "stream": self.stream.get_state(),
             "counters": {k: getattr(self, k) for k in ("_epoch", "_step", "_epoch_correct", "_epoch_seen")},
             "signals": self.signals.get_state(),
+            "statistics": self.statistics.get_state() if self.statistics.active else None,
             "pending": None if pending is None else pending.get_state(),
             "buffers_before": cpu_copy(self._guard.saved),
             "needs_reset": self._needs_reset,
@@ -327,6 +330,13 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         for key, value in state["counters"].items():
             setattr(self, key, value)
         self.signals.set_state(state["signals"])
+        if self.statistics.active:
+            if state.get("statistics") is None:
+                raise ValueError(
+                    "the saved state has no update statistics, which this environment's obs_extras need: "
+                    "it was saved without them (resume with the run's own obs_extras)"
+                )
+            self.statistics.set_state(state["statistics"])
         self._needs_reset = state["needs_reset"]
         self._noise_seed = state.get("noise_seed", 0)
         self._pending = None
@@ -370,6 +380,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.optimizer = self._make_optimizer()
         self._epoch, self._step = 0, 0
         self.signals.reset()
+        self.statistics.reset()
         self._epoch_correct, self._epoch_seen = 0, 0
         self.stream.new_epoch()
         self._pending = self._train_forward()
@@ -397,6 +408,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         if not skipped:  # the gradients of a non-finite loss are dropped unused
             for group, lr in zip(self.optimizer.param_groups, learning_rates, strict=True):
                 group["lr"] = float(lr)
+            if self.statistics.active:
+                self.statistics.record_update()
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         reward_correct = None
@@ -470,6 +483,15 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     # ------------------------------------------------------------------ internals
 
+    def _layer_statistics(self) -> LayerStatistics:
+        """The gradient extras' bookkeeping, each layer's tensors beside their source weights."""
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        source = dict(self.source_model.named_parameters())
+        layers = [list(layer.parameters) for layer in self.layers]
+        return LayerStatistics(
+            self.obs_extras, layers, [[source[names[id(p)]] for p in layer] for layer in layers]
+        )
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         layers = [(layer.name, layer.parameters) for layer in self.layers]
         return layer_optimizer(self.optimizer_name, layers, self.device, **self.optimizer_kwargs)
@@ -492,13 +514,22 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ) -> tuple[np.ndarray, float]:
         """Backpropagate ``forward`` and read the step's values back in one transfer
         (:func:`~finetune_gym.training.read_back`); returns (observation, reward's correct count)."""
-        observation, reward_count = training.read_back(
-            forward, self.pooler.observation(), reward_correct, self._readback
-        )
+        pooled = self.pooler.observation()
+        if self.statistics.active:  # in the same transfer as the activations
+            pooled = torch.cat([pooled, self.statistics.device_values(self.optimizer)])
+        observation, reward_count = training.read_back(forward, pooled, reward_correct, self._readback)
         if not math.isfinite(forward.loss_value):  # the update will be skipped
             self._guard.restore()
         self.signals.record_loss(forward.loss_value)
-        if self.obs_extras:
+        if self.statistics.active:
+            n_pooled = self.n_layers * self.pooler.features
+            observation, values = observation[:n_pooled], observation[n_pooled:]
+            extras = [
+                self.signals.features(self._step / self.episode_steps, forward.loss_value),
+                self.statistics.features(values, self.optimizer),
+            ]
+            observation = np.concatenate([observation, *extras])
+        elif self.obs_extras:
             extras = self.signals.features(self._step / self.episode_steps, forward.loss_value)
             observation = np.concatenate([observation, extras])
         return observation, reward_count

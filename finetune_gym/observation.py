@@ -18,6 +18,11 @@ that must know where training stands (the paper's observation has none of them):
 - ``"loss"``: three values, the training loss of the batch just forwarded, its running mean
   (exponential, weight 0.1 for the newest) and their difference, each as ``log1p`` of a loss
   (difference: of each loss) so that they stay in a few units whatever the dataset.
+- ``"grad_ratio"``, ``"drift"``, ``"grad_cosine"``, ``"base_step"``: one value per layer each,
+  scale-free statistics of the updates (relative gradient norm, relative distance from the
+  episode's start, cosine of successive gradients, the base optimizer's own step size); defined
+  and computed in :mod:`finetune_gym.layer_signals`, without an extra forward, backward or
+  transfer.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 OBS_LIMIT = 1e6
-OBS_EXTRAS = ("progress", "lr", "loss")
+OBS_EXTRAS = ("progress", "lr", "loss", "grad_ratio", "drift", "grad_cosine", "base_step")
+PER_LAYER_EXTRAS = ("lr", "grad_ratio", "drift", "grad_cosine", "base_step")
 
 
 def channel_means(out: torch.Tensor) -> torch.Tensor:
@@ -111,7 +117,7 @@ def check_obs_extras(extras: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def extras_size(extras: Sequence[str], n_layers: int) -> int:
-    return sum({"progress": 1, "lr": n_layers, "loss": 3}[e] for e in extras)
+    return sum(n_layers if e in PER_LAYER_EXTRAS else {"progress": 1, "loss": 3}[e] for e in extras)
 
 
 class TrainingSignals:
@@ -119,7 +125,7 @@ class TrainingSignals:
     last step gave each layer and the running mean of training losses (non-finite ones skipped)."""
 
     def __init__(self, extras: Sequence[str], n_layers: int) -> None:
-        self.extras, self.n_layers = tuple(extras), n_layers
+        self.extras, self.n_layers = tuple(e for e in extras if e in ("progress", "lr", "loss")), n_layers
         self.reset()
 
     def reset(self) -> None:
@@ -133,7 +139,8 @@ class TrainingSignals:
             self.loss_mean = loss if math.isnan(self.loss_mean) else 0.9 * self.loss_mean + 0.1 * loss
 
     def features(self, progress: float, loss: float) -> np.ndarray:
-        """The opt-in extras (see the module's docstring), finite float32."""
+        """The extras this class keeps (progress, lr, loss; see the module's docstring), finite
+        float32; the gradient extras come after them, from :mod:`.layer_signals`."""
         parts: list[np.ndarray] = []
         if "progress" in self.extras:
             parts.append(np.array([progress]))

@@ -81,11 +81,15 @@ def test_step_benchmark_times_each_optimizer_against_its_own_plain_step(optimize
         "env.step reward=next_batch",
         step_overhead.EXTRAS,
         step_overhead.EXTRAS_ALONE,
+        step_overhead.GRADIENT_EXTRAS,
+        step_overhead.GRADIENT_ALONE,
     }
     assert rows[step_overhead.EXTRAS_ALONE]["ratio"] < 0.5  # a few numpy operations against a step
+    assert rows[step_overhead.GRADIENT_ALONE]["ratio"] < 0.5  # a few reductions against a step
     assert all(row["s_per_step"] > 0 for row in rows.values())
     text = step_overhead.render({"config": config, "device": "cpu", "machine": "m", "steps": rows})
-    assert f"fp32, contiguous, {optimizer}" in text and "Observation extras:" in text
+    assert f"fp32, contiguous, {optimizer}" in text and "Observation extras" in text
+    assert "Gradient extras (grad_ratio, drift, grad_cosine, base_step):" in text
 
 
 def _child_peak(queue) -> None:

@@ -271,7 +271,7 @@ def test_a_run_with_the_new_options_resumes_bit_identically_after_sigkill(tmp_pa
     args = [
         "--episodes", "1", "--epochs-per-episode", "4", "--ema", "none", "--reward", "loss_improvement",
         "--no-progress", "--env-kwargs", "optimizer=schedulefree_adamw", "lr_scale=relative",
-        "base_lr=0.0025", "n_lr_steps=7", "obs_extras=['progress','lr','loss']",
+        "base_lr=0.0025", "n_lr_steps=7", "obs_extras=['progress','lr','loss','grad_ratio','drift','grad_cosine','base_step']",
     ]  # fmt: skip
     cmd = [sys.executable, "train.py", *args]
     subprocess.run(
