@@ -288,6 +288,92 @@ class StageProfile(Baseline):
         return np.array([self._index(lr * m) for m in self.layer_multipliers()], dtype=np.int64)
 
 
+class Surgical(Baseline):
+    """Surgical fine-tuning (Lee et al. 2023): one block of the network trains, with the head
+    (here a new, random one, which must), every other layer frozen; on a base optimizer at its
+    published rate (``prodigy`` by default). ``block`` is a stage (``stem``, ``layer1``, ...):
+    which one depends on the kind of shift, so the method is a choice on validation over the
+    blocks, a multi-run method."""
+
+    name = "surgical"
+
+    def __init__(
+        self, seed: int = 0, block: str | None = None, optimizer: str = "prodigy", lr: float | None = None
+    ) -> None:
+        if not block:
+            raise ValueError("surgical needs the block to fine-tune: block=<stage>, e.g. block='layer1'")
+        profile = StageProfile(seed, optimizer, lr)  # the same checks of the base and its rate
+        super().__init__(seed, block=block, optimizer=optimizer, lr=profile.params["lr"])
+
+    def env_overrides(self) -> dict[str, Any]:
+        return {"optimizer": self.params["optimizer"], "lr_steps": [0.0, self.params["lr"]]}
+
+    def bind(self, n_layers: int, rates: np.ndarray, layer_names: Sequence[str] | None = None) -> Surgical:
+        if layer_names is None:
+            raise ValueError("surgical addresses layers by name: this environment has no layer_names")
+        stages = list(dict.fromkeys(stage_of(name) for name in layer_names))
+        if self.params["block"] not in stages[:-1]:
+            raise ValueError(
+                f"surgical: no block {self.params['block']!r} before the head; the blocks are {stages[:-1]}"
+            )
+        super().bind(n_layers, rates, layer_names)
+        return self
+
+    def action(self) -> np.ndarray:
+        assert self.layer_names is not None
+        on = self._index(self.params["lr"])
+        last = len(self.layer_names) - 1
+        return np.array(
+            [
+                on if stage_of(n) == self.params["block"] or i == last else 0
+                for i, n in enumerate(self.layer_names)
+            ],
+            dtype=np.int64,
+        )
+
+
+class AutoRGN(Baseline):
+    """Auto-RGN (Lee et al. 2023): each layer's rate is the base's rate times its relative
+    gradient norm ``||g|| / ||w||`` over the largest one in the network, so the layer whose
+    gradient is largest against its weights gets the base's full rate and the others a share.
+
+    It reads the ``grad_ratio`` observation extra (it sets ``obs_extras=["grad_ratio"]``): the
+    ratio of the gradient the last update applied, one step behind the paper's (which uses the
+    gradient about to be applied; here the agent acts before that update). Per layer, not per
+    tensor: the environment's unit of rate. Multipliers are rounded (in log) to a grid of 2^(-k/4)
+    down to 1/256, and 0 below it. On ``prodigy`` the largest multiplier is 1, so Prodigy's one
+    estimate is formed at its published rate."""
+
+    name = "auto_rgn"
+    GRID = 2.0 ** (-np.arange(33) / 4.0)  # 1 ... 1/256, descending
+
+    def __init__(self, seed: int = 0, optimizer: str = "prodigy", lr: float | None = None) -> None:
+        profile = StageProfile(seed, optimizer, lr)
+        super().__init__(seed, optimizer=optimizer, lr=profile.params["lr"])
+
+    def env_overrides(self) -> dict[str, Any]:
+        steps = sorted({0.0, *(self.params["lr"] * m for m in self.GRID)})
+        return {"optimizer": self.params["optimizer"], "lr_steps": steps, "obs_extras": ["grad_ratio"]}
+
+    def multipliers(self, log_ratios: np.ndarray) -> np.ndarray:
+        """The rule on the ``grad_ratio`` extra (log10 of each layer's ratio)."""
+        return 10.0 ** (np.asarray(log_ratios, dtype=np.float64) - np.max(log_ratios))
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        if self.n_layers is None or self.rates is None:
+            raise RuntimeError("auto_rgn: call bind(n_layers, rates) (make_agent does) before predict")
+        rows = np.atleast_2d(np.asarray(observation))
+        actions = []
+        for row in rows:
+            wanted = self.params["lr"] * self.multipliers(row[-self.n_layers :])
+            # The nearest step in log (0 where the share is below the grid's last step).
+            logs = np.log(np.maximum(self.rates[1:], 1e-300))
+            index = 1 + np.abs(np.log(np.maximum(wanted, 1e-300))[:, None] - logs[None, :]).argmin(1)
+            index[wanted < self.rates[1] / np.sqrt(2.0**0.25)] = 0
+            actions.append(index.astype(np.int64))
+        return np.stack(actions), state
+
+
 class RandomRates(Baseline):
     """Uniformly random steps per layer: the control an RL agent must beat to have learned anything."""
 
@@ -320,6 +406,8 @@ BASELINES: dict[str, type[Baseline]] = {
         LayerwiseDecay,
         LinearProbe,
         StageProfile,
+        Surgical,
+        AutoRGN,
         RandomRates,
     )
 }

@@ -60,6 +60,10 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "random": {},
     # A fixed per-stage profile of multipliers on a base optimizer (the headroom study's search space).
     "stage_profile": {"optimizer": "prodigy", "lr": None, "multipliers": {}, "schedule": "constant"},
+    # Surgical fine-tuning: one block (a stage) and the head train, the rest is frozen.
+    "surgical": {"block": None, "optimizer": "prodigy", "lr": None},
+    # Auto-RGN: each layer's share of the base's rate from its relative gradient norm.
+    "auto_rgn": {"optimizer": "prodigy", "lr": None},
     # Only the head learns.
     "linear_probe": {"lr": 1e-3},
     # A policy pretrained over many runs (train.py --pretrain): frozen, or learning online with PPO

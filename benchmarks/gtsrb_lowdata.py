@@ -25,6 +25,10 @@ Protocol (fixed before any result was seen; see benchmarks/README.md):
   with the second grid's methods; and on every dataset, two one-run bases that estimate a step per
   layer, at their published defaults: Prodigy per layer (`prodigy_layerwise`) and L-DoG with
   polynomial averaging (`ldog`). They join the no-tuning pool the bar is chosen from (on validation).
+  Then, at 15% on every dataset (declared before any of their results): Auto-RGN on Prodigy
+  (`auto_rgn`: each layer's share of Prodigy's step from its relative gradient norm, Lee et al.
+  2023; one run) and surgical fine-tuning on Prodigy (`surgical_<block>`: one block and the head
+  train; `surgical (best on val)` picks the block on validation, a 4-run method like the cosine).
 
 Every cell runs through finetune_gym.agents.run.run_training, the code path of train.py. Finished cells are
 appended to benchmarks/results/gtsrb_lowdata.jsonl (kept in the repository) and skipped on the next
@@ -116,6 +120,13 @@ class Method:
         return self.rates if dataset == "gtsrb" else self.other_rates.get(dataset, ())
 
 
+def _low(algo: str, **agent: Any) -> Method:
+    """One 50-epoch run, no EMA, at 15% on every dataset."""
+    return Method(
+        algo, 1, 50, None, {}, agent, (0.15,), other_rates={d: (0.15,) for d in NEW_RATES if d != "gtsrb"}
+    )
+
+
 def _plain(algo: str, **agent: Any) -> Method:
     return Method(algo, episodes=1, epochs_per_episode=50, ema=None, agent=agent)
 
@@ -166,6 +177,11 @@ METHODS: dict[str, Method] = {
     # Issue 25: bases that estimate a step per layer, at their published defaults (one run each).
     "prodigy_layerwise": _new("prodigy_layerwise"),
     "ldog": _new("ldog"),
+    # Issue 25: the per-layer rules of Lee et al. 2023 on Prodigy, at 15%.
+    "auto_rgn": _low("auto_rgn"),
+    **{
+        f"surgical_{block}": _low("surgical", block=block) for block in ("stem", "layer1", "layer2", "layer3")
+    },
     "rl_tune_sf_rel": _new("rl_tune", {**LEARNED, **SF_BASE}),
     "random_sf_rel": _new("random", {**LEARNED, **SF_BASE}),
     "rl_tune_cos_rel": _new("rl_tune", {**LEARNED, **COSINE_BASE}, depends_on="cosine"),
@@ -173,6 +189,7 @@ METHODS: dict[str, Method] = {
 }
 UNIFORM_METHODS = [f"uniform_{lr:g}" for lr in UNIFORM_RATES]
 COSINE_METHODS = [f"cosine_{lr:g}" for lr in UNIFORM_RATES]
+SURGICAL_METHODS = [m for m in METHODS if m.startswith("surgical_")]
 FAMILIES = {"uniform": UNIFORM_METHODS, "cosine": COSINE_METHODS}
 # One run, published defaults; the best of them on validation is the bar a learned schedule must beat.
 NO_TUNING = ["schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog"]
@@ -196,6 +213,9 @@ MAIN_ORDER = [
     "prodigy",
     "prodigy_layerwise",
     "ldog",
+    "auto_rgn",
+    "surgical (best on val)",
+    *SURGICAL_METHODS,
     "rl_tune_sf_rel",
     "random_sf_rel",
     "rl_tune_cos_rel",
@@ -401,9 +421,11 @@ def method_groups(done: dict[str, dict[str, Any]]) -> tuple[list[report.Group], 
     everywhere = [
         g for g in line_groups(done.values()) if not g.method.startswith("knob_") and g.method in METHODS
     ]
-    best_everywhere = report.select_by_validation(
-        everywhere, COSINE_METHODS, "cosine (best on val)"
-    ) + report.select_by_validation(everywhere, UNIFORM_METHODS, "uniform (best on val)")
+    best_everywhere = (
+        report.select_by_validation(everywhere, COSINE_METHODS, "cosine (best on val)")
+        + report.select_by_validation(everywhere, UNIFORM_METHODS, "uniform (best on val)")
+        + report.select_by_validation(everywhere, SURGICAL_METHODS, "surgical (best on val)")
+    )
     return everywhere, best_everywhere
 
 
@@ -469,6 +491,7 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "done, the one with the best mean validation accuracy), the tuned cosine",
         "schedule (5 runs, rate chosen on validation), and each RL-Tune variant of the second grid against",
         "the best no-tuning method and against its own random control (test accuracy, %, mean ± std (n seeds);",
+        "Auto-RGN and surgical fine-tuning (block chosen on validation, 4 runs) on Prodigy, at 15%;",
         "differences in points, of the means). Empty cells: not run yet.",
         "",
         *_other_datasets(everywhere + best_everywhere),
@@ -513,7 +536,14 @@ def _no_tuning_table(groups: list[report.Group]) -> str:
     """Per (dataset, rate): the best no-tuning method, tuned cosine, and each RL-Tune variant's
     distance to the best no-tuning method and to its random control."""
     cell = {(g.dataset, g.sampling_rate, g.method): g for g in groups}
-    header = ["dataset", "rate", "best no-tuning (val)", "cosine (best on val)"]
+    header = [
+        "dataset",
+        "rate",
+        "best no-tuning (val)",
+        "cosine (best on val)",
+        "auto_rgn",
+        "surgical (best on val)",
+    ]
     for rl, control in RL_PAIRS.items():
         header += [rl, f"{rl} - best no-tuning", f"{rl} - {control}"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
@@ -537,6 +567,8 @@ def _no_tuning_table(groups: list[report.Group]) -> str:
             f"{rate:.0%}",
             f"{best.method} {pct(best)}",
             pct(cell.get((dataset, rate, "cosine (best on val)"))),
+            pct(cell.get((dataset, rate, "auto_rgn"))),
+            pct(cell.get((dataset, rate, "surgical (best on val)"))),
         ]
         for rl, control in RL_PAIRS.items():
             mine = cell.get((dataset, rate, rl))

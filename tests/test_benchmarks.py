@@ -149,8 +149,14 @@ def test_gtsrb_benchmark_grid_is_declared():
     assert len(cells) == len(set(cells))
     # First grid: 15 methods at 4 rates and 6 knobs at 15% on GTSRB. Second grid: 13 methods (11,
     # and issue 25's two per-layer bases) at 4 rates on GTSRB and at 2 on each of the four other
-    # datasets. 3 seeds each, but 5 at 15% on the two grey-scale domains (issue 25).
-    assert len(cells) == (15 * 4 + 6) * 3 + 13 * (4 + 2 + 2) * 3 + 13 * 2 * (5 + 3)
+    # datasets. 3 seeds each, but 5 at 15% on the two grey-scale domains (issue 25). Issue 25's
+    # Lee et al. rules (auto_rgn, four surgical blocks) at 15% on the five datasets.
+    fifteen = 3 + 3 + 3 + 5 + 5
+    assert len(cells) == (15 * 4 + 6) * 3 + 13 * (4 + 2 + 2) * 3 + 13 * 2 * (5 + 3) + 5 * fifteen
+    surgical = bench.run_config("surgical_layer2", 0.15, 0, {}, "oracle_mnist")
+    assert (
+        surgical.algo == "surgical" and surgical.agent_kwargs == {"block": "layer2"} and surgical.ema is None
+    )
     assert [s for m, r, s, d in cells if (m, r, d) == ("prodigy", 0.15, "oracle_mnist")] == [0, 1, 2, 3, 4]
     assert bench.seeds_on("gtsrb", 0.15) == bench.seeds_on("oracle_mnist", 1.0) == (0, 1, 2)
     # Every cell of a family comes before the cells whose rate is chosen from it.

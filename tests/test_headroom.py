@@ -142,3 +142,50 @@ def test_the_study_is_rebuilt_from_its_results_file_and_asks_an_unfinished_trial
     number, asked, new = headroom.next_trial(study, trials, finished)
     assert number == 2 and new and set(asked) == set(space)
     assert all(space[k]._contains(space[k].to_internal_repr(v)) for k, v in asked.items())
+
+
+def _built(algo: str, **kwargs):
+    import gymnasium as gym
+
+    from finetune_gym.agents.registry import baseline_env_overrides
+
+    env = gym.make(
+        "FineTune-Digits-v0", **baseline_env_overrides(algo, **kwargs), sampling_rate=0.3, batch_size=64
+    )
+    return env, make_agent(algo, env, **kwargs)
+
+
+def test_surgical_trains_one_block_and_the_head_only():
+    env, agent = _built("surgical", block="layer1")
+    base = env.unwrapped
+    base.reset(seed=0)
+    before = {layer.name: [p.detach().clone() for p in layer.parameters] for layer in base.layers}
+    for _ in range(3):
+        base.step(agent.predict(np.zeros((1, 1)))[0][0])
+    for layer in base.layers:
+        moved = any(not torch.equal(a, b) for a, b in zip(before[layer.name], layer.parameters, strict=True))
+        assert moved == (layer.name.startswith("layer1") or layer is base.layers[-1]), layer.name
+    with pytest.raises(ValueError, match=r"no block 'head' before the head; the blocks are \['stem'"):
+        _built("surgical", block="head")
+    with pytest.raises(ValueError, match="surgical needs the block"):
+        _built("surgical")
+
+
+def test_auto_rgn_gives_each_layer_its_relative_gradient_norm_share_of_the_base():
+    """Lee et al.'s rule: rate_i = base * RGN_i / max_j RGN_j, on the grad_ratio the step read back."""
+    env, agent = _built("auto_rgn", optimizer="ldog")
+    base = env.unwrapped
+    obs, _ = base.reset(seed=0)
+    assert base.obs_extras == ("grad_ratio",)
+    first = agent.predict(obs[None])[0][0]
+    assert np.all(base.lr_map(first) == 1.0)  # nothing applied yet: every ratio alike, all at the base
+    for _ in range(3):
+        obs, *_ = base.step(agent.predict(obs[None])[0][0])
+    ratios = 10.0 ** obs[-base.n_layers :].astype(np.float64)
+    rates = base.lr_map(agent.predict(obs[None])[0][0])
+    wanted = ratios / ratios.max()
+    assert rates[np.argmax(ratios)] == 1.0
+    kept = wanted >= 2.0**-8
+    # Within a quarter-octave grid step (in log) of the rule; 0 only below the grid.
+    assert np.all(np.abs(np.log2(rates[kept] / wanted[kept])) <= 0.125 + 1e-9)
+    assert np.all((rates == 0) == ~kept) and len(set(rates.tolist())) > 1
