@@ -158,6 +158,14 @@ class LDoG(PublishedOptimizer):
     name = optimizer = "ldog"
 
 
+class Mechanic(PublishedOptimizer):
+    """Mechanic (Cutkosky, Defazio & Mehta 2023) tuning the scale of AdamW's updates, at its
+    authors' settings; multiplier 1.0."""
+
+    name = "mechanic"
+    optimizer = "mechanic_adamw"
+
+
 class LayerwiseDecay(Baseline):
     """Discriminative rates: the head at ``base_lr``, layer ``i`` at ``base_lr * decay**(L-1-i)``."""
 
@@ -403,6 +411,7 @@ BASELINES: dict[str, type[Baseline]] = {
         Prodigy,
         ProdigyLayerwise,
         LDoG,
+        Mechanic,
         LayerwiseDecay,
         LinearProbe,
         StageProfile,

@@ -54,6 +54,7 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "prodigy": {"lr": None},
     "prodigy_layerwise": {"lr": None},
     "ldog": {"lr": None},
+    "mechanic": {"lr": None},
     # Discriminative fine-tuning: the head at base_lr, each earlier layer `decay` times lower.
     "layerwise_decay": {"base_lr": 1e-3, "decay": 0.8},
     # The control: uniformly random actions in the environment's own action space.

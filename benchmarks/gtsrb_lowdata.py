@@ -24,7 +24,8 @@ Protocol (fixed before any result was seen; see benchmarks/README.md):
   (64 px) and oracle_mnist (28 px), both read at 32 px as RGB, at 15% (5 seeds) and 100% (3 seeds),
   with the second grid's methods; and on every dataset, two one-run bases that estimate a step per
   layer, at their published defaults: Prodigy per layer (`prodigy_layerwise`) and L-DoG with
-  polynomial averaging (`ldog`). They join the no-tuning pool the bar is chosen from (on validation).
+  polynomial averaging (`ldog`); and Mechanic tuning AdamW's scale (`mechanic`), added after them.
+  They join the no-tuning pool the bar is chosen from (on validation).
   Then, at 15% on every dataset (declared before any of their results): Auto-RGN on Prodigy
   (`auto_rgn`: each layer's share of Prodigy's step from its relative gradient norm, Lee et al.
   2023; one run) and surgical fine-tuning on Prodigy (`surgical_<block>`: one block and the head
@@ -177,6 +178,7 @@ METHODS: dict[str, Method] = {
     # Issue 25: bases that estimate a step per layer, at their published defaults (one run each).
     "prodigy_layerwise": _new("prodigy_layerwise"),
     "ldog": _new("ldog"),
+    "mechanic": _new("mechanic"),  # added after the two above, before any of its results
     # Issue 25: the per-layer rules of Lee et al. 2023 on Prodigy, at 15%.
     "auto_rgn": _low("auto_rgn"),
     **{
@@ -192,7 +194,7 @@ COSINE_METHODS = [f"cosine_{lr:g}" for lr in UNIFORM_RATES]
 SURGICAL_METHODS = [m for m in METHODS if m.startswith("surgical_")]
 FAMILIES = {"uniform": UNIFORM_METHODS, "cosine": COSINE_METHODS}
 # One run, published defaults; the best of them on validation is the bar a learned schedule must beat.
-NO_TUNING = ["schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog"]
+NO_TUNING = ["schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog", "mechanic"]
 RL_PAIRS = {"rl_tune_sf_rel": "random_sf_rel", "rl_tune_cos_rel": "random_cos_rel"}
 MAIN_ORDER = [
     "rl_tune",
@@ -213,6 +215,7 @@ MAIN_ORDER = [
     "prodigy",
     "prodigy_layerwise",
     "ldog",
+    "mechanic",
     "auto_rgn",
     "surgical (best on val)",
     *SURGICAL_METHODS,
@@ -487,7 +490,7 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         _no_tuning_table(everywhere + best_everywhere),
         "",
         "Per dataset and sampling rate: the best method that needs no tuning (Schedule-Free AdamW, Prodigy, and",
-        "since issue 25 Prodigy per layer and L-DoG, at their published defaults: of those with every seed",
+        "since issue 25 Prodigy per layer, L-DoG and Mechanic, at their published defaults: of those with every seed",
         "done, the one with the best mean validation accuracy), the tuned cosine",
         "schedule (5 runs, rate chosen on validation), and each RL-Tune variant of the second grid against",
         "the best no-tuning method and against its own random control (test accuracy, %, mean ± std (n seeds);",

@@ -75,7 +75,16 @@ OPTIMIZER_CONFIGS = [
         "memory": False,
         "agent": False,
     }
-    for optimizer in ("adam", "adamw", "sgd", "schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog")
+    for optimizer in (
+        "adam",
+        "adamw",
+        "sgd",
+        "schedulefree_adamw",
+        "prodigy",
+        "prodigy_layerwise",
+        "ldog",
+        "mechanic_adamw",
+    )
 ]
 GPU_CONFIGS = [
     {"name": "resnet50-224px-b64", "model": "resnet50", "image_size": 224, "batch_size": 64},

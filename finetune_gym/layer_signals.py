@@ -16,7 +16,8 @@ and no extra transfer (they travel in the step's one read-back with the activati
 - ``base_step``: ``log10`` of the base optimizer's current step size for the layer: its rate for
   Adam, AdamW, SGD and Schedule-Free; ``d * lr`` for Prodigy (one ``d``) and Prodigy per layer
   (the layer's ``d``); for L-DoG the geometric mean over the layer's tensors of their ``eta``
-  (which includes the rate). ``-8`` for a rate of 0 and before the first step.
+  (which includes the rate); for Mechanic its rate times the learned scale. ``-8`` for a rate of
+  0 and before the first step.
 
 Gradient statistics are of the update the last step made (the activations are of the batch the
 next step trains on): a step's gradient exists only once the agent has chosen its rates.
@@ -111,25 +112,16 @@ class LayerStatistics:
                 self._per_layer(self.source),
             ]
         if "base_step" in self.extras:
-            parts.append(self._ldog_steps(optimizer))
+            parts.append(self._device_steps(optimizer))
         return torch.cat(parts).float()
 
-    def _ldog_steps(self, optimizer: Any) -> torch.Tensor:
-        """Per layer, the mean log10 of L-DoG's per-tensor ``eta`` (NaN where a group has none)."""
-        device = self.last.device
-        out = torch.full((self.n_layers,), math.nan, device=device)
-        groups = [] if optimizer is None else optimizer.param_groups
-        for i, group in enumerate(groups[: self.n_layers]):
-            eta = group.get("eta")
-            if isinstance(eta, (list, tuple)) and eta:
-                out[i] = (
-                    torch.stack([torch.as_tensor(e, device=device) for e in eta])
-                    .float()
-                    .clamp_min(_TINY)
-                    .log10()
-                    .mean()
-                )
-        return out
+    def _device_steps(self, optimizer: Any) -> torch.Tensor:
+        """Per layer, log10 of the step size of an optimizer that keeps it on the device (L-DoG's
+        ``eta``, Mechanic's scale: ``device_step_sizes``); NaN where the host's values serve."""
+        sizes = getattr(optimizer, "device_step_sizes", None)
+        if sizes is None:
+            return torch.full((self.n_layers,), math.nan, device=self.last.device)
+        return sizes().to(self.last.device).float()
 
     def features(self, values: np.ndarray, optimizer: Any) -> np.ndarray:
         """The extras from :meth:`device_values` read back (float64 math, float32 out)."""
@@ -154,13 +146,14 @@ class LayerStatistics:
         out = np.concatenate(parts) if parts else np.zeros(0)
         return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
-    def _base_steps(self, ldog_logs: np.ndarray, optimizer: Any) -> np.ndarray:
+    def _base_steps(self, device_logs: np.ndarray, optimizer: Any) -> np.ndarray:
         steps = np.full(self.n_layers, FLOOR)
         groups = [] if optimizer is None else optimizer.param_groups
+        kept_on_device = hasattr(optimizer, "device_step_sizes")
         for i, group in enumerate(groups[: self.n_layers]):
-            if not math.isnan(ldog_logs[i]):
-                steps[i] = max(FLOOR, float(ldog_logs[i]))
-            elif "eta" not in group:  # L-DoG before its first step has no eta yet
+            if not math.isnan(device_logs[i]):
+                steps[i] = max(FLOOR, float(device_logs[i]))
+            elif not kept_on_device:  # (L-DoG before its first step has no eta yet: the floor)
                 rate = float(group["lr"]) * float(group.get("d", 1.0))
                 steps[i] = _log10(np.array([rate]))[0]
         return steps

@@ -9,7 +9,8 @@ refuses groups at different rates; here a layer at a lower rate takes that fract
 Prodigy takes for it at the highest rate (:class:`LayerScaledProdigy`), so an action is a
 per-layer multiplier of Prodigy's one global step, and a uniform action is Prodigy bit for bit.
 ``prodigy_layerwise`` and ``ldog`` (:mod:`finetune_gym.parameter_free`) estimate a step size per
-layer (per tensor for L-DoG): there the action is each layer's multiplier of its own estimate.
+layer (per tensor for L-DoG): there the action is each layer's multiplier of its own estimate;
+``mechanic_adamw`` learns one scale for AdamW's updates, which the action spreads over the layers.
 
 Schedule-Free trains at one point (``y``) and is evaluated at another (``x``, an average), and so
 does averaged L-DoG (its polynomial-decay average): :func:`evaluation_point` switches the
@@ -29,14 +30,20 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from .arguments import check_choice
-from .parameter_free import ldog, prodigy_per_layer
+from .parameter_free import ldog, mechanic_adamw, prodigy_per_layer
 from .training import frozen_buffers
 
 # Per-layer parameter-free bases: the action multiplies each layer's own estimate (1: as published).
-PARAMETER_FREE = ("prodigy_layerwise", "ldog")
+PARAMETER_FREE = ("prodigy_layerwise", "ldog", "mechanic_adamw")
 OPTIMIZERS = ("adam", "adamw", "sgd", "schedulefree_adamw", "prodigy", *PARAMETER_FREE)
 # Published default rates, for baselines that run an optimizer as its authors ship it.
-DEFAULT_LR = {"schedulefree_adamw": 0.0025, "prodigy": 1.0, "prodigy_layerwise": 1.0, "ldog": 1.0}
+DEFAULT_LR = {
+    "schedulefree_adamw": 0.0025,
+    "prodigy": 1.0,
+    "prodigy_layerwise": 1.0,
+    "ldog": 1.0,
+    "mechanic_adamw": 1.0,
+}
 
 
 class LayerScaledProdigy(Prodigy):
@@ -113,6 +120,8 @@ def layer_optimizer(
             return prodigy_per_layer(groups, **kwargs)
         if name == "ldog":
             return ldog(groups, **kwargs)
+        if name == "mechanic_adamw":
+            return mechanic_adamw(groups, **kwargs)
         return LayerScaledProdigy(groups, **kwargs)
     except TypeError as error:
         raise ValueError(f"optimizer {name!r} does not take {sorted(kwargs)}: {error}") from error

@@ -70,7 +70,9 @@ def test_step_overhead_quick(tmp_path):
         assert f"- {variant}: acting" in text
 
 
-@pytest.mark.parametrize("optimizer", ["schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog"])
+@pytest.mark.parametrize(
+    "optimizer", ["schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog", "mechanic_adamw"]
+)
 def test_step_benchmark_times_each_optimizer_against_its_own_plain_step(optimizer):
     import step_overhead
 
@@ -147,12 +149,12 @@ def test_gtsrb_benchmark_grid_is_declared():
 
     cells = bench.all_cells()
     assert len(cells) == len(set(cells))
-    # First grid: 15 methods at 4 rates and 6 knobs at 15% on GTSRB. Second grid: 13 methods (11,
-    # and issue 25's two per-layer bases) at 4 rates on GTSRB and at 2 on each of the four other
+    # First grid: 15 methods at 4 rates and 6 knobs at 15% on GTSRB. Second grid: 14 methods (11,
+    # and issue 25's three bases) at 4 rates on GTSRB and at 2 on each of the four other
     # datasets. 3 seeds each, but 5 at 15% on the two grey-scale domains (issue 25). Issue 25's
     # Lee et al. rules (auto_rgn, four surgical blocks) at 15% on the five datasets.
     fifteen = 3 + 3 + 3 + 5 + 5
-    assert len(cells) == (15 * 4 + 6) * 3 + 13 * (4 + 2 + 2) * 3 + 13 * 2 * (5 + 3) + 5 * fifteen
+    assert len(cells) == (15 * 4 + 6) * 3 + 14 * (4 + 2 + 2) * 3 + 14 * 2 * (5 + 3) + 5 * fifteen
     surgical = bench.run_config("surgical_layer2", 0.15, 0, {}, "oracle_mnist")
     assert (
         surgical.algo == "surgical" and surgical.agent_kwargs == {"block": "layer2"} and surgical.ema is None

@@ -255,9 +255,21 @@ def test_prodigy_takes_per_layer_multipliers_in_the_env():
     assert torch.equal(next(env.unwrapped.model.parameters()).detach(), frozen)
 
 
-def test_a_run_with_the_new_options_resumes_bit_identically_after_sigkill(tmp_path, package_cache):
-    """Relative actions around Schedule-Free AdamW, observation extras, the loss-improvement reward,
-    RecurrentPPO learning: killed after its first checkpoint and resumed, it ends with the same weights."""
+EXTRAS_ALL = "obs_extras=['progress','lr','loss','grad_ratio','drift','grad_cosine','base_step']"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["optimizer=schedulefree_adamw", "lr_scale=relative", "base_lr=0.0025", "n_lr_steps=7"],
+        ["optimizer=mechanic_adamw", "lr_scale=residual", "base_lr=1.0", "n_lr_steps=6"],
+    ],
+    ids=["schedulefree-relative", "mechanic-residual"],
+)
+def test_a_run_with_the_new_options_resumes_bit_identically_after_sigkill(tmp_path, package_cache, options):
+    """Relative actions around Schedule-Free AdamW (residual ones around Mechanic), every observation
+    extra, the loss-improvement reward, RecurrentPPO learning: killed after its first checkpoint and
+    resumed, it ends with the same weights."""
     import os
     import signal
     import subprocess
@@ -270,8 +282,7 @@ def test_a_run_with_the_new_options_resumes_bit_identically_after_sigkill(tmp_pa
     env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
     args = [
         "--episodes", "1", "--epochs-per-episode", "4", "--ema", "none", "--reward", "loss_improvement",
-        "--no-progress", "--env-kwargs", "optimizer=schedulefree_adamw", "lr_scale=relative",
-        "base_lr=0.0025", "n_lr_steps=7", "obs_extras=['progress','lr','loss','grad_ratio','drift','grad_cosine','base_step']",
+        "--no-progress", "--env-kwargs", *options, EXTRAS_ALL,
     ]  # fmt: skip
     cmd = [sys.executable, "train.py", *args]
     subprocess.run(

@@ -139,7 +139,7 @@ def test_a_parameter_free_base_takes_per_layer_multipliers(optimizer):
     assert info["learning_rates"].tolist() == [0.0, 0.5, 1.0, 2.0, 1.0]
 
 
-@pytest.mark.parametrize("optimizer", ["ldog", "prodigy_layerwise", "adam"])
+@pytest.mark.parametrize("optimizer", ["ldog", "prodigy_layerwise", "mechanic_adamw", "adam"])
 def test_residual_actions_of_one_reproduce_the_base_run_bit_for_bit(optimizer):
     """lr_scale="residual": {0, 1/4, 1/2, 1, 2, 4} x the base's own step; all 1 is the base run."""
     base_lr = 1e-3 if optimizer == "adam" else 1.0
@@ -161,3 +161,47 @@ def test_residual_actions_of_one_reproduce_the_base_run_bit_for_bit(optimizer):
         digits_env(lr_scale="residual", base_lr=1.0, n_lr_steps=5)
     with pytest.raises(ValueError, match="needs base_lr > 0"):
         digits_env(lr_scale="residual", n_lr_steps=6)
+
+
+def test_mechanic_follows_the_papers_rule_over_adamw():
+    """Algorithm 1 of Cutkosky, Defazio & Mehta (2023), written out here in float64 with AdamW's
+    update by hand, against MechanicAdamW on a small least-squares problem."""
+    from finetune_gym.parameter_free import MechanicAdamW
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 3, generator=generator), torch.randn(6, generator=generator)
+    x0 = torch.randn(3, generator=generator)
+
+    def gradient(x: np.ndarray) -> np.ndarray:
+        an, bn = a.double().numpy(), b.double().numpy()
+        return an.T @ (an @ x - bn) / len(bn)
+
+    # The reference: Algorithm 1, Delta read back from x (as the authors' package does).
+    betas = np.array(MechanicAdamW.BETAS)
+    lam, s_init, eps, lr, wd, (b1, b2), adam_eps = 0.01, 1e-8, 1e-8, 1.0, 0.01, (0.9, 0.999), 1e-8
+    x, ref = x0.double().numpy().copy(), x0.double().numpy().copy()
+    s, v, r, m = np.zeros(6), np.zeros(6), np.zeros(6), np.full(6, 1e-6)
+    mom, sq = np.zeros(3), np.zeros(3)
+    expected = []
+    for t in range(1, 31):
+        g = gradient(x)
+        delta = (x - ref) / (s.sum() + eps)
+        h = delta @ (g + lam * s.sum() * np.linalg.norm(g) / (np.linalg.norm(x) + eps) * x)
+        mom, sq = b1 * mom + (1 - b1) * g, b2 * sq + (1 - b2) * g * g
+        step = (mom / (1 - b1**t)) / (np.sqrt(sq / (1 - b2**t)) + adam_eps)
+        u = -lr * wd * x - lr * step
+        m = np.maximum(betas * m, abs(h))
+        v = betas**2 * v + h * h
+        r = np.maximum(betas * r - s * h, 0.0)
+        s = (s_init / 6 * m + r) / (np.sqrt(v) + eps)
+        x = ref + max(s.sum(), 0.0) * (delta + u)
+        expected.append(x.copy())
+
+    param = nn.Parameter(x0.clone().double())
+    optimizer = MechanicAdamW([param])
+    for t in range(30):
+        optimizer.zero_grad()
+        (0.5 * (a.double() @ param - b.double()).square().mean()).backward()
+        optimizer.step()
+        np.testing.assert_allclose(param.detach().numpy(), expected[t], rtol=1e-5, atol=1e-6)  # tuner in fp32
+    assert float(optimizer.scale) > 1e-4  # it has learned a scale far above its start

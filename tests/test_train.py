@@ -46,6 +46,7 @@ def run_train(tmp_path, *args, name="run"):
         "prodigy",
         "prodigy_layerwise",
         "ldog",
+        "mechanic",
         "layerwise_decay",
         "random",
         "linear_probe",
