@@ -23,6 +23,9 @@ class Baseline:
     """A fixed policy over per-layer learning rates."""
 
     name = "baseline"
+    # Whether predict() reads the environment's own observation: the run loop then hands it the
+    # raw one, not VecNormalize's running standardisation (which would change a rule's meaning).
+    raw_observations = False
 
     def __init__(self, seed: int = 0, **params: Any) -> None:
         self.seed = int(seed)
@@ -353,6 +356,7 @@ class AutoRGN(Baseline):
     estimate is formed at its published rate."""
 
     name = "auto_rgn"
+    raw_observations = True
     GRID = 2.0 ** (-np.arange(33) / 4.0)  # 1 ... 1/256, descending
 
     def __init__(self, seed: int = 0, optimizer: str = "prodigy", lr: float | None = None) -> None:

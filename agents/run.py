@@ -265,13 +265,23 @@ def _act_fixed(
 ) -> None:
     """A fixed policy acts (a baseline, or a saved agent replayed deterministically); ``save`` is
     called after every epoch but the last with the step count and the loop's position."""
+    # A rule over the environment's own values (auto_rgn) reads the raw observation, kept in the
+    # loop (so a resumed run has it) beside VecNormalize's.
+    raw = getattr(agent, "raw_observations", False)
     if loop is None:
         loop = {"obs": venv.reset(), "state": None, "episode_start": np.ones(venv.num_envs, dtype=bool)}
+        if raw:
+            loop["raw_obs"] = venv.get_original_obs()
     for step in steps:
         action, loop["state"] = agent.predict(
-            loop["obs"], state=loop["state"], episode_start=loop["episode_start"], deterministic=True
+            loop["raw_obs"] if raw else loop["obs"],
+            state=loop["state"],
+            episode_start=loop["episode_start"],
+            deterministic=True,
         )
         loop["obs"], _, loop["episode_start"], _ = venv.step(action)
+        if raw:
+            loop["raw_obs"] = venv.get_original_obs()
         if (step + 1) % steps_per_epoch == 0 and step + 1 < steps.stop:
             save(step + 1, loop)
 

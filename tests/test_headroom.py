@@ -189,3 +189,23 @@ def test_auto_rgn_gives_each_layer_its_relative_gradient_norm_share_of_the_base(
     # Within a quarter-octave grid step (in log) of the rule; 0 only below the grid.
     assert np.all(np.abs(np.log2(rates[kept] / wanted[kept])) <= 0.125 + 1e-9)
     assert np.all((rates == 0) == ~kept) and len(set(rates.tolist())) > 1
+
+
+def test_auto_rgn_reads_the_raw_observation_in_a_run(tmp_path, monkeypatch):
+    """The run loop standardises observations (VecNormalize) for the agents that learn; a rule over
+    the environment's own values must see them raw: the first grad_ratio is the floor, -8."""
+    from finetune_gym.agents.baselines import AutoRGN
+
+    seen = []
+    original = AutoRGN.predict
+
+    def recording(self, observation, *args, **kwargs):
+        seen.append(np.array(observation, copy=True))
+        return original(self, observation, *args, **kwargs)
+
+    monkeypatch.setattr(AutoRGN, "predict", recording)
+    run_training(tiny("auto_rgn", optimizer="ldog"), tmp_path / "run", progress=False, verbose=False)
+    n_layers = 5
+    assert np.all(seen[0][0, -n_layers:] == -8.0)
+    assert all(np.all(obs[0, -n_layers:] <= 1.0) for obs in seen)  # log10 of ||g|| / ||w||, not z-scores
+    assert len({tuple(obs[0, -n_layers:]) for obs in seen}) > 2

@@ -47,6 +47,7 @@ def run_train(tmp_path, *args, name="run"):
         "prodigy_layerwise",
         "ldog",
         "mechanic",
+        "auto_rgn",
         "layerwise_decay",
         "random",
         "linear_probe",
