@@ -164,6 +164,18 @@ def test_loss_improvement_rewards_the_next_loss_against_the_running_mean():
         {"optimizer": "schedulefree_adamw", "reward": "loss_improvement"},
         {"lr_scale": "relative", "base_lr": 1e-3, "n_lr_steps": 9, "schedule": "cosine", "warmup": 0.1},
         {"obs_extras": ["progress", "lr", "loss"], "optimizer": "adamw"},
+        # Issue 25: each new base with residual actions, the warm-down schedule, the gradient extras.
+        *(
+            {
+                "optimizer": name,
+                "lr_scale": "residual",
+                "base_lr": 1.0,
+                "n_lr_steps": 6,
+                "schedule": "warmdown",
+            }
+            for name in PARAMETER_FREE
+        ),
+        {"optimizer": "prodigy", "obs_extras": ["grad_ratio", "drift", "grad_cosine", "base_step"]},
     ],
 )
 def test_env_checkers_pass_with_the_options_on(kwargs):
