@@ -64,6 +64,7 @@ class LayerStatistics:
         # Per layer: ||g||^2, ||w||^2, ||g - g_prev||^2, ||g_prev||^2 of the last update.
         self.last = torch.zeros(4, self.n_layers, device=device)
         self.updates = 0
+        self._source_sq: torch.Tensor | None = None  # ||w0||^2 per layer: fixed within an episode
 
     @property
     def active(self) -> bool:
@@ -72,8 +73,9 @@ class LayerStatistics:
     def reset(self) -> None:
         """A new episode: no update yet."""
         self.previous = None
-        self.last.zero_()
+        self.last = torch.zeros_like(self.last)
         self.updates = 0
+        self._source_sq = None  # the source may have moved between episodes (the EMA scheme)
 
     def _per_layer(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         norms = torch.stack(torch._foreach_norm(list(tensors))).float()
@@ -107,9 +109,11 @@ class LayerStatistics:
         """What travels to the host with the step's observation (float32, on the device)."""
         parts = [self.last.flatten()]
         if "drift" in self.extras:
+            if self._source_sq is None:
+                self._source_sq = self._per_layer(self.source)
             parts += [
                 self._per_layer(torch._foreach_sub([p.detach() for p in self.params], self.source)),
-                self._per_layer(self.source),
+                self._source_sq,
             ]
         if "base_step" in self.extras:
             parts.append(self._device_steps(optimizer))
