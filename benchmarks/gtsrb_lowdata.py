@@ -497,6 +497,15 @@ def write_report(done: dict[str, dict[str, Any]]) -> None:
         "Auto-RGN and surgical fine-tuning (block chosen on validation, 4 runs) on Prodigy, at 15%;",
         "differences in points, of the means). Empty cells: not run yet.",
         "",
+        "## Issue 25's methods against the no-tuning bar, paired by seed",
+        "",
+        _paired_table(done),
+        "",
+        "Test accuracy differences in points, each method minus the bar on the same seed (same sample,",
+        "split and head): mean ± std of the differences, then each seed's. The bar: of the no-tuning",
+        "methods with every seed done, the best on validation. Surgical and cosine: the block / rate",
+        "chosen on validation (named), once every member is done. Empty: not every seed done yet.",
+        "",
         *_other_datasets(everywhere + best_everywhere),
         "## The paper's knobs at 15% (RL-Tune, paper reward)",
         "",
@@ -577,6 +586,54 @@ def _no_tuning_table(groups: list[report.Group]) -> str:
             mine = cell.get((dataset, rate, rl))
             row += [pct(mine), diff(mine, best), diff(mine, cell.get((dataset, rate, control)))]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+PAIRED = ["prodigy", "prodigy_layerwise", "ldog", "mechanic", "auto_rgn", "surgical", "cosine"]
+PAIRED_FAMILIES = {"surgical": SURGICAL_METHODS, "cosine": COSINE_METHODS}
+
+
+def _paired_table(done: dict[str, dict[str, Any]]) -> str:
+    """Issue 25's methods against the no-tuning bar, paired by seed (same seed = same sample, split
+    and head): the per-seed differences of test accuracy, their mean and std. The bar is the
+    complete no-tuning method with the best mean validation accuracy; a family (surgical, cosine)
+    is its member chosen on validation, once every member is complete."""
+    header = ["dataset", "rate", "bar (val)", *[f"{m} - bar" for m in PAIRED]]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    settings = sorted({(line["dataset"], line["sampling_rate"]) for line in done.values()})
+    for dataset, rate in settings:
+
+        def tests(method: str, dataset: str = dataset, rate: float = rate) -> list[float] | None:
+            found = [done.get(cell_id(method, rate, s, dataset)) for s in seeds_on(dataset, rate)]
+            return (
+                None
+                if any(x is None for x in found)
+                else [x["results"]["final_test_accuracy"] for x in found]
+            )
+
+        complete = [m for m in NO_TUNING if tests(m) is not None]
+        bar = best_on_val(done, complete, rate, dataset) if complete else None
+        if bar is None:
+            continue
+        row = [dataset, f"{rate:.0%}", bar]
+        for method in PAIRED:
+            chosen = (
+                best_on_val(done, PAIRED_FAMILIES[method], rate, dataset)
+                if method in PAIRED_FAMILIES
+                else method
+            )
+            mine = None if chosen is None else tests(chosen)
+            if mine is None or chosen == bar:
+                row.append("" if mine is None else "(the bar)")
+                continue
+            diffs = [100 * (a - b) for a, b in zip(mine, tests(bar), strict=True)]
+            label = f" ({chosen.split('_', 1)[1]})" if method in PAIRED_FAMILIES else ""
+            row.append(
+                f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs):.1f}{label}: "
+                + "/".join(f"{d:+.1f}" for d in diffs)
+            )
+        if any(cell not in ("", "(the bar)") for cell in row[3:]):
+            lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

@@ -322,3 +322,31 @@ def test_threads_under_load_measures_both_thread_counts(tmp_path, capsys):
     ):
         assert f"| {row} |" in text
     assert "| as found, 2 threads | " in text and "| 1.00 |" in text
+
+
+def test_the_grid_pairs_issue_25s_methods_with_the_bar_by_seed():
+    import gtsrb_lowdata as bench
+
+    def line(method, seed, val, test):
+        cell = bench.cell_id(method, 0.15, seed, "sign_digits")
+        results = {"final_val_accuracy": val, "final_test_accuracy": test}
+        return cell, {"cell": cell, "dataset": "sign_digits", "sampling_rate": 0.15, "results": results}
+
+    done = dict(
+        [line(m, s, 0.5, 0.5) for m in bench.NO_TUNING if m != "prodigy" for s in range(3)]
+        + [line("prodigy", s, 0.9, t) for s, t in enumerate((0.80, 0.70, 0.60))]  # the bar: best on val
+        + [line("auto_rgn", s, 0.1, t) for s, t in enumerate((0.81, 0.75, 0.50))]
+        + [
+            line(m, s, 0.2 + 0.1 * (m == "surgical_layer2"), 0.9)
+            for m in bench.SURGICAL_METHODS
+            for s in range(3)
+        ]
+    )
+    table = bench._paired_table(done)
+    row = next(r for r in table.splitlines() if r.startswith("| sign_digits"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    columns = dict(zip(["dataset", "rate", "bar", *bench.PAIRED], cells, strict=True))
+    assert columns["bar"] == "prodigy" and columns["prodigy"] == "(the bar)"
+    assert columns["auto_rgn"] == "-1.3 ± 7.8: +1.0/+5.0/-10.0"
+    assert columns["surgical"].startswith("+20.0 ± 10.0 (layer2): +10.0/+20.0/+30.0")
+    assert columns["cosine"] == ""  # its family is not done
