@@ -215,6 +215,22 @@ class LinearProbe(Baseline):
         return action
 
 
+def base_rate(agent: str, optimizer: str, lr: float | None) -> float:
+    """The rate a multiplier of 1 gives on ``optimizer``: ``lr``, or its published default."""
+    from finetune_gym.optimizers import DEFAULT_LR, check_optimizer
+
+    check_optimizer(optimizer)
+    if lr is None:
+        if optimizer not in DEFAULT_LR:
+            raise ValueError(
+                f"{agent}: optimizer {optimizer!r} has no published default rate; give lr=<rate>"
+            )
+        lr = DEFAULT_LR[optimizer]
+    if not lr > 0:
+        raise ValueError(f"{agent} needs a base rate lr > 0, got {lr}")
+    return float(lr)
+
+
 def stage_of(layer: str) -> str:
     """A layer's stage: its name before the first dot (``layer2.1`` -> ``layer2``; ``stem``, ``head``)."""
     return layer.split(".", 1)[0]
@@ -240,25 +256,15 @@ class StageProfile(Baseline):
         multipliers: Mapping[str, float] | None = None,
         schedule: str = "constant",
     ) -> None:
-        from finetune_gym.optimizers import DEFAULT_LR, check_optimizer
         from finetune_gym.schedules import check_schedule
 
-        check_optimizer(optimizer)
         check_schedule(schedule, 0.0)
-        if lr is None:
-            if optimizer not in DEFAULT_LR:
-                raise ValueError(
-                    f"stage_profile: optimizer {optimizer!r} has no published default rate; give lr=<rate>"
-                )
-            lr = DEFAULT_LR[optimizer]
+        lr = base_rate(self.name, optimizer, lr)
         multipliers = dict(multipliers or {})
         bad = {k: v for k, v in multipliers.items() if not isinstance(v, (int, float)) or not v >= 0}
-        if not lr > 0 or bad:
-            raise ValueError(
-                f"stage_profile needs lr > 0 and multipliers >= 0 (0 freezes); got lr={lr}, "
-                f"multipliers {bad or multipliers}"
-            )
-        super().__init__(seed, optimizer=optimizer, lr=float(lr), multipliers=multipliers, schedule=schedule)
+        if bad:
+            raise ValueError(f"stage_profile needs multipliers >= 0 (0 freezes); got {bad}")
+        super().__init__(seed, optimizer=optimizer, lr=lr, multipliers=multipliers, schedule=schedule)
 
     def _steps(self) -> list[float]:
         lr, multipliers = self.params["lr"], self.params["multipliers"]
@@ -313,8 +319,7 @@ class Surgical(Baseline):
     ) -> None:
         if not block:
             raise ValueError("surgical needs the block to fine-tune: block=<stage>, e.g. block='layer1'")
-        profile = StageProfile(seed, optimizer, lr)  # the same checks of the base and its rate
-        super().__init__(seed, block=block, optimizer=optimizer, lr=profile.params["lr"])
+        super().__init__(seed, block=block, optimizer=optimizer, lr=base_rate(self.name, optimizer, lr))
 
     def env_overrides(self) -> dict[str, Any]:
         return {"optimizer": self.params["optimizer"], "lr_steps": [0.0, self.params["lr"]]}
@@ -360,8 +365,7 @@ class AutoRGN(Baseline):
     GRID = 2.0 ** (-np.arange(33) / 4.0)  # 1 ... 1/256, descending
 
     def __init__(self, seed: int = 0, optimizer: str = "prodigy", lr: float | None = None) -> None:
-        profile = StageProfile(seed, optimizer, lr)
-        super().__init__(seed, optimizer=optimizer, lr=profile.params["lr"])
+        super().__init__(seed, optimizer=optimizer, lr=base_rate(self.name, optimizer, lr))
 
     def env_overrides(self) -> dict[str, Any]:
         steps = sorted({0.0, *(self.params["lr"] * m for m in self.GRID)})
