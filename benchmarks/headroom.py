@@ -346,6 +346,26 @@ def importances(study) -> dict[str, float] | None:
     )
 
 
+def unfrozen_importances(finished: dict[int, dict[str, Any]]) -> tuple[dict[str, float], int] | None:
+    """fANOVA over the trials that froze no stage, on the multipliers and the time profile alone:
+    where a working profile's gain comes from (over all trials, the freezes that break a run
+    dominate the variance)."""
+    import optuna
+
+    space = {k: v for k, v in distributions().items() if not k.endswith("_frozen")}
+    kept = [t for t in finished.values() if not any(t["params"][f"{s}_frozen"] for s in STAGES)]
+    if len(kept) < 10:
+        return None
+    study = optuna.create_study(direction="maximize")
+    for trial in kept:
+        params = {k: trial["params"][k] for k in space}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=score(trial)))
+    weights = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
+    return weights, len(kept)
+
+
 def setting_report(setting: str, done, lines) -> list[str]:
     method = base_method(setting, done)
     out = [f"## {setting.replace('/r', ' ')}", ""]
@@ -371,6 +391,13 @@ def setting_report(setting: str, done, lines) -> list[str]:
     if 0 in finished:
         out.append(f"| 0 (base) | {100 * score(finished[0]):.2f} | {describe(finished[0]['params'])} |")
     weights = importances(study)
+    unfrozen = unfrozen_importances(finished)
+    if unfrozen:
+        out += [
+            "",
+            f"fANOVA importances over the {unfrozen[1]} trials that froze no stage (multipliers and time "
+            "profile only): " + ", ".join(f"{k} {v:.2f}" for k, v in unfrozen[0].items()),
+        ]
     if weights:
         out += [
             "",

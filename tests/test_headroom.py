@@ -209,3 +209,20 @@ def test_auto_rgn_reads_the_raw_observation_in_a_run(tmp_path, monkeypatch):
     assert np.all(seen[0][0, -n_layers:] == -8.0)
     assert all(np.all(obs[0, -n_layers:] <= 1.0) for obs in seen)  # log10 of ||g|| / ||w||, not z-scores
     assert len({tuple(obs[0, -n_layers:]) for obs in seen}) > 2
+
+
+def test_importances_over_working_profiles_find_the_parameter_that_matters(headroom):
+    """Over the trials that froze nothing, fANOVA names the multiplier the score depends on."""
+    rng = np.random.default_rng(0)
+    finished = {}
+    for number in range(14):
+        params = {**headroom.BASE_PARAMS, **{f"{s}_log2": float(rng.uniform(-3, 3)) for s in headroom.STAGES}}
+        params["time"] = str(rng.choice(headroom.PROFILES))
+        value = 0.5 + 0.1 * params["head_log2"]
+        finished[number] = {
+            "params": params,
+            "runs": {s: {"final_val_accuracy": value} for s in headroom.SEARCH_SEEDS},
+        }
+    finished[99] = {"params": {**headroom.BASE_PARAMS, "head_frozen": True}, "runs": {}}  # left out
+    weights, n = headroom.unfrozen_importances(finished)
+    assert n == 14 and max(weights, key=weights.get) == "head_log2" and weights["head_log2"] > 0.5
