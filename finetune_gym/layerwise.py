@@ -33,7 +33,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .env import FineTuneEnv
-from .observation import OBS_LIMIT
+from .observation import OBS_LIMIT, extras_layout
 
 DEFAULT_MAX_LAYERS = 64
 GLOBAL_FEATURES = 4  # progress, loss, its running mean, their difference
@@ -89,13 +89,9 @@ class LayerwiseView(gym.Wrapper):
         base = self.env.unwrapped
         n, f = self.n_layers, self.features
         bins = observation[: n * f].reshape(n, f)
-        extras = observation[n * f :]
-        offset, progress = 0, 0.0
-        if "progress" in base.obs_extras:
-            progress, offset = float(extras[0]), 1
-        if "lr" in base.obs_extras:
-            offset += n
-        loss = extras[offset : offset + 3]
+        layout = extras_layout(base.obs_extras, n, f)
+        progress = float(observation[layout["progress"]][0]) if "progress" in layout else 0.0
+        loss = observation[layout["loss"]]
         return bins, np.array([progress, *loss], dtype=np.float32)
 
     def _tokens(self, observation: np.ndarray) -> np.ndarray:

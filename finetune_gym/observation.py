@@ -116,8 +116,23 @@ def check_obs_extras(extras: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(e for e in OBS_EXTRAS if e in extras)  # one layout whatever the order given
 
 
+def _extra_size(extra: str, n_layers: int) -> int:
+    return n_layers if extra in PER_LAYER_EXTRAS else {"progress": 1, "loss": 3}[extra]
+
+
 def extras_size(extras: Sequence[str], n_layers: int) -> int:
-    return sum(n_layers if e in PER_LAYER_EXTRAS else {"progress": 1, "loss": 3}[e] for e in extras)
+    return sum(_extra_size(e, n_layers) for e in extras)
+
+
+def extras_layout(extras: Sequence[str], n_layers: int, obs_features: int) -> dict[str, slice]:
+    """Where each extra sits in the flat observation (after the layers' blocks): the one reading
+    of the layout that every consumer (LayerwiseView, the rules that read an extra) shares."""
+    layout, start = {}, n_layers * obs_features
+    for extra in check_obs_extras(extras):
+        size = _extra_size(extra, n_layers)
+        layout[extra] = slice(start, start + size)
+        start += size
+    return layout
 
 
 class TrainingSignals:

@@ -12,15 +12,17 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from test_env import digits_env
 
 from finetune_gym.layer_signals import FLOOR, GRADIENT_EXTRAS
+from finetune_gym.observation import extras_layout
 
 ALL = ["progress", "lr", "loss", *GRADIENT_EXTRAS]
 
 
 def extras_of(env, obs: np.ndarray) -> dict[str, np.ndarray]:
-    """The per-layer extras by name (after progress, lr and loss)."""
-    n = env.n_layers
-    values = obs[n * env.pooler.features + 1 + n + 3 :]
-    return {name: values[i * n : (i + 1) * n] for i, name in enumerate(GRADIENT_EXTRAS)}
+    """The gradient extras by name, where the observation's layout puts them."""
+    layout = extras_layout(env.obs_extras, env.n_layers, env.pooler.features)
+    assert layout["grad_ratio"].start == env.n_layers * env.pooler.features + 1 + env.n_layers + 3
+    assert layout["base_step"].stop == len(obs)
+    return {name: obs[layout[name]] for name in GRADIENT_EXTRAS}
 
 
 def norm(tensors) -> float:
