@@ -521,15 +521,11 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         if not math.isfinite(forward.loss_value):  # the update will be skipped
             self._guard.restore()
         self.signals.record_loss(forward.loss_value)
-        if self.statistics.active:
-            n_pooled = self.n_layers * self.pooler.features
-            observation, values = observation[:n_pooled], observation[n_pooled:]
-            extras = [
-                self.signals.features(self._step / self.episode_steps, forward.loss_value),
-                self.statistics.features(values, self.optimizer),
-            ]
+        if self.obs_extras:
+            extras = [self.signals.features(self._step / self.episode_steps, forward.loss_value)]
+            if self.statistics.active:  # their values came back after the activations
+                n_pooled = self.n_layers * self.pooler.features
+                observation, values = observation[:n_pooled], observation[n_pooled:]
+                extras.append(self.statistics.features(values, self.optimizer))
             observation = np.concatenate([observation, *extras])
-        elif self.obs_extras:
-            extras = self.signals.features(self._step / self.episode_steps, forward.loss_value)
-            observation = np.concatenate([observation, extras])
         return observation, reward_count
