@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from finetune_gym import presets
+
 # Enough steps for any layer count: the decay grid has one rate per possible depth.
 MAX_LAYERS = 256
 
@@ -89,7 +91,7 @@ class Uniform(Baseline):
         super().__init__(seed, lr=lr, index=index)
 
     def env_overrides(self) -> dict[str, Any]:
-        return {} if self.params.get("index") is not None else {"lr_steps": [0.0, float(self.params["lr"])]}
+        return {} if self.params.get("index") is not None else presets.uniform(self.params["lr"])
 
     def action(self) -> np.ndarray:
         index = self.params.get("index")
@@ -114,7 +116,7 @@ class Cosine(Uniform):
         Baseline.__init__(self, seed, lr=lr, warmup=warmup)
 
     def env_overrides(self) -> dict[str, Any]:
-        return {**super().env_overrides(), "schedule": "cosine", "warmup": float(self.params["warmup"])}
+        return presets.cosine(self.params["lr"], self.params["warmup"])
 
 
 class PublishedOptimizer(Uniform):
@@ -132,7 +134,7 @@ class PublishedOptimizer(Uniform):
         Baseline.__init__(self, seed, lr=lr)
 
     def env_overrides(self) -> dict[str, Any]:
-        return {**super().env_overrides(), "optimizer": self.optimizer}
+        return presets.published(self.optimizer, self.params["lr"])
 
 
 class ScheduleFreeAdamW(PublishedOptimizer):
@@ -206,7 +208,7 @@ class LinearProbe(Baseline):
         super().__init__(seed, lr=lr)
 
     def env_overrides(self) -> dict[str, Any]:
-        return {"lr_steps": [0.0, float(self.params["lr"])]}
+        return presets.uniform(self.params["lr"])
 
     def action(self) -> np.ndarray:
         assert self.n_layers is not None
@@ -322,7 +324,7 @@ class Surgical(Baseline):
         super().__init__(seed, block=block, optimizer=optimizer, lr=base_rate(self.name, optimizer, lr))
 
     def env_overrides(self) -> dict[str, Any]:
-        return {"optimizer": self.params["optimizer"], "lr_steps": [0.0, self.params["lr"]]}
+        return presets.published(self.params["optimizer"], self.params["lr"])
 
     def bind(self, n_layers: int, rates: np.ndarray, layer_names: Sequence[str] | None = None) -> Surgical:
         if layer_names is None:

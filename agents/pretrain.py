@@ -31,6 +31,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
+from finetune_gym import FineTuneEnv, presets
 from finetune_gym.datasets.sampling import check_sampling_rate
 from finetune_gym.layerwise import DEFAULT_MAX_LAYERS
 from finetune_gym.storage import UnreadableFile, atomic_torch_save, load_tensors
@@ -44,35 +45,20 @@ from .threads import torch_threads
 
 POLICY = "policy.pt"
 RUN_LOG = "runs.jsonl"
-SHARED_DATA = Path(
-    os.environ.get("FINETUNE_GYM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
 # PPO's settings for pretraining: train.py's (its rollout is its own: tasks differ in epoch length).
 PPO_DEFAULTS: dict[str, Any] = dict(PPO_SETTINGS)
 
 
 def _cifar_task(root: Path, dataset: str) -> dict[str, Any]:
     """A target of the GTSRB benchmark's protocol: the CIFAR-10 ResNet-20 source at 32 px."""
-    data = (
-        {"dataset": "gtsrb", "data_root": str(root), "dataset_kwargs": {"one_frame_per_track": True}}
-        if dataset == "gtsrb"
-        else {"dataset": "imagefolder", "data_root": str(root / dataset)}
-    )
-    return {
-        "name": dataset,
-        **data,
-        "model": "cifar_resnet20",
-        "weights": str(root / "resnet_cifar10" / "resnet20-12fca82f.th"),
-        "image_size": 32,
-        "val_fraction": 0.2,
-        "batch_size": 32,
-    }
+    data = presets.gtsrb(root) if dataset == "gtsrb" else presets.imagefolder(root / dataset)
+    return {"name": dataset, **data, **presets.cifar_source(presets.cifar_checkpoint(root)), "batch_size": 32}
 
 
 def task_set(name: str, data_root: Path) -> list[dict[str, Any]]:
     """The named task sets: ``digits`` (offline), and the leave-one-domain-out sets of the transfer
     test, ``no-gtsrb`` (sign_digits, clothing10, digits) and ``no-sign_digits`` (GTSRB, clothing10,
-    digits), read from ``data_root`` (../shared/data)."""
+    digits), read from ``data_root`` (default :func:`finetune_gym.presets.data_root`)."""
     sets = {
         "digits": [],
         "no-gtsrb": ["sign_digits", "clothing10"],
@@ -92,9 +78,9 @@ class PretrainConfig:
     """What a pretraining run is; checked before anything is built."""
 
     tasks: str | list[dict[str, Any]] = "digits"  # a task set's name or the tasks themselves
-    data_root: str = str(SHARED_DATA)
+    data_root: str = field(default_factory=lambda: str(presets.data_root()))
     sampling_rates: list[float] = field(default_factory=lambda: list(DEFAULT_SAMPLING_RATES))
-    epochs_per_episode: int = 10
+    epochs_per_episode: int = FineTuneEnv.default_config()["epochs_per_episode"]
     runs: int = 16
     n_envs: int = 1
     devices: list[str] = field(default_factory=lambda: ["cpu"])

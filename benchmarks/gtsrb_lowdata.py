@@ -59,10 +59,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from finetune_gym import FineTuneEnv, presets  # noqa: E402
 from finetune_gym.agents import report  # noqa: E402
+from finetune_gym.optimizers import DEFAULT_LR  # noqa: E402
 from finetune_gym.wrappers import DEFAULT_EMA  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = presets.data_root()
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 RESULTS_FILE = RESULTS_DIR / "gtsrb_lowdata.jsonl"
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "gtsrb_lowdata"
@@ -75,7 +77,7 @@ KNOB_RATE = 0.15
 
 BASE_ENV = {
     "data_root": str(SHARED),
-    "weights": str(SHARED / "resnet_cifar10" / "resnet20-12fca82f.th"),
+    "weights": str(presets.cifar_checkpoint(SHARED)),
     "batch_size": 32,
     "device": "cpu",
 }
@@ -83,7 +85,7 @@ BASE_ENV = {
 DATASETS: dict[str, dict[str, Any]] = {
     "gtsrb": {},
     **{
-        name: {"dataset": "imagefolder", "data_root": str(SHARED / name), "dataset_kwargs": {}}
+        name: presets.imagefolder(SHARED / name)
         for name in ("sign_digits", "clothing10", "omniglot_alphabets", "oracle_mnist")
     },
 }
@@ -109,7 +111,7 @@ def seeds_on(dataset: str, rate: float) -> tuple[int, ...]:
 class Method:
     algo: str
     episodes: int = 5
-    epochs_per_episode: int = 10
+    epochs_per_episode: int = FineTuneEnv.default_config()["epochs_per_episode"]
     ema: float | None = DEFAULT_EMA  # the protocol's 0.2, the paper's
     env: dict[str, Any] = field(default_factory=dict)
     agent: dict[str, Any] = field(default_factory=dict)
@@ -148,7 +150,7 @@ LEARNED = {
     "lr_scale": "relative",
     "n_lr_steps": 7,
 }
-SF_BASE = {"optimizer": "schedulefree_adamw", "base_lr": 0.0025}
+SF_BASE = {"optimizer": "schedulefree_adamw", "base_lr": DEFAULT_LR["schedulefree_adamw"]}
 COSINE_BASE = {"schedule": "cosine"}  # base_lr: the cosine rate chosen on validation
 
 

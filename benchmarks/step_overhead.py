@@ -39,12 +39,12 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from finetune_gym import FineTuneEnv  # noqa: E402
+from finetune_gym import FineTuneEnv, presets  # noqa: E402
 from finetune_gym.device import resolve_channels_last, resolve_precision  # noqa: E402
 from finetune_gym.layer_signals import GRADIENT_EXTRAS as GRADIENT_EXTRAS_NAMES  # noqa: E402
 from finetune_gym.plain import PlainFineTuning  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = presets.data_root()
 DATA = "data pipeline alone (part of plain)"
 
 CPU_CONFIGS = [
@@ -110,7 +110,7 @@ def env_kwargs(config: dict[str, Any], device: str, reward: str, epochs: int = 1
         "optimizer": config.get("optimizer", "adam"),
     }
     if (SHARED / "gtsrb").is_dir():
-        kwargs.update(dataset="gtsrb", data_root=str(SHARED), dataset_kwargs={"one_frame_per_track": True})
+        kwargs.update(presets.gtsrb(SHARED))
     else:  # synthetic stand-in with the same shapes
         # dataset_kwargs replaces the registered GTSRB options in the full run's environment.
         kwargs.update(

@@ -7,6 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from . import presets
 from .arguments import check_choice
 from .env import FineTuneEnv
 from .wrappers import DEFAULT_EMA, EMAEpisodeWrapper, check_ema
@@ -38,25 +39,14 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     # The paper: ImageNet ResNet-50 fine-tuned on FGVC Aircraft (or CUB, Cars) at 224 px.
     "FineTune-ResNet50-v0": {},
     # CIFAR-10 ResNets on GTSRB at 32 px; pass weights="cifar10" (downloads) or a checkpoint path.
+    # The id's GTSRB options are dropped when another dataset is given (DatasetDefaults).
     "FineTune-CIFARResNet-v0": {
-        "model": "cifar_resnet20",
-        "weights": "cifar10",
+        **presets.cifar_source("cifar10"),
         "dataset": "gtsrb",
-        "dataset_kwargs": DatasetDefaults("gtsrb", {"one_frame_per_track": True}),
-        "image_size": 32,
-        "val_fraction": 0.2,
+        "dataset_kwargs": DatasetDefaults("gtsrb", presets.gtsrb()["dataset_kwargs"]),
     },
     # Offline built-in default: digits 0-4 pretrained source, fine-tuned on digits 5-9.
-    "FineTune-Digits-v0": {
-        "model": "digits_resnet8",
-        "weights": "digits",
-        "dataset": "digits",
-        "data_root": None,
-        "image_size": 8,
-        "val_fraction": 0.2,
-        "obs_features": 4,
-        "device": "cpu",
-    },
+    "FineTune-Digits-v0": {**presets.digits(), "obs_features": 4},
 }
 ENV_IDS: list[str] = list(_OVERRIDES)
 # Environments over many fine-tuning runs (a new task at every reset): not a single run's

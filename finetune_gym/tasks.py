@@ -21,6 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from . import presets
 from .datasets.sampling import check_sampling_rate
 from .env import FineTuneEnv
 from .layerwise import DEFAULT_MAX_LAYERS, LayerwiseView
@@ -30,26 +31,13 @@ from .rendering import RENDER_FPS, RENDER_MODES, check_render_mode
 # (the best one-run method without tuning on the benchmark's 15% sign_digits; a policy that knows
 # nothing reproduces it), the extras LayerwiseView reads, and a reward that depends on the action.
 SHARED_DEFAULTS: dict[str, Any] = {
-    "optimizer": "schedulefree_adamw",
-    "lr_scale": "relative",
-    "base_lr": 0.0025,
-    "n_lr_steps": 7,
+    **presets.relative("schedulefree_adamw"),
     "obs_extras": ["progress", "loss"],
     "reward": "loss_improvement",
     "obs_features": 4,  # activation bins per layer: one policy needs one token size on every task
 }
 # The offline default: the built-in digits and their ResNet-8 at four sampling rates.
-DEFAULT_TASKS: list[dict[str, Any]] = [
-    {
-        "dataset": "digits",
-        "data_root": None,
-        "model": "digits_resnet8",
-        "weights": "digits",
-        "image_size": 8,
-        "val_fraction": 0.2,
-        "device": "cpu",
-    }
-]
+DEFAULT_TASKS: list[dict[str, Any]] = [presets.digits()]
 DEFAULT_SAMPLING_RATES = (0.15, 0.3, 0.5, 1.0)
 # Arguments a task may not set: they belong to the distribution (drawn, or shared by every task).
 DRAWN = ("sampling_rate", "seed", "epochs_per_episode")

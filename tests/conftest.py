@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from finetune_gym import presets
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FINETUNE_GYM_SHARED_DATA", ROOT.parent / "shared" / "data"))
-CIFAR_CHECKPOINT = SHARED_DATA / "resnet_cifar10" / "resnet20-12fca82f.th"
+SHARED_DATA = presets.data_root()
+CIFAR_CHECKPOINT = presets.cifar_checkpoint(SHARED_DATA)
 GTSRB_ROOT = SHARED_DATA
 
 

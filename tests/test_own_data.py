@@ -11,14 +11,14 @@ import subprocess
 
 import gymnasium as gym
 import pytest
-from conftest import ROOT, TINY_TRAIN_ARGS, limit, make_image_folder
+from conftest import CIFAR_CHECKPOINT, ROOT, TINY_TRAIN_ARGS, limit, make_image_folder
 
 import finetune_gym  # noqa: F401
 import train
 from finetune_gym import ENV_IDS, default_config
 from finetune_gym.agents.threads import load_warning
 
-WEIGHTS = ROOT.parent / "shared" / "data" / "resnet_cifar10" / "resnet20-12fca82f.th"
+WEIGHTS = CIFAR_CHECKPOINT
 
 
 @pytest.fixture(scope="module")

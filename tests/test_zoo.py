@@ -10,14 +10,14 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
-from conftest import limit
+from conftest import SHARED_DATA, limit
 
 from finetune_gym import ENV_IDS
 from finetune_gym.agents import registry
 from finetune_gym.agents.zoo import STEPS_PER_EPOCH, ZOO_ALGOS, render, zoo_hyperparams
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 @pytest.mark.parametrize("algo", sorted(ZOO_ALGOS))
