@@ -36,6 +36,7 @@ from .safe_state import (
     plain,
     unplain,
 )
+from .sb3_internals import forget_reset_seeds
 from .timing import Timer
 
 FORMAT = "finetune-gym-checkpoint-2"
@@ -143,7 +144,7 @@ def load_checkpoint(
             f"{str(error)[:160]}); start the run again with --overwrite"
         ) from error
     timer.resume(payload["timing"])
-    venv.venv._reset_seeds()  # the first reset's seed was used long ago
+    forget_reset_seeds(venv.venv)  # the first reset's seed was used long ago
     # Last: building an SB3 agent seeds the global generators.
     rng = payload["rng"]
     torch.set_rng_state(rng["torch"])

@@ -18,18 +18,9 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
-_ARRAY = "__ndarray__"
+from .sb3_internals import is_recurrent, rollout_position, set_rollout_position, stats_window
 
-# What SB3 keeps between rollouts outside the policy: where the rollout stands, and the counters.
-_LEARNER_ATTRS = (
-    "_last_obs",
-    "_last_episode_starts",
-    "_last_original_obs",
-    "num_timesteps",
-    "_n_updates",
-    "_episode_num",
-    "_last_lstm_states",
-)
+_ARRAY = "__ndarray__"
 
 
 def plain(obj: Any) -> Any:
@@ -62,7 +53,7 @@ def unplain(obj: Any) -> Any:
 
 def learner_state(agent: BaseAlgorithm) -> dict[str, Any]:
     """An SB3 algorithm's learned state: policy and optimizer weights, its rollout position."""
-    attrs = {a: getattr(agent, a, None) for a in _LEARNER_ATTRS}
+    attrs = rollout_position(agent)
     return {
         "policy": agent.policy.state_dict(),
         "optimizer": agent.policy.optimizer.state_dict(),
@@ -78,15 +69,17 @@ def load_learner_state(agent: BaseAlgorithm, state: dict[str, Any]) -> None:
     """Continue ``agent`` (built with the same configuration) from :func:`learner_state`."""
     agent.policy.load_state_dict(state["policy"])
     agent.policy.optimizer.load_state_dict(state["optimizer"])
-    for attr, value in unplain(state["attrs"]).items():
-        if attr == "_last_lstm_states" and value is not None:
-            (pi_h, pi_c), (vf_h, vf_c) = value
-            value = RNNStates((pi_h, pi_c), (vf_h, vf_c))
-        setattr(agent, attr, value)
+    position = unplain(state["attrs"])
+    if not is_recurrent(agent) and position.get("_last_lstm_states", 0) is None:
+        del position["_last_lstm_states"]  # written as None for every algorithm before sb3_internals
+    if position.get("_last_lstm_states") is not None:
+        (pi_h, pi_c), (vf_h, vf_c) = position["_last_lstm_states"]
+        position["_last_lstm_states"] = RNNStates((pi_h, pi_c), (vf_h, vf_c))
+    set_rollout_position(agent, position)
     if state["episode_buffers"] is not None:
         infos, successes = unplain(state["episode_buffers"])
-        agent.ep_info_buffer = deque(infos, maxlen=agent._stats_window_size)
-        agent.ep_success_buffer = deque(successes, maxlen=agent._stats_window_size)
+        agent.ep_info_buffer = deque(infos, maxlen=stats_window(agent))
+        agent.ep_success_buffer = deque(successes, maxlen=stats_window(agent))
 
 
 def normalisation_state(venv: VecNormalize) -> dict[str, Any]:

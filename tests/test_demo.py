@@ -11,14 +11,21 @@ from conftest import limit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_the_offline_default(package_cache):
-    result = subprocess.run(
-        [sys.executable, "-m", "finetune_gym", "--episodes", "2", "--epochs-per-episode", "2"],
-        cwd=ROOT,
+def _python(args: list[str], cwd: Path, package_cache: Path) -> subprocess.CompletedProcess:
+    """``python ARGS`` in a fresh process, with the session's package cache (the digits source)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=limit(300),
         env={**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")},
+    )
+
+
+def test_demo_runs_the_offline_default(package_cache):
+    result = _python(
+        ["-m", "finetune_gym", "--episodes", "2", "--epochs-per-episode", "2"], ROOT, package_cache
     )
     assert result.returncode == 0, result.stderr
     assert "FineTune-Digits-v0: 5 layers" in result.stdout
@@ -47,14 +54,7 @@ def test_readme_sb3_example_runs_as_written(package_cache, tmp_path):
     assert len(blocks) == 1, "the README should hold one RecurrentPPO example"
     script = tmp_path / "example.py"
     script.write_text(blocks[0])
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=limit(300),
-        env={**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")},
-    )
+    result = _python([str(script)], tmp_path, package_cache)
     assert result.returncode == 0, result.stderr
     accuracy = float(re.search(r"validation accuracy after the episode: ([0-9.]+)", result.stdout).group(1))
     assert accuracy > 0.5, result.stdout  # two epochs fine-tune digits 5-9 well above chance (0.2)
