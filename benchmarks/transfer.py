@@ -40,6 +40,7 @@ import gtsrb_lowdata as grid  # noqa: E402
 
 from finetune_gym.agents import report  # noqa: E402
 from finetune_gym.agents.pretrain import PretrainConfig  # noqa: E402
+from finetune_gym.optimizers import DEFAULT_LR  # noqa: E402
 
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "transfer"
 RESULTS_FILE = grid.RESULTS_DIR / "transfer.jsonl"
@@ -49,6 +50,8 @@ SPLITS = {
     "gtsrb": ("no-gtsrb", grid.RATES),
     "sign_digits": ("no-sign_digits", (0.15, 1.0)),
 }
+SF_LR = DEFAULT_LR["schedulefree_adamw"]  # the base of the policy's relative actions
+# The protocol's own values (declared with issue 14), not the package's defaults: a benchmark keeps them.
 PRETRAIN = {"runs": 60, "epochs_per_episode": 10, "threads": 1, "n_steps": 128, "seed": 0}
 METHODS = {"pretrained_frozen": False, "pretrained_learn": True}
 BASELINES = [
@@ -266,7 +269,7 @@ def plot_policy(path: Path) -> bool:
         axis.set_yticks(
             range(len(schedule["layer_names"])), [str(n) for n in schedule["layer_names"]], fontsize=6
         )
-        axis.set_title(f"GTSRB {rate:.0%}, seed 0: log2(rate / Schedule-Free's 0.0025)", fontsize=9)
+        axis.set_title(f"GTSRB {rate:.0%}, seed 0: log2(rate / Schedule-Free's {SF_LR:g})", fontsize=9)
         axis.set_xlabel("fine-tuning step (as recorded)")
         axis = axes[1][column]
         progress = np.linspace(0, 1, len(rates))

@@ -39,6 +39,7 @@ SHARED_DEFAULTS: dict[str, Any] = {
 # The offline default: the built-in digits and their ResNet-8 at four sampling rates.
 DEFAULT_TASKS: list[dict[str, Any]] = [presets.digits()]
 DEFAULT_SAMPLING_RATES = (0.15, 0.3, 0.5, 1.0)
+DEFAULT_EPOCHS: int = FineTuneEnv.default_config()["epochs_per_episode"]  # a run as long as one episode
 # Arguments a task may not set: they belong to the distribution (drawn, or shared by every task).
 DRAWN = ("sampling_rate", "seed", "epochs_per_episode")
 LABEL = "name"  # a task's optional label in logs (default: its dataset); not an environment argument
@@ -54,7 +55,7 @@ class FineTuneTasksEnv(gym.Env):
         tasks: Sequence[dict[str, Any]] | None = None,
         sampling_rates: Sequence[float] = DEFAULT_SAMPLING_RATES,
         data_seeds: int = 1000,
-        epochs_per_episode: int = 10,
+        epochs_per_episode: int = DEFAULT_EPOCHS,
         max_layers: int = DEFAULT_MAX_LAYERS,
         env_kwargs: dict[str, Any] | None = None,
         seed: int = 0,

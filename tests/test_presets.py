@@ -113,3 +113,66 @@ def test_the_data_folder_and_the_checkpoint_file_name_are_written_in_one_place()
         if pattern.search(line)
     ]
     assert not found, f"use finetune_gym.presets (data_root, cifar_checkpoint) instead: {found}"
+
+
+def _numbers_and_defaults(path: Path) -> list[tuple[int, str]]:
+    """(line, what) for each published base rate written as a number, and each
+    ``epochs_per_episode`` given a literal number (a default, a keyword or a dict entry)."""
+    import ast
+
+    rates = set(DEFAULT_LR.values()) - {1.0}  # 1.0 (a parameter-free multiplier) is everywhere
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and type(node.value) is float and node.value in rates:
+            found.append((node.lineno, f"base rate {node.value}"))
+        pairs: list[tuple[object, object]] = []
+        if isinstance(node, ast.Dict):
+            pairs = [
+                (k.value if isinstance(k, ast.Constant) else None, v)
+                for k, v in zip(node.keys, node.values, strict=True)
+            ]
+        elif isinstance(node, ast.keyword):
+            pairs = [(node.arg, node.value)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            pairs = [(node.target.id, node.value)]
+        elif isinstance(node, ast.arguments):
+            positional = node.posonlyargs + node.args
+            pairs = [
+                (a.arg, d)
+                for a, d in zip(
+                    positional[len(positional) - len(node.defaults) :], node.defaults, strict=True
+                )
+            ]
+            pairs += [(a.arg, d) for a, d in zip(node.kwonlyargs, node.kw_defaults, strict=True)]
+        for name, value in pairs:
+            literal = isinstance(value, ast.Constant) and type(value.value) is int
+            if name == "epochs_per_episode" and literal:
+                found.append((value.lineno, f"epochs_per_episode={value.value}"))
+    return found
+
+
+def test_the_base_rates_and_the_episode_length_are_written_in_one_place():
+    """The published rates live in optimizers.DEFAULT_LR and the episode's length in FineTuneEnv's
+    signature; the package reads them there (tests and benchmark protocols may state their own)."""
+    owners = {
+        ROOT / "finetune_gym" / "optimizers.py": "base rate",
+        ROOT / "finetune_gym" / "env.py": "epochs_per_episode",
+    }
+    found = [
+        f"{path.relative_to(ROOT)}:{line} {what}"
+        for folder in ("finetune_gym", "agents")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for line, what in _numbers_and_defaults(path)
+        if not what.startswith(owners.get(path, "\0"))
+    ]
+    found += [
+        f"{name}:{line} {what}"
+        for name in ("train.py", "evaluate.py")
+        for line, what in _numbers_and_defaults(ROOT / name)
+    ]
+    assert not found, f"read these from optimizers.DEFAULT_LR / FineTuneEnv.default_config(): {found}"
+    # The check sees what it is meant to: the owners themselves hold the values.
+    assert _numbers_and_defaults(ROOT / "finetune_gym" / "optimizers.py")
+    assert any(
+        "epochs_per_episode=10" in w for _, w in _numbers_and_defaults(ROOT / "finetune_gym" / "env.py")
+    )
