@@ -46,6 +46,7 @@ import argparse
 import concurrent.futures as futures
 import json
 import multiprocessing
+import re
 import statistics
 import subprocess
 import sys
@@ -742,6 +743,48 @@ def cmd_status(_args: argparse.Namespace) -> None:
         print(f"missing in all: ~{total / 3600:.1f} core-hours (one thread per cell; load slows it)")
 
 
+def _recorded_threads(line: dict[str, Any]) -> int | None:
+    """The torch thread count a cell ran with (reductions differ with it), from its machine line."""
+    found = re.search(r"torch threads (\d+)", line["results"].get("machine", ""))
+    return int(found.group(1)) if found else None
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    """Re-run committed cells from scratch with the code as it is now and compare them with their
+    committed results, exactly: a refactoring that claims unchanged behaviour shows it here."""
+    import tempfile
+
+    import torch
+
+    done = load_done()
+    unknown = [cell for cell in args.cells if cell not in done]
+    if unknown:
+        raise SystemExit(f"not in {RESULTS_FILE.name}: {unknown} (cell ids as in its 'cell' field)")
+    mismatches = 0
+    for cell in args.cells:
+        line = done[cell]
+        threads = _recorded_threads(line) or 1
+        torch.set_num_threads(threads)
+        with tempfile.TemporaryDirectory() as folder:
+            config = run_config(line["method"], line["sampling_rate"], line["seed"], done, line["dataset"])
+            rerun = run_or_load(Path(folder) / "run", lambda config=config: config)
+        keys = ("final_val_accuracy", "final_test_accuracy", "steps", "images_seen")
+        was = {k: line["results"].get(k) for k in keys} | {
+            "episodes_val": [e["val_accuracy"] for e in line["results"]["episodes"]]
+        }
+        now = {k: rerun.get(k) for k in keys} | {
+            "episodes_val": [e["val_accuracy"] for e in rerun["episodes"]]
+        }
+        same = was == now
+        mismatches += not same
+        print(
+            f"{'same' if same else 'DIFFERENT'}  {cell} (code {line.get('code', '?')[:8]}, {threads} thread(s))"
+        )
+        if not same:
+            print(f"    committed {was}\n    now       {now}")
+    raise SystemExit(1 if mismatches else 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -761,6 +804,9 @@ def main(argv: list[str] | None = None) -> None:
     run.set_defaults(func=cmd_run)
     sub.add_parser("report", help="write the tables and plot").set_defaults(func=cmd_report)
     sub.add_parser("status", help="how much of the grid is done").set_defaults(func=cmd_status)
+    verify = sub.add_parser("verify", help="re-run committed cells and compare them with their results")
+    verify.add_argument("cells", nargs="+", help="cell ids, e.g. omniglot_alphabets/mechanic/r0.15/s0")
+    verify.set_defaults(func=cmd_verify)
     args = parser.parse_args(argv)
     args.func(args)
 
