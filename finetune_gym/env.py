@@ -37,20 +37,16 @@ from torch import nn
 from . import training
 from .actions import LearningRateMap, lr_grid
 from .arguments import check_positive_integers, check_types
-from .augment import BatchAugment, resolve_augment
-from .datasets import load_dataset, sample_and_split
-from .device import HostCopy, place_cache, resolve_channels_last, resolve_device, resolve_precision
-from .evaluation import HeldOutSplits
+from .assembly import assemble
+from .device import HostCopy, resolve_channels_last, resolve_device, resolve_precision
 from .layer_signals import LayerStatistics
-from .models import build_backbone
 from .models.custom import RECORDED, describe_module, unrebuildable
 from .observation import OBS_LIMIT, ActivationPooler, TrainingSignals, check_obs_extras, extras_size
 from .optimizers import check_optimizer, evaluation_point, layer_optimizer
 from .rendering import RENDER_FPS, RENDER_MODES, Frame, check_render_mode
-from .rewards import check_reward, step_reward
+from .rewards import make_reward
 from .schedules import check_schedule, schedule_factor
 from .storage import cpu_copy
-from .stream import TrainingStream
 from .training import TrainingForward, frozen_buffers
 
 
@@ -136,87 +132,52 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.config = {name: arguments[name] for name in self.default_config()}
         if isinstance(model, nn.Module):  # recorded by class and size, not by its repr
             self.config["model"] = describe_module(model)
-        self.reward_mode = check_reward(reward)
+        self.reward_spec = make_reward(reward)  # its name, range and extra forward
         self.batch_size, self.image_size = int(batch_size), int(image_size)
         self.epochs_per_episode, self.eval_batch_size = int(epochs_per_episode), int(eval_batch_size)
         self.device = resolve_device(device)
         self.amp_dtype = resolve_precision(precision, self.device)
         self.channels_last = resolve_channels_last(channels_last, self.device)
 
-        # Data: list, sample, split, decode what is used.
-        self.dataset = load_dataset(dataset, data_root, download, **(dataset_kwargs or {}))
-        train = self.dataset.train
-        self.train_indices, self.val_indices = sample_and_split(
-            train.labels, train.groups, sampling_rate, val_fraction, seed
-        )
-        augment_mode = resolve_augment(augment, self.image_size)
-        self.cache_size = (
-            self.image_size if augment_mode != "resized_crop" else round(self.image_size * 8 / 7)
-        )
-
-        # Model: source weights, new head, layer cut.
-        backbone = build_backbone(
-            model,
-            len(self.dataset.classes),
+        parts = assemble(
+            model=model,
             weights=weights,
-            granularity=granularity,
-            seed=seed,
-            image_size=self.image_size,
             model_kwargs=model_kwargs,
             layers=layers,
             mean=mean,
             std=std,
+            dataset=dataset,
+            data_root=data_root,
+            download=download,
+            dataset_kwargs=dataset_kwargs,
+            sampling_rate=sampling_rate,
+            val_fraction=val_fraction,
+            seed=seed,
+            batch_size=self.batch_size,
+            image_size=self.image_size,
+            granularity=granularity,
+            augment=augment,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.channels_last,
+            eval_batch_size=self.eval_batch_size,
         )
-        if backbone.in_channels != self.dataset.channels:
-            raise ValueError(
-                f"model {model if isinstance(model, str) else type(model).__name__!r} takes "
-                f"{backbone.in_channels}-channel images but dataset {dataset!r} has {self.dataset.channels}"
-                + (
-                    f" (an image folder decodes as {backbone.in_channels}-channel with "
-                    f"dataset_kwargs={{'channels': {backbone.in_channels}}})"
-                    if dataset == "imagefolder" and backbone.in_channels in (1, 3)
-                    else ""
-                )
-            )
-        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
-        self.model = backbone.model.to(self.device, memory_format=memory_format)
-        self.layers = backbone.layers
+        self.dataset, self.train_indices, self.val_indices = (
+            parts.dataset,
+            parts.train_indices,
+            parts.val_indices,
+        )
+        self.cache_size, self.model, self.layers = parts.cache_size, parts.model, parts.layers
+        self.layer_names, self.n_layers = parts.layer_names, len(parts.layers)
+        self.augmenter, self.stream, self.held_out = parts.augmenter, parts.stream, parts.held_out
         # Dropout and stochastic depth draw from torch's global generator: a seed per batch from
         # the stream makes them repeat with the seed and continue exactly after a restore.
         self._stochastic = training.has_stochastic_layers(self.model)
         self._noise_seed = 0
-        self.layer_names = backbone.layer_names
-        self.n_layers = len(self.layers)
         # The source network is a hook-free copy: the EMA wrapper averages into it, reset copies from it.
         self.source_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.pooler = ActivationPooler(
             [layer.probe for layer in self.layers], obs_features, [layer.tokens for layer in self.layers]
-        )
-        self.augmenter = BatchAugment(
-            augment_mode,
-            self.image_size,
-            backbone.mean,
-            backbone.std,
-            self.dataset.allow_flip,
-            self.device,
-            self.channels_last,
-        )
-        self.stream = TrainingStream(
-            place_cache(train.decoder.decode(self.train_indices, self.cache_size), self.device),
-            torch.as_tensor(train.labels[self.train_indices], device=self.device),
-            self.augmenter,
-            self.batch_size,
-            self.device,
-            seed,
-        )
-        self.held_out = HeldOutSplits(
-            self.dataset,
-            self.val_indices,
-            self.cache_size,
-            self.augmenter,
-            self.device,
-            self.amp_dtype,
-            self.eval_batch_size,
         )
 
         self.lr_map = LearningRateMap(self.n_layers, rates=rates)
@@ -412,11 +373,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 self.statistics.record_update()
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        reward_correct = None
-        if self.reward_mode == "batch" and not skipped:
-            reward_correct = training.batch_correct(
-                self.model, pending.inputs, pending.labels, self.amp_dtype
-            )
+        reward_correct = self.reward_spec.batch_forward(self.model, pending, skipped, self.amp_dtype)
 
         info: dict[str, Any] = {
             "learning_rates": learning_rates,
@@ -447,9 +404,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         observation, reward_count = self._observe(nxt, reward_correct)
         self._pending = None if terminated else nxt
 
-        reward = step_reward(
-            self.reward_mode, skipped, pending, reward_count, nxt, self.signals.previous_mean
-        )
+        reward = self.reward_spec(skipped, pending, reward_count, nxt, self.signals.previous_mean)
         info["reward"] = reward
         self._frame_step(info)
         if terminated:

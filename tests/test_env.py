@@ -8,6 +8,7 @@ from conftest import TINY_DIGITS
 from torch import nn
 
 from finetune_gym import FineTuneEnv, default_config
+from finetune_gym.rewards import REWARDS
 
 
 def digits_env(**overrides) -> FineTuneEnv:
@@ -127,6 +128,24 @@ def test_next_batch_reward_reads_the_next_training_forward():
     assert reward == info["batch_accuracy"]
     _, _, infos = run_episode(env, lambda: np.full(env.n_layers, 5))
     assert all(0.0 <= i["reward"] <= 1.0 for i in infos)
+
+
+@pytest.mark.parametrize("reward", REWARDS)
+def test_each_reward_stays_in_its_declared_range_and_declares_its_cost(reward, monkeypatch):
+    """A reward is one object: its values lie in its range, and only the one that declares the
+    extra forward on the trained batch runs it (counted here)."""
+    from finetune_gym import rewards
+
+    calls = []
+    real = rewards.batch_correct
+    monkeypatch.setattr(rewards, "batch_correct", lambda *a: calls.append(1) or real(*a))
+    env = digits_env(reward=reward)
+    low, high = env.reward_spec.range
+    _, rewards_seen, infos = run_episode(env, lambda: env.action_space.sample())
+    assert all(low <= r <= high for r in rewards_seen), (reward, min(rewards_seen), max(rewards_seen))
+    trained = sum(not info["skipped_update"] for info in infos)
+    assert len(calls) == (trained if env.reward_spec.extra_forward else 0) and trained > 0
+    assert env.reward_spec.extra_forward == (reward == "batch")
 
 
 def test_reset_restores_the_source_exactly(env):
