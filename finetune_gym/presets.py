@@ -25,6 +25,17 @@ CIFAR_SOURCE_DIR = "resnet_cifar10"  # the CIFAR-10 ResNet checkpoints' folder u
 RELATIVE_STEPS = 7
 
 
+def published_rate(optimizer: str) -> float:
+    """``optimizer``'s published rate (a multiplier for the parameter-free ones); a clear error for
+    an optimizer that has none (Adam, SGD: their rate must be given)."""
+    if optimizer not in DEFAULT_LR:
+        raise ValueError(
+            f"optimizer {optimizer!r} has no published default rate: give the rate (base_lr=... / lr=...), "
+            f"or choose one of {sorted(DEFAULT_LR)}"
+        )
+    return DEFAULT_LR[optimizer]
+
+
 def data_root() -> Path:
     """Where the real datasets and source checkpoints lie: ``$FINETUNE_GYM_SHARED_DATA``, else
     ``../shared/data`` beside the repository (this workplace's layout; see its README).
@@ -89,18 +100,20 @@ def relative(optimizer: str = "schedulefree_adamw", base_lr: float | None = None
     return {
         "optimizer": optimizer,
         "lr_scale": "relative",
-        "base_lr": DEFAULT_LR[optimizer] if base_lr is None else base_lr,
+        "base_lr": published_rate(optimizer) if base_lr is None else base_lr,
         "n_lr_steps": RELATIVE_STEPS,
     }
 
 
-def residual(optimizer: str = "prodigy_layerwise", n_lr_steps: int = 6) -> dict[str, Any]:
+def residual(
+    optimizer: str = "prodigy_layerwise", n_lr_steps: int = 6, base_lr: float | None = None
+) -> dict[str, Any]:
     """Actions as per-layer multipliers of a parameter-free base's own per-layer step: 0 (freeze)
     or a power of two around 1 (``n_lr_steps`` 6: 0, 1/4, 1/2, 1, 2, 4); all 1 is the base run."""
     return {
         "optimizer": optimizer,
         "lr_scale": "residual",
-        "base_lr": DEFAULT_LR[optimizer],
+        "base_lr": published_rate(optimizer) if base_lr is None else base_lr,
         "n_lr_steps": n_lr_steps,
     }
 
@@ -119,4 +132,4 @@ def cosine(lr: float, warmup: float = 0.0) -> dict[str, Any]:
 def published(optimizer: str, lr: float | None = None) -> dict[str, Any]:
     """An optimizer that avoids a learning-rate search as its authors ship it: its published rate
     (or multiplier) ``lr`` by default, no schedule."""
-    return {**uniform(DEFAULT_LR[optimizer] if lr is None else lr), "optimizer": optimizer}
+    return {**uniform(published_rate(optimizer) if lr is None else lr), "optimizer": optimizer}

@@ -176,3 +176,12 @@ def test_the_base_rates_and_the_episode_length_are_written_in_one_place():
     assert any(
         "epochs_per_episode=10" in w for _, w in _numbers_and_defaults(ROOT / "finetune_gym" / "env.py")
     )
+
+
+def test_an_optimizer_without_a_published_rate_needs_one_given():
+    for preset in (presets.relative, presets.residual, presets.published):
+        with pytest.raises(ValueError, match=r"'adam' has no published default rate: give the rate"):
+            preset("adam")
+    assert presets.relative("adam", base_lr=1e-3)["base_lr"] == 1e-3
+    assert presets.residual("adam", base_lr=1e-3)["base_lr"] == 1e-3
+    assert presets.published("sgd", 0.1) == {"lr_steps": [0.0, 0.1], "optimizer": "sgd"}
