@@ -185,3 +185,33 @@ def test_an_optimizer_without_a_published_rate_needs_one_given():
     assert presets.relative("adam", base_lr=1e-3)["base_lr"] == 1e-3
     assert presets.residual("adam", base_lr=1e-3)["base_lr"] == 1e-3
     assert presets.published("sgd", 0.1) == {"lr_steps": [0.0, 0.1], "optimizer": "sgd"}
+
+
+# What a method needs besides its defaults to run on the digits network (stem, layer1..3, head).
+METHOD_ARGS: dict[str, dict] = {
+    "surgical": {"block": "layer2"},
+    "stage_profile": {"multipliers": {"stem": 0.5}},
+}
+
+
+def test_every_method_builds_and_acts_on_an_environment_declared_by_presets():
+    """Each agent name, on presets.digits() plus what the method declares: an action in the space."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from finetune_gym.agents import AGENT_NAMES, make_agent
+    from finetune_gym.agents.registry import layer_tokens
+    from finetune_gym.layerwise import LayerwiseView
+
+    for name in AGENT_NAMES:
+        kwargs = METHOD_ARGS.get(name, {})
+        config = presets.digits() | {"sampling_rate": 0.2, "epochs_per_episode": 1, "batch_size": 64}
+        env = FineTuneEnv(**(config | baseline_env_overrides(name, **kwargs)))
+        tokens = layer_tokens(name, **kwargs)
+        wrapped = env if tokens is None else LayerwiseView(env, tokens)
+        venv = DummyVecEnv([lambda wrapped=wrapped: wrapped])
+        try:
+            agent = make_agent(name, venv, **kwargs)
+            action, _ = agent.predict(venv.reset(), deterministic=True)
+            assert wrapped.action_space.contains(action[0]), name
+        finally:
+            venv.close()
