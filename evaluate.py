@@ -4,7 +4,11 @@ The command line lives in :mod:`finetune_gym.agents.evaluate_cli`; ``pip install
 ``finetune-gym-evaluate``.
 """
 
-from finetune_gym.agents.evaluate_cli import main
+from finetune_gym.cli import require_agents
+
+require_agents("evaluate.py")  # a clear message in a clone that was never installed
+
+from finetune_gym.agents.evaluate_cli import main  # noqa: E402
 
 __all__ = ["main"]
 

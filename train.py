@@ -4,7 +4,11 @@ The command line lives in :mod:`finetune_gym.agents.train_cli`; ``pip install`` 
 ``finetune-gym-train``.
 """
 
-from finetune_gym.agents.train_cli import build_parser, config_from_args, main
+from finetune_gym.cli import require_agents
+
+require_agents("train.py")  # a clear message in a clone that was never installed
+
+from finetune_gym.agents.train_cli import build_parser, config_from_args, main  # noqa: E402
 
 __all__ = ["build_parser", "config_from_args", "main"]
 

@@ -192,3 +192,29 @@ def test_time_limits_scale_with_the_machines_load(monkeypatch):
     for path in sorted((ROOT / "tests").glob("*.py")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not literal.search(line), f"{path.name}:{number}: a fixed limit; use limit(...)"
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_scripts_in_a_clone_that_was_never_installed_say_how_to_install(script, tmp_path):
+    """Without the install, finetune_gym.agents (the agents/ folder) cannot be imported: the
+    script says so in one line with the command to run, instead of a ModuleNotFoundError."""
+    import subprocess
+    import sys
+
+    # Only the plain path finders, and the repository first: finetune_gym is found in the folder,
+    # its agents nowhere (as in a fresh clone; the editable install's mapping is left out).
+    code = (
+        "import runpy, sys\n"
+        "plain = ('BuiltinImporter', 'FrozenImporter', 'PathFinder')\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, '__name__', '') in plain]\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        f"sys.argv = [{script!r}]\n"
+        f"runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=limit(120)
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: finetune-gym is not installed"), lines
+    assert 'pip install -e "."' in lines[0]
