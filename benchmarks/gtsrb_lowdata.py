@@ -749,6 +749,15 @@ def _recorded_threads(line: dict[str, Any]) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _outcome(results: dict[str, Any]) -> dict[str, Any]:
+    """What ``verify`` compares of a run's results: its accuracies, each episode's validation
+    accuracy, and how much it trained."""
+    keys = ("final_val_accuracy", "final_test_accuracy", "steps", "images_seen")
+    return {k: results.get(k) for k in keys} | {
+        "episodes_val": [e["val_accuracy"] for e in results["episodes"]]
+    }
+
+
 def cmd_verify(args: argparse.Namespace) -> None:
     """Re-run committed cells from scratch with the code as it is now and compare them with their
     committed results, exactly: a refactoring that claims unchanged behaviour shows it here."""
@@ -768,13 +777,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as folder:
             config = run_config(line["method"], line["sampling_rate"], line["seed"], done, line["dataset"])
             rerun = run_or_load(Path(folder) / "run", lambda config=config: config)
-        keys = ("final_val_accuracy", "final_test_accuracy", "steps", "images_seen")
-        was = {k: line["results"].get(k) for k in keys} | {
-            "episodes_val": [e["val_accuracy"] for e in line["results"]["episodes"]]
-        }
-        now = {k: rerun.get(k) for k in keys} | {
-            "episodes_val": [e["val_accuracy"] for e in rerun["episodes"]]
-        }
+        was, now = _outcome(line["results"]), _outcome(rerun)
         same = was == now
         mismatches += not same
         print(

@@ -354,16 +354,12 @@ def unfrozen_importances(finished: dict[int, dict[str, Any]]) -> tuple[dict[str,
 
     space = {k: v for k, v in distributions().items() if not k.endswith("_frozen")}
     kept = [t for t in finished.values() if not any(t["params"][f"{s}_frozen"] for s in STAGES)]
-    if len(kept) < 10:
-        return None
     study = optuna.create_study(direction="maximize")
     for trial in kept:
         params = {k: trial["params"][k] for k in space}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=score(trial)))
-    weights = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
-    )
-    return weights, len(kept)
+    weights = importances(study)  # None under its minimum of trials
+    return None if weights is None else (weights, len(kept))
 
 
 def setting_report(setting: str, done, lines) -> list[str]:
