@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,44 @@ def test_imagefolder_errors(tmp_path):
     (root / "train" / "class_9").mkdir()
     with pytest.raises(ValueError, match="class_9"):
         load_dataset("imagefolder", root)
+
+
+def test_imagefolder_lists_each_image_once_through_a_symlink_loop(tmp_path):
+    """A link back to its own folder made torchvision's walk list the images at every depth;
+    the copies then fell into both training and validation (val 0.98, test 0.33)."""
+    root = make_image_folder(tmp_path / "f")
+    plain = len(load_dataset("imagefolder", root).train)
+    (root / "train" / "class_0" / "again").symlink_to("..", target_is_directory=True)
+    (root / "train" / "class_1" / "elsewhere.png").symlink_to(root / "test" / "class_1" / "0.png")
+    with pytest.warns(UserWarning, match="already listed"):
+        data = load_dataset("imagefolder", root)
+    assert len(data.train) == plain + 1  # the loop adds nothing; a link to another file counts once
+
+
+def test_imagefolder_skips_a_fifo_named_like_an_image(tmp_path):
+    """PIL blocked forever reading a FIFO called ``*.png``."""
+    root = make_image_folder(tmp_path / "f")
+    plain = len(load_dataset("imagefolder", root).train)
+    os.mkfifo(root / "train" / "class_2" / "pipe.png")
+    with pytest.warns(UserWarning, match="not regular files"):
+        data = load_dataset("imagefolder", root)
+    assert len(data.train) == plain
+    data.train.decoder.decode(np.arange(len(data.train)), 8)  # returns: no path is the FIFO
+
+
+def test_16bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    """``convert("L")`` clipped 16-bit values at 255: 99.6% of this ramp decoded white."""
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    root = make_image_folder(tmp_path / "f")
+    for split in ("train", "test"):
+        Image.fromarray(ramp).save(root / split / "class_0" / "0.png")
+    assert Image.open(root / "train" / "class_0" / "0.png").mode == "I;16"
+    data = load_dataset("imagefolder", root, channels=1)
+    index = next(i for i, p in enumerate(data.train.decoder.paths) if p.endswith("class_0/0.png"))
+    decoded = data.train.decoder.decode(np.array([index]), 32)[0, 0].numpy()
+    expected = np.rint(ramp / 257.0)
+    assert np.abs(decoded.astype(float) - expected).max() <= 1
+    assert (decoded == 255).mean() < 0.01
 
 
 def _fake_cub(root: Path, n_classes=3, per_class=4):

@@ -79,8 +79,20 @@ class _FileImages(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         with Image.open(self.paths[i]) as image:
-            tensor = TF.pil_to_tensor(image.convert(self.mode))
+            tensor = TF.pil_to_tensor(to_8bit(image).convert(self.mode))
         return fit_square(tensor, self.size)
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (PNG, TIFF) scaled to 8 bits; other images as they are.
+
+    PIL's ``convert("L")`` clips 16-bit values at 255 instead of scaling them, so a 16-bit
+    scan would decode almost white.
+    """
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))  # mode L
+    return image
 
 
 class FileDecoder:

@@ -9,11 +9,14 @@ rename into a clear error rather than a silent wrong dataset.
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 from torchvision import datasets as tvd
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from .base import DatasetNotFoundError, FileDecoder, ImageDataset, Split
 
@@ -133,6 +136,66 @@ def load_cars(root: str | Path, download: bool = False) -> ImageDataset:
 # --- Any image folder ------------------------------------------------------------------------
 
 
+class _ImageFiles:
+    """ImageFolder's file filter: an image extension, a regular file, each file once.
+
+    torchvision's own filter checks the extension only, and its walk follows symbolic links: a
+    link that loops lists the same images at every depth (copies that then land in both the
+    training and the validation split), and a FIFO named ``*.png`` hangs the decoder. Files are
+    kept once by their real path, so links that gather a folder from elsewhere still work.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+        self.seen: set[str] = set()
+        self.repeated = 0
+        self.not_files: list[str] = []
+
+    def __call__(self, path: str) -> bool:
+        if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+            return False
+        if self._through_a_loop(path):
+            self.repeated += 1
+            return False
+        if not os.path.isfile(path):  # a FIFO, socket or device named like an image, a broken link
+            self.not_files.append(path)
+            return False
+        real = os.path.realpath(path)
+        if real in self.seen:
+            self.repeated += 1
+            return False
+        self.seen.add(real)
+        return True
+
+    def _through_a_loop(self, path: str) -> bool:
+        """Whether a folder between the class folder and the file leads back to the class folder
+        or above it: there, the walk would list other classes' images under this class."""
+        parts = Path(os.path.relpath(path, self.folder)).parts[:-1]
+        class_dir = os.path.join(self.folder, parts[0])
+        class_real = os.path.realpath(class_dir)
+        inner = class_dir
+        for part in parts[1:]:
+            inner = os.path.join(inner, part)
+            real = os.path.realpath(inner)
+            if class_real == real or class_real.startswith(real.rstrip(os.sep) + os.sep):
+                return True
+        return False
+
+    def report(self, folder: Path) -> None:
+        if self.repeated:
+            warnings.warn(
+                f"image folder {str(folder)!r}: {self.repeated} paths reach an image already listed "
+                "(symbolic links, perhaps a loop); each image is used once",
+                stacklevel=3,
+            )
+        if self.not_files:
+            warnings.warn(
+                f"image folder {str(folder)!r}: skipped {len(self.not_files)} entries named like images "
+                f"that are not regular files (e.g. {self.not_files[0]!r})",
+                stacklevel=3,
+            )
+
+
 def load_imagefolder(
     root: str | Path, download: bool = False, allow_flip: bool = True, channels: int = 3
 ) -> ImageDataset:
@@ -151,10 +214,12 @@ def load_imagefolder(
                 f"image folder {str(folder.resolve())!r} does not exist: 'imagefolder' needs "
                 "<data_root>/train/<class>/<image> and <data_root>/test/<class>/<image>"
             )
+        images = _ImageFiles(folder)
         try:
-            trees[split] = tvd.ImageFolder(str(folder))
+            trees[split] = tvd.ImageFolder(str(folder), is_valid_file=images)
         except FileNotFoundError as error:  # raised for an empty class folder
             raise ValueError(f"image folder {str(folder)!r}: {error}") from error
+        images.report(folder)
     if trees["train"].classes != trees["test"].classes:
         only = sorted(set(trees["train"].classes) ^ set(trees["test"].classes))
         raise ValueError(f"train and test class folders differ under {str(root)!r}: {only[:10]}")
