@@ -92,10 +92,10 @@ class RunConfig:
     def method(self) -> str:
         return method_name(self.algo, self.label, self.agent_kwargs)
 
-    def default_run_dir(self) -> str:
-        """``runs/<env>-<dataset>-r<rate>-<method>-s<seed>``, plus a short hash of the rest of the
-        configuration when it is not the default, so that two settings never share a folder."""
-        env = {**default_config(self.env_id), **self.env_kwargs}
+    def setting_digest(self) -> str:
+        """A short hash of what the folder name and the method leave out (episodes, EMA, other
+        environment arguments), or "" where all of it is the default: two settings of a sweep
+        get their own folder and their own W&B group."""
         named = ("env_id", "algo", "seed", "label", "agent_kwargs")  # in the name already
         # In the name already, or not changing the result (where the data lies, where W&B logs):
         unnamed = ("dataset", "sampling_rate", "data_root")
@@ -107,12 +107,19 @@ class RunConfig:
             for k, v in mine.items()
             if k not in named and not k.startswith("wandb_") and k not in ("tensorboard_dir", "threads")
         }
-        changed = any(rest[k] != default[k] for k in rest)
-        suffix = (
-            "-" + hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8] if changed else ""
-        )
+        if all(rest[k] == default[k] for k in rest):
+            return ""
+        return hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+
+    def default_run_dir(self) -> str:
+        """``runs/<env>-<dataset>-r<rate>-<method>-s<seed>``, plus :meth:`setting_digest` when the
+        rest of the configuration is not the default, so that two settings never share a folder."""
+        env = {**default_config(self.env_id), **self.env_kwargs}
+        digest = self.setting_digest()
         method = re.sub(r"[^\w.=-]+", "_", self.method).strip("_")  # no shell glob characters
-        return f"runs/{self.env_id}-{env['dataset']}-r{env['sampling_rate']:g}-{method}-s{self.seed}{suffix}"
+        return f"runs/{self.env_id}-{env['dataset']}-r{env['sampling_rate']:g}-{method}-s{self.seed}" + (
+            f"-{digest}" if digest else ""
+        )
 
     def differences(self, other: RunConfig) -> list[str]:
         """What ``other`` changes of this configuration, one ``field: this -> other`` each, besides

@@ -2,7 +2,10 @@
 
 Runs are grouped by (env, dataset, model, sampling rate, method); the method is
 the run's ``label`` (set by the benchmark, ``--label`` in train.py) or its
-algorithm. Everything here reads ``results.json`` files only.
+algorithm with its hyperparameters. Runs whose configurations differ in anything
+else (a sweep over episodes, EMA or an environment argument) are never averaged
+together: their rows are named apart by what differs. Everything here reads
+``results.json`` files only.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Row:
     images_seen: int
     machine: str
     run_dir: str
+    setting: tuple[tuple[str, str], ...] = ()  # the rest of its configuration (setting_of)
 
     @property
     def key(self) -> tuple[str, str, str, float, str]:
@@ -85,6 +89,34 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+# What a run's configuration holds besides its row's key and its seed, and what leaves the result
+# alone (where the data lies, where it logs, how many threads): everything else is its setting.
+_NOT_SETTING = {"env_id", "seed", "label", "threads", "tensorboard_dir"}
+_NOT_SETTING_ENV = {"dataset", "sampling_rate", "data_root"}
+
+
+def setting_of(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A run's configuration apart from its key, seed and logging, as sorted ``(name, value)``
+    text pairs; paths by their file name (one checkpoint copied elsewhere is the same setting)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if key in _NOT_SETTING or key.startswith("wandb_"):
+            continue
+        if isinstance(value, dict):
+            for inner, inner_value in value.items():
+                if not (key == "env_kwargs" and inner in _NOT_SETTING_ENV):
+                    flat[inner if inner not in flat else f"{key}.{inner}"] = _text(inner_value)
+        else:
+            flat[key] = _text(value)
+    return tuple(sorted(flat.items()))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return Path(value).name
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def row_from_results(results: dict[str, Any], run_dir: str = "") -> Row:
     env = results["env_config"]
     config = results["config"]
@@ -102,6 +134,7 @@ def row_from_results(results: dict[str, Any], run_dir: str = "") -> Row:
         images_seen=int(results["images_seen"]),
         machine=str(results.get("machine", "")),
         run_dir=run_dir,
+        setting=setting_of(config),
     )
 
 
@@ -115,15 +148,27 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: Iterable[Row]) -> list[Group]:
-    """Mean and sample standard deviation over seeds for each setting (duplicated seeds are an error)."""
+    """Mean and sample standard deviation over seeds for each setting (duplicated seeds are an error).
+
+    Runs of one method whose settings differ (:func:`setting_of`) get a row each, named
+    ``method{name=value,...}`` by what differs between them (``-`` where a run leaves it unset).
+    """
     buckets: dict[tuple, list[Row]] = defaultdict(list)
     for row in rows:
-        buckets[row.key].append(row)
+        buckets[(row.key, row.setting)].append(row)
+    names = _names_apart(list(buckets))
     groups = []
-    for key, members in sorted(buckets.items()):
-        seeds = [m.seed for m in members]
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"setting {key} has the same seed more than once: {sorted(seeds)}")
+    for (key, setting), members in sorted(buckets.items()):
+        key = (*key[:-1], names[(key, setting)])
+        seen: dict[int, str] = {}
+        for m in members:
+            if m.seed in seen:
+                raise ValueError(
+                    f"setting {key} has seed {m.seed} twice, with the same configuration: "
+                    f"{seen[m.seed] or '?'} and {m.run_dir or '?'} (a copied run folder?); "
+                    "leave one of them out of the table"
+                )
+            seen[m.seed] = m.run_dir
         test = _mean_std([m.test_accuracy for m in members])
         vals = [m.val_accuracy for m in members if m.val_accuracy is not None]
         val = _mean_std(vals) if vals else (None, None)
@@ -140,6 +185,27 @@ def aggregate(rows: Iterable[Row]) -> list[Group]:
             )
         )
     return groups
+
+
+def _names_apart(buckets: Sequence[tuple[tuple, tuple]]) -> dict[tuple, str]:
+    """Each (key, setting)'s method name: the method, plus what differs between the settings that
+    share its key."""
+    by_key: dict[tuple, list[dict[str, str]]] = defaultdict(list)
+    for key, setting in buckets:
+        by_key[key].append(dict(setting))
+    names = {}
+    for key, setting in buckets:
+        others = by_key[key]
+        if len(others) == 1:
+            names[(key, setting)] = key[-1]
+            continue
+        mine = dict(setting)
+        differing = sorted(
+            {k for o in others for k in o} - {k for k in mine if all(o.get(k) == mine[k] for o in others)}
+        )
+        shown = ",".join(f"{k}={mine.get(k, '-')}" for k in differing)
+        names[(key, setting)] = f"{key[-1]}{{{shown}}}"
+    return names
 
 
 def select_by_validation(groups: Sequence[Group], candidates: Sequence[str], label: str) -> list[Group]:

@@ -141,11 +141,15 @@ class WandbRun:
 
 
 def start_wandb(config: RunConfig, run_dir: Path, base: FineTuneEnv) -> WandbRun:
-    """The W&B run of a training run, grouped ``<env>/<dataset>/r<rate>/<algo>`` unless the
-    configuration names a group, so that seeds of one setting compare side by side."""
+    """The W&B run of a training run, grouped ``<env>/<dataset>/r<rate>/<method>[-<digest>]`` unless
+    the configuration names a group, so that seeds of one setting compare side by side and two
+    settings of a sweep (the digest of the rest of the configuration) never share a group."""
     dataset = base.config.get("dataset")
     rate = base.config.get("sampling_rate")
-    group = config.wandb_group or f"{config.env_id}/{dataset}/r{rate}/{config.method}"
+    digest = config.setting_digest()
+    group = config.wandb_group or (
+        f"{config.env_id}/{dataset}/r{rate}/{config.method}" + (f"-{digest}" if digest else "")
+    )
     return WandbRun(
         config.wandb_mode,
         run_dir,

@@ -15,6 +15,7 @@ import torch
 from conftest import TINY_TRAIN_ARGS, kill_after_first_checkpoint, limit
 from wandb_files import offline_run
 
+import evaluate
 import train
 from finetune_gym.agents import load_agent
 from finetune_gym.agents.config import RunConfig
@@ -313,3 +314,19 @@ def test_train_with_no_arguments_runs_the_offline_default(tmp_path, package_cach
     )
     assert results["config"]["episodes"] == 5 and results["config"]["epochs_per_episode"] == 10
     assert results["final_test_accuracy"] > 0.8
+
+
+def test_a_sweep_over_run_settings_gets_a_row_and_a_wandb_group_per_setting(tmp_path, monkeypatch):
+    """Two settings that differ only outside the method's name (here the EMA) had their own folders
+    but shared a table row and a W&B group: --table stopped with "same seed more than once"."""
+    monkeypatch.chdir(tmp_path)
+    for ema in ("0.2", "none"):
+        assert train.main([*TINY, "--algo", "uniform", "--ema", ema, "--wandb", "offline"]) == 0
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2
+    groups = {offline_run(r)["group"] for r in runs}
+    assert len(groups) == 2, groups
+    table = tmp_path / "table.md"
+    assert evaluate.main(["--table", str(table), str(tmp_path / "runs")]) == 0
+    text = table.read_text()
+    assert "| uniform{ema=0.2} |" in text and "| uniform{ema=null} |" in text
