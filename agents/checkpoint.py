@@ -10,6 +10,7 @@ crafted checkpoint cannot run code.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from finetune_gym.storage import UnreadableFile, atomic_torch_save, load_tensors
 
 from .baselines import Baseline
+from .config import RunConfig
 from .recording import RunRecorder
 from .registry import Agent
 from .rundir import RunDirectoryError
@@ -53,11 +55,19 @@ class Checkpointer:
     """
 
     def __init__(
-        self, path: Path, recorder: RunRecorder, timer: Timer, on_written: Callable[[], None] | None = None
+        self,
+        path: Path,
+        config: RunConfig,
+        recorder: RunRecorder,
+        timer: Timer,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
-        """``on_written`` is called (on the writer thread) once a checkpoint is on disk: the run an
-        ``--overwrite`` replaced may go then (:meth:`RunDirectory.drop_replaced`)."""
+        """``config`` is written into every checkpoint, so that ``--resume`` refuses one that another
+        run wrote (a file copied between run folders). ``on_written`` is called (on the writer
+        thread) once a checkpoint is on disk: the run an ``--overwrite`` replaced may go then
+        (:meth:`RunDirectory.drop_replaced`)."""
         self.path, self.recorder, self.timer = path, recorder, timer
+        self.config = json.dumps(config.to_json(), sort_keys=True)
         self.on_written = on_written
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: Future | None = None
@@ -69,6 +79,7 @@ class Checkpointer:
         started = time.perf_counter()
         payload: dict[str, Any] = {
             "format": FORMAT,
+            "config": self.config,
             "steps": steps,
             "threads": self.recorder.env_threads,
             "timing": self.timer.get_state(),
@@ -121,6 +132,25 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             "start the run again with --overwrite"
         )
     return payload
+
+
+def check_written_by(payload: dict[str, Any], path: Path, config: RunConfig) -> None:
+    """A checkpoint continues only the run that wrote it: one copied from another run folder
+    (another algorithm, seed or setting) would load into the wrong agent and fail, or worse
+    continue, far into the run. Checkpoints written before the configuration was recorded pass."""
+    if "config" not in payload:
+        return
+    try:
+        writer = RunConfig.from_json(json.loads(payload["config"]))
+    except (TypeError, ValueError) as error:
+        raise RunDirectoryError(f"{str(path)!r} records an unreadable configuration ({error})") from error
+    differences = writer.differences(config)
+    if differences:
+        raise RunDirectoryError(
+            f"{str(path)!r} was written by another run: {'; '.join(differences)} (the checkpoint's "
+            f"run -> this folder's config.json). Put back this run's own checkpoint, or start it "
+            "again with --overwrite"
+        )
 
 
 def load_checkpoint(

@@ -33,7 +33,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from finetune_gym import default_config
 from finetune_gym.layerwise import LayerwiseView
 
-from .checkpoint import Checkpointer, EpochCheckpoint, load_checkpoint, read_checkpoint
+from .checkpoint import Checkpointer, EpochCheckpoint, check_written_by, load_checkpoint, read_checkpoint
 from .config import RunConfig
 from .outputs import write_outputs
 from .progress import RunProgress
@@ -121,6 +121,7 @@ def _run_training(
         done_steps, loop = 0, None
         if resume:
             payload = read_checkpoint(run_dir / CHECKPOINT)
+            check_written_by(payload, run_dir / CHECKPOINT, config)
             threads = recorder.env_threads
             loop = load_checkpoint(payload, run_dir / CHECKPOINT, agent, venv, recorder, timer)
             done_steps = payload["steps"]
@@ -134,7 +135,7 @@ def _run_training(
             warning = load_warning(recorder.env_threads)
             if warning:
                 print(warning, file=sys.stderr, flush=True)
-        checkpointer = Checkpointer(run_dir / CHECKPOINT, recorder, timer, directory.drop_replaced)
+        checkpointer = Checkpointer(run_dir / CHECKPOINT, config, recorder, timer, directory.drop_replaced)
         try:
             wandb_run, timing = _train(
                 config,

@@ -7,6 +7,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -255,6 +256,19 @@ def test_resume_refuses_arguments_that_change_the_run(tmp_path, package_cache, c
     err = capsys.readouterr().err
     assert "episodes: 3 -> 4" in err and "seed: 0 -> 3" in err
     assert (run_dir / "checkpoint.pt").exists()
+
+
+def test_resume_refuses_a_checkpoint_another_run_wrote(tmp_path, package_cache, capsys):
+    """A checkpoint copied in from another run folder (here: another algorithm) was accepted and
+    failed only at the run's end."""
+    ours = _killed_run(tmp_path / "ours", package_cache, "--episodes", "3", "--algo", "ppo")
+    theirs = _killed_run(tmp_path / "theirs", package_cache, "--episodes", "3", "--algo", "a2c")
+    shutil.copy2(theirs / "checkpoint.pt", ours / "checkpoint.pt")
+    before = (ours / "checkpoint.pt").read_bytes()
+    assert train.main(["--run-dir", str(ours), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "written by another run" in err and "algo: 'a2c' -> 'ppo'" in err, err
+    assert (ours / "checkpoint.pt").read_bytes() == before and not (ours / "results.json").exists()
 
 
 def test_flags_and_env_kwargs_may_not_disagree(tmp_path, capsys):
