@@ -223,11 +223,14 @@ def save_agent(agent: Agent, directory: str | Path, name: str) -> None:
     spec = getattr(agent, "finetune_gym_spec", None) or {"overrides": {}, "n_steps": agent.n_steps}
     torch.save(agent.policy.state_dict(), directory / POLICY_FILE)
     vec_normalize = agent.get_vec_normalize_env()
-    if vec_normalize is not None and vec_normalize.norm_obs:  # tokens (LayerwiseView) are not normalised
+    normalised = vec_normalize is not None and vec_normalize.norm_obs  # tokens (LayerwiseView) are not
+    if normalised:
         torch.save(normalisation_state(vec_normalize), directory / NORMALISATION_FILE)
     agent.save(directory / SB3_FILE)
     (directory / AGENT_FILE).write_text(
-        json.dumps({"agent": name, "algorithm": type(agent).__name__, **spec}, indent=2)
+        json.dumps(
+            {"agent": name, "algorithm": type(agent).__name__, **spec, "normalised": normalised}, indent=2
+        )
     )
 
 
@@ -251,6 +254,12 @@ def load_agent(directory: str | Path, env: gym.Env | VecEnv) -> tuple[Agent, Vec
         agent = FIXED[name](seed=meta["seed"], **meta["params"])
         return _bind(agent, venv), venv
     stats = directory / NORMALISATION_FILE
+    # Files written before "normalised" was recorded: every learner but the token reader normalised.
+    if meta.get("normalised", name != "rl_tune_pretrained") and not stats.is_file():
+        raise FileNotFoundError(
+            f"{str(directory)!r} lacks {NORMALISATION_FILE}: the agent learned on standardised observations "
+            "and would act on raw ones without its statistics. Copy the agent folder whole"
+        )
     if stats.is_file():
         normalised = VecNormalize(venv, norm_obs=True, norm_reward=False, training=False)
         load_normalisation_state(normalised, _load_tensors(stats))

@@ -228,6 +228,19 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, capsys):
     assert "checkpoint.pt" in capsys.readouterr().err
 
 
+def test_replay_without_the_normalisation_statistics_stops(tmp_path, capsys):
+    """Without agent/vecnormalize.pt the policy acted on raw observations it never saw, and the
+    replay reported its accuracy with exit status 0."""
+    run_dir = tmp_path / "run"
+    assert run_train(run_dir, "--algo", "ppo") == 0
+    (run_dir / "agent" / "vecnormalize.pt").unlink()
+    replay = tmp_path / "replay"
+    code = evaluate.main(["--agent", str(run_dir / "agent"), "--run-dir", str(replay), "--no-progress"])
+    assert code == 2
+    assert "lacks vecnormalize.pt" in capsys.readouterr().err
+    assert not replay.exists()
+
+
 def test_a_crafted_saved_agent_runs_no_code(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert run_train(run_dir, "--algo", "ppo") == 0
