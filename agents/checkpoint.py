@@ -71,7 +71,7 @@ class Checkpointer:
         self.on_written = on_written
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: Future | None = None
-        self.saved = 0  # checkpoints written by this process
+        self.saved = 0  # checkpoints this process has on disk (a failed write does not count)
 
     def save(self, agent: Agent, venv: VecNormalize, steps: int, loop: dict[str, Any] | None = None) -> None:
         """Snapshot the run after ``steps`` steps; ``loop`` is a fixed policy's acting loop (None
@@ -99,11 +99,11 @@ class Checkpointer:
             payload["baseline_rng"] = agent.get_rng_state() if isinstance(agent, Baseline) else None
         self.wait()
         self._pending = self._pool.submit(self._write, payload)
-        self.saved += 1
         self.timer.checkpoints_s += time.perf_counter() - started
 
     def _write(self, payload: dict[str, Any]) -> None:
         atomic_torch_save(payload, self.path)
+        self.saved += 1  # read only after wait(): the writer is done
         if self.on_written is not None:
             self.on_written()
 

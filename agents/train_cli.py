@@ -27,7 +27,7 @@ from finetune_gym.agents import AGENT_NAMES
 from finetune_gym.agents.config import WANDB_MODES, RunConfig
 from finetune_gym.agents.recording import TrainingDiverged
 from finetune_gym.agents.run import run_training
-from finetune_gym.agents.rundir import CONFIG, RunDirectoryError, read_config
+from finetune_gym.agents.rundir import CHECKPOINT, CONFIG, RunDirectoryError, read_config
 from finetune_gym.agents.trust import TRUST_FLAG, UntrustedCodeError, check_code, named_code
 from finetune_gym.cli import parse_kwargs
 from finetune_gym.rewards import REWARDS
@@ -237,7 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     except (RunDirectoryError, ValueError, FileNotFoundError, TrainingDiverged) as error:
         return _fail(str(error))
     except OSError as error:  # disk full, permissions, ...: the file and the reason, in one line
-        return _fail(f"{error.strerror or error} ({error.filename or 'while writing the run'})")
+        where = error.filename or "while writing the run"
+        kept = (run_dir / CHECKPOINT).is_file()
+        then = (
+            f"the last checkpoint is kept: free space (or raise the limit), then --resume --run-dir {run_dir}"
+            if kept
+            else "nothing was kept: free space (or raise the file size limit) and start it again"
+        )
+        return _fail(f"could not write {where}: {error.strerror or error}; {then}")
     return 0
 
 

@@ -21,17 +21,52 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "finetune_gym"
 
 
+class _WholeWrites:
+    """A file handle for ``torch.save`` that writes every byte or raises the system's OSError.
+
+    PyTorch's zip writer turns a short write (a full disk, ``ulimit -f``) into
+    ``RuntimeError: [enforce fail at inline_container.cc ...] unexpected pos``, which names
+    neither the file nor the cause; writing the rest of each chunk surfaces the real error
+    (ENOSPC, EFBIG), kept here to be raised instead.
+    """
+
+    def __init__(self, handle: Any, path: Path) -> None:
+        self.handle, self.path = handle, path
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += self.handle.write(view[done:]) or 0
+        except OSError as error:
+            self.error = OSError(error.errno, error.strerror, str(self.path))
+            raise
+        return done
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write to a temporary file in the same folder, then rename: readers never see half a file.
+
+    A write that fails (disk full, file size limit) raises ``OSError`` naming ``path`` and leaves
+    no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    writer = None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        with os.fdopen(fd, "wb", buffering=0) as handle:
+            writer = _WholeWrites(handle, path)
+            torch.save(obj, writer)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if writer is not None and writer.error is not None and not isinstance(error, OSError):
+            raise writer.error from error
         raise
 
 

@@ -218,6 +218,32 @@ def _killed_run(tmp_path: Path, package_cache: Path, *extra: str, threads: int |
     return run_dir
 
 
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path, package_cache):
+    """A full disk or ``ulimit -f`` during the first checkpoint: PyTorch's ``RuntimeError: [enforce
+    fail at inline_container.cc ...]`` traceback, and a run folder left behind."""
+    import resource
+
+    def small_files() -> None:  # 600 KB: the source weights (310 KB) fit, the first checkpoint does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
+    done = subprocess.run(
+        [sys.executable, "train.py", "--run-dir", str(run_dir), *TINY],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        timeout=limit(300),
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "could not write" in last and "checkpoint.pt" in last and "File too large" in last, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not run_dir.exists()
+
+
 def test_a_crafted_checkpoint_runs_no_code(tmp_path, capsys):
     run_dir = finished_run(tmp_path)
     (run_dir / "results.json").unlink()
