@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from finetune_gym.agents import report
@@ -90,18 +91,39 @@ def table(out: Path, paths: list[str]) -> int:
             results = json.loads((run_dir / RESULTS).read_text())
             _stored(results, "final_test_accuracy")
             rows.append(report.row_from_results(results, str(run_dir)))
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except Exception as error:  # noqa: BLE001 - one broken run is left out, never the end of the table
             broken += 1
             print(f"evaluate.py: left out {run_dir}: {type(error).__name__}: {error}", file=sys.stderr)
     groups = report.aggregate(rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = report.markdown_table(groups)
-    out.write_text(text + "\n")
-    report.write_csv(groups, out.with_suffix(".csv"))
-    report.plot_rates(groups, out.with_suffix(".png"))
+    _write_all(
+        out,
+        {
+            out: lambda path: path.write_text(text + "\n"),
+            out.with_suffix(".csv"): lambda path: report.write_csv(groups, path),
+            out.with_suffix(".png"): lambda path: report.plot_rates(groups, path),
+        },
+    )
     print(text)
     print(f"wrote {out}, {out.with_suffix('.csv')}, {out.with_suffix('.png')} ({len(rows)} runs)")
     return 1 if broken else 0
+
+
+def _write_all(out: Path, writers: dict[Path, Callable[[Path], object]]) -> None:
+    """Write every output or none: each to a temporary name first, renamed once all are written
+    (a read-only or full disk leaves no half table beside an old plot)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, write in writers.items():
+            tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # the suffix tells matplotlib the format
+            written.append((tmp, path))
+            write(tmp)
+        for tmp, path in written:
+            tmp.replace(path)
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
 
 
 def replay(agent_dir: Path, args: argparse.Namespace) -> int:
@@ -192,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         return recompute(report.find_runs(args.runs), args.device, args.trust_code)
     except (FileNotFoundError, ValueError, RunDirectoryError) as error:
         print(f"evaluate.py: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a read-only or full disk: the file and the reason, in one line
+        print(
+            f"evaluate.py: error: could not write {error.filename}: {error.strerror or error}",
+            file=sys.stderr,
+        )
         return 2
 
 

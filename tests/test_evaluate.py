@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import shutil
@@ -171,3 +172,26 @@ def test_sweep_commands_are_accepted_by_train(sweep, monkeypatch):
         assert config.epochs_per_episode * config.episodes == 50
         commands += 1
     assert commands == {"paper_sweep.yaml": 6 * 3 * 4 * 3, "paper_sweep_uniform.yaml": 5 * 3 * 4 * 3}[sweep]
+
+
+def test_table_leaves_out_any_broken_run_and_writes_nothing_on_a_read_only_disk(
+    runs, tmp_path, capsys, monkeypatch
+):
+    """A results.json that is not an object stopped the table with an AttributeError traceback;
+    a read-only disk gave a traceback and could leave a half-written set of outputs."""
+    broken = tmp_path / "broken"
+    shutil.copytree(runs / "uniform-s0", broken)
+    (broken / "results.json").write_text("[1, 2]")
+    out = tmp_path / "t" / "table.md"
+    assert evaluate.main(["--table", str(out), str(runs), str(broken)]) == 1
+    assert "left out" in capsys.readouterr().err and "| uniform |" in out.read_text()
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    fresh = tmp_path / "ro" / "table.md"
+    assert evaluate.main(["--table", str(fresh), str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "could not write" in err and "Read-only file system" in err and "Traceback" not in err
+    assert list(fresh.parent.iterdir()) == []
