@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def baseline_env_overrides(name: str, **overrides: Any) -> dict[str, Any]:
     """Environment arguments the agent needs before the environment is built (exact rate grids)."""
     name = canonical_name(name)
     if name in FIXED:
+        check_hyperparameters(name, overrides)
         return _baseline(name, 0, overrides).env_overrides()
     return {}
 
@@ -85,9 +87,11 @@ def check_hyperparameters(name: str, overrides: dict[str, Any]) -> None:
         default = HYPERPARAMS[name].get(key)
         numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
         unset = value is None and name in FIXED  # a baseline's alternative (uniform: lr=None, index=3)
-        if numeric and not unset and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if numeric and not unset and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
             raise ValueError(
-                f"agent {name!r}: {key} must be a number (default {default}), got {value!r}; "
+                f"agent {name!r}: {key} must be a finite number (default {default}), got {value!r}; "
                 f"write it as {key}=<number> in --agent-kwargs"
             )
 

@@ -358,7 +358,10 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action):
         if self._needs_reset:
-            raise RuntimeError("the episode has ended (or never started): call reset() before step()")
+            raise RuntimeError(
+                "the episode has ended (or never started, or the environment was closed): "
+                "call reset() before step()"
+            )
         learning_rates = self.lr_map(action) * schedule_factor(
             self.schedule, self.warmup, self._step, self.episode_steps, self.cooldown
         )
@@ -433,7 +436,9 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             self._frame.render("human")
 
     def close(self) -> None:
+        """Free the pending batch and the decoded held-out images; a later reset() rebuilds them."""
         self._pending = None
+        self._needs_reset = True
         self.held_out.clear()
 
     # ------------------------------------------------------------------ internals

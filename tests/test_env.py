@@ -323,6 +323,17 @@ def test_invalid_action_raises(env):
         env.step(np.full(env.n_layers, 20))
 
 
+def test_step_after_close_says_to_reset_and_reset_reopens():
+    """step() after close() failed on a bare AssertionError."""
+    env = digits_env()
+    env.reset(seed=0)
+    env.close()
+    with pytest.raises(RuntimeError, match=r"closed.*reset\(\)"):
+        env.step(np.zeros(env.n_layers, dtype=int))
+    env.reset(seed=0)
+    assert env.step(np.zeros(env.n_layers, dtype=int))[1] >= 0.0
+
+
 def test_state_round_trip_continues_the_episode_exactly():
     """A second env restored from get_state() mid-episode ends with bit-identical weights."""
     env = digits_env(epochs_per_episode=2)

@@ -396,7 +396,10 @@ def test_unreadable_checkpoints_are_named(tmp_path, capsys, content):
     [
         (["--env-kwargs", "colour=red"], "unexpected keyword argument 'colour'"),
         (["--env-kwargs", "lr_max=abc"], "lr_max must be float, got 'abc'"),
-        (["--algo", "rl_tune", "--agent-kwargs", "clip_range=(0.1"], "clip_range must be a number"),
+        (["--algo", "rl_tune", "--agent-kwargs", "clip_range=(0.1"], "clip_range must be a finite number"),
+        # A baseline's rate: "does not take ['lr']" (a comparison failing on the text 'nan')
+        (["--algo", "uniform", "--agent-kwargs", "lr=nan"], "lr must be a finite number (default 0.001)"),
+        (["--algo", "ppo", "--agent-kwargs", "learning_rate=inf"], "learning_rate must be a finite number"),
         (["--ema", "abc"], "argument --ema: expected a weight"),
         (
             ["--dataset", "gtsrb", "--data-root", "{tmp}/nowhere", "--env-kwargs", "download=True"],
