@@ -87,8 +87,10 @@ def check_hyperparameters(name: str, overrides: dict[str, Any]) -> None:
         default = HYPERPARAMS[name].get(key)
         numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
         unset = value is None and name in FIXED  # a baseline's alternative (uniform: lr=None, index=3)
-        if numeric and not unset and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        if (
+            numeric
+            and not unset
+            and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value))
         ):
             raise ValueError(
                 f"agent {name!r}: {key} must be a finite number (default {default}), got {value!r}; "

@@ -240,12 +240,10 @@ def _learn(
     and TensorBoard where asked, to both at once if both are."""
     outputs = []
     if wandb_run is not None:
-        from wandb.integration.sb3 import WandbCallback
-
-        from .wandb_logging import WandbKVWriter
+        from .wandb_logging import AgentConfigCallback, WandbKVWriter
 
         outputs.append(WandbKVWriter())
-        callbacks = [*callbacks, WandbCallback(verbose=0)]
+        callbacks = [*callbacks, AgentConfigCallback(verbose=0)]
     if tensorboard is not None:
         outputs.append(tensorboard.agent_output())
     if outputs:

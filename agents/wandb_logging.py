@@ -14,11 +14,33 @@ from typing import Any
 import numpy as np
 import wandb
 from stable_baselines3.common.logger import KVWriter
+from wandb.integration.sb3 import WandbCallback
 
 from finetune_gym import FineTuneEnv
 
 from .config import RunConfig
 from .outputs import jsonable
+
+
+class AgentConfigCallback(WandbCallback):
+    """W&B's SB3 callback, recording the agent's hyperparameters under ``config.sb3`` only.
+
+    ``WandbCallback`` copies every attribute of the algorithm into the run's config, objects as
+    their ``str()`` (``_last_obs``, ``rollout_buffer``, ``_logger``, ...): internals that fill the
+    config and change from run to run. Here: the public numbers and names, and the schedules'
+    starting values (SB3 turns ``learning_rate`` and ``clip_range`` into functions of progress).
+    """
+
+    def _init_callback(self) -> None:
+        values: dict[str, Any] = {"algo": type(self.model).__name__}
+        for key, value in vars(self.model).items():
+            if key.startswith("_"):
+                continue
+            if type(value) in (int, float, str, bool):
+                values[key] = value
+            elif key in ("learning_rate", "clip_range", "clip_range_vf") and callable(value):
+                values[key] = float(value(1.0))  # the schedule at the start (constant here)
+        wandb.config.setdefaults({"sb3": values})
 
 
 class WandbKVWriter(KVWriter):

@@ -152,6 +152,11 @@ def test_wandb_offline_logs_steps_epochs_episodes_agent_and_artifacts(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert logged["summary"]["final_test_accuracy"] == pytest.approx(results["final_test_accuracy"])
     assert logged["config"]["algo"] == "rl_tune" and logged["config"]["env_id"] == "FineTune-Digits-v0"
+    # The agent's hyperparameters, not SB3's internals as text (WandbCallback's copy of __dict__)
+    assert not {"_last_obs", "rollout_buffer", "_logger", "policy", "env"} & set(logged["config"])
+    sb3 = logged["config"]["sb3"]
+    assert sb3["algo"] == "RecurrentPPO" and sb3["clip_range"] == 0.1 and isinstance(sb3["n_steps"], int)
+    assert not any(k.startswith("_") for k in sb3)
     assert logged["artifacts"], "results and final model must be logged as an artifact"
     steps = [row["_step"] for row in logged["history"] if "step/reward" in row]
     assert steps == list(range(1, results["steps"] + 1))
