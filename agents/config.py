@@ -21,6 +21,8 @@ from .registry import baseline_env_overrides, canonical_name
 
 WANDB_MODES = ("disabled", "offline", "online")
 RUN_OWNED = {"seed", "epochs_per_episode", "ema"}  # environment arguments the run sets itself
+# What every config.json has held since the first release (later fields may be absent: defaults).
+ESSENTIAL = ("env_id", "algo", "seed", "episodes", "epochs_per_episode", "ema", "env_kwargs", "agent_kwargs")
 
 
 def method_name(algo: str, label: str | None, agent_kwargs: dict[str, Any]) -> str:
@@ -145,6 +147,13 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        """A configuration as :meth:`to_json` wrote it. The fields every version wrote must be
+        there: one missing would silently become its default (another dataset, another length)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a run configuration is a JSON object, not {type(data).__name__}")
+        missing = [k for k in ESSENTIAL if k not in data]
+        if missing:
+            raise ValueError(f"the run configuration lacks {', '.join(missing)}")
         return cls(**data)
 
     def full_env_kwargs(self) -> dict[str, Any]:

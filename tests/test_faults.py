@@ -391,6 +391,24 @@ def test_unreadable_checkpoints_are_named(tmp_path, capsys, content):
     assert "checkpoint.pt" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("damage", ["no env_kwargs", "a list"])
+def test_a_damaged_config_json_is_named_on_resume(tmp_path, capsys, damage):
+    """A config.json without env_kwargs resumed with the defaults (another dataset) or failed on
+    a KeyError; one that is not an object, on an attribute error."""
+    run_dir = finished_run(tmp_path)
+    (run_dir / "results.json").unlink()
+    (run_dir / "checkpoint.pt").write_bytes(b"kept as it is")
+    saved = json.loads((run_dir / "config.json").read_text())
+    del saved["env_kwargs"]
+    (run_dir / "config.json").write_text(json.dumps(saved if damage == "no env_kwargs" else [saved]))
+    capsys.readouterr()
+    assert train.main(["--run-dir", str(run_dir), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and "--overwrite" in err and "Traceback" not in err
+    assert ("lacks env_kwargs" in err) == (damage == "no env_kwargs")
+    assert (run_dir / "checkpoint.pt").read_bytes() == b"kept as it is"
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
