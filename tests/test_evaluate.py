@@ -195,3 +195,30 @@ def test_table_leaves_out_any_broken_run_and_writes_nothing_on_a_read_only_disk(
     err = capsys.readouterr().err
     assert "could not write" in err and "Read-only file system" in err and "Traceback" not in err
     assert list(fresh.parent.iterdir()) == []
+
+
+def test_recompute_goes_through_many_differently_broken_runs(runs, tmp_path, capsys):
+    """Each broken run is one ERROR row and the rest are still checked (it once stopped after 6)."""
+    damages = {
+        "bare_tensor": lambda d: torch.save(torch.zeros(3), d / "final_model.pt"),
+        "garbage_model": lambda d: (d / "final_model.pt").write_bytes(b"garbage"),
+        "truncated_model": lambda d: (d / "final_model.pt").write_bytes((d / "final_model.pt").read_bytes()[:100]),
+        "no_model": lambda d: (d / "final_model.pt").unlink(),
+        "model_is_a_folder": lambda d: ((d / "final_model.pt").unlink(), (d / "final_model.pt").mkdir()),
+        "results_a_list": lambda d: (d / "results.json").write_text("[1, 2]"),
+        "results_not_json": lambda d: (d / "results.json").write_text("{"),
+        "accuracy_text": lambda d: (d / "results.json").write_text(json.dumps({"final_test_accuracy": "high"})),
+        "model_without_env": lambda d: torch.save({"state_dict": {}}, d / "final_model.pt"),
+    }
+    folders = []
+    for name, damage in damages.items():
+        folder = tmp_path / name
+        shutil.copytree(runs / "uniform-s0", folder)
+        damage(folder)
+        folders.append(str(folder))
+    assert evaluate.main([*folders, str(runs / "uniform-s1")]) == 1
+    out = capsys.readouterr().out
+    for name in damages:
+        row = next(line for line in out.splitlines() if f"/{name} |" in line)
+        assert "ERROR:" in row, row
+    assert next(line for line in out.splitlines() if "uniform-s1 |" in line).endswith("| ok |")

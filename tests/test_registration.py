@@ -1,11 +1,13 @@
 """Every registered id passes gymnasium's and Stable-Baselines3's env checkers (tiny settings)."""
 
 import inspect
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import CIFAR_CHECKPOINT, GTSRB_ROOT, TINY_DIGITS, make_image_folder
+from conftest import CIFAR_CHECKPOINT, GTSRB_ROOT, TINY_DIGITS, limit, make_image_folder
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -132,6 +134,30 @@ def test_sb3_make_vec_env_takes_the_id():
     venv.step(np.stack([venv.action_space.sample()] * 2))
     assert venv.render_mode == "rgb_array"
     venv.close()
+
+
+def test_the_module_qualified_id_needs_no_import(tmp_path):
+    """Gymnasium 1.x dropped entry-point plugins; its way for a package's ids is ``module:id``,
+    which imports the module first. A fresh interpreter that never imports finetune_gym builds
+    the environment by that string, alone (gym.make) and through SB3's make_vec_env."""
+    code = f"""
+import sys
+import gymnasium as gym
+from stable_baselines3.common.env_util import make_vec_env
+kwargs = {TINY_DIGITS!r}
+assert "finetune_gym" not in sys.modules
+env = gym.make("finetune_gym:FineTune-Digits-v0", **kwargs)
+env.reset(seed=0)
+env.step(env.action_space.sample())
+venv = make_vec_env("finetune_gym:FineTune-Digits-v0", n_envs=2, env_kwargs=kwargs, seed=0)
+venv.reset()
+print("ok", env.spec.id, venv.num_envs)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=limit(300)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok", "FineTune-Digits-v0", "2"]
 
 
 def test_a_pickled_or_copied_environment_continues_exactly():
