@@ -86,7 +86,9 @@ class WandbRun:
         try:
             self.run = wandb.init(
                 mode=mode,
-                dir=os.environ.get("WANDB_DIR") or str(run_dir),  # the run's folder unless told otherwise
+                # The run's folder unless told otherwise, absolute: wandb resolves a relative one against
+                # the working directory of its first run in the process, not the current one.
+                dir=os.environ.get("WANDB_DIR") or str(Path(run_dir).resolve()),
                 project=project,
                 entity=entity,
                 group=group,
