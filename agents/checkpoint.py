@@ -27,7 +27,7 @@ from finetune_gym.storage import UnreadableFile, atomic_torch_save, load_tensors
 
 from .baselines import Baseline
 from .config import RunConfig
-from .recording import RunRecorder
+from .recording import RunState
 from .registry import Agent
 from .rundir import RunDirectoryError
 from .safe_state import (
@@ -58,7 +58,7 @@ class Checkpointer:
         self,
         path: Path,
         config: RunConfig,
-        recorder: RunRecorder,
+        state: RunState,
         timer: Timer,
         on_written: Callable[[], None] | None = None,
     ) -> None:
@@ -66,7 +66,7 @@ class Checkpointer:
         run wrote (a file copied between run folders). ``on_written`` is called (on the writer
         thread) once a checkpoint is on disk: the run an ``--overwrite`` replaced may go then
         (:meth:`RunDirectory.drop_replaced`)."""
-        self.path, self.recorder, self.timer = path, recorder, timer
+        self.path, self.state, self.timer = path, state, timer
         self.config = json.dumps(config.to_json(), sort_keys=True)
         self.on_written = on_written
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
@@ -81,9 +81,9 @@ class Checkpointer:
             "format": FORMAT,
             "config": self.config,
             "steps": steps,
-            "threads": self.recorder.env_threads,
+            "threads": self.state.recorder.env_threads,
             "timing": self.timer.get_state(),
-            "recorder": plain(self.recorder.get_state()),
+            "recorder": plain(self.state.get_state()),
             "vecnormalize": normalisation_state(venv),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -147,22 +147,22 @@ def check_written_by(payload: dict[str, Any], path: Path, config: RunConfig) -> 
     differences = writer.differences(config)
     if differences:
         raise RunDirectoryError(
-            f"{str(path)!r} was written by another run: {'; '.join(differences)} (the checkpoint's "
-            f"run -> this folder's config.json). Put back this run's own checkpoint, or start it "
-            "again with --overwrite"
+            f"{str(path)!r} does not match the run's configuration: {'; '.join(differences)} (the "
+            "checkpoint's run -> config.json): it was written by another run, or config.json was "
+            "edited. Put back the run's own files, or start it again with --overwrite"
         )
 
 
 def load_checkpoint(
-    payload: dict[str, Any], path: Path, agent: Agent, venv: VecNormalize, recorder: RunRecorder, timer: Timer
+    payload: dict[str, Any], path: Path, agent: Agent, venv: VecNormalize, state: RunState, timer: Timer
 ) -> dict[str, Any] | None:
     """Restore a run saved by :class:`Checkpointer` into the freshly built agent and environment
     of the same configuration; returns a fixed policy's acting loop (None for a learning agent)."""
-    recorder.env_threads = payload["threads"]  # the same reductions, so the same numbers
+    state.recorder.env_threads = payload["threads"]  # the same reductions, so the same numbers
     try:
         for env in venv.venv.envs:
             env.reset()  # marks the episode started in every wrapper; set_state then replaces it
-        recorder.set_state(unplain(payload["recorder"]))
+        state.set_state(unplain(payload["recorder"]))
         load_normalisation_state(venv, payload["vecnormalize"])
         if "learner" in payload:
             load_learner_state(agent, payload["learner"])

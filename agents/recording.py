@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -35,15 +36,22 @@ class RunRecorder(gym.Wrapper):
     at the end of each epoch, ``("episode", ...)`` at the end of each episode.
     """
 
-    def __init__(self, env: gym.Env, final_episode: int, max_skipped_in_a_row: int = 10) -> None:
+    def __init__(
+        self,
+        env: gym.Env,
+        final_episode: int,
+        max_skipped_in_a_row: int = 10,
+        env_threads: int | None = None,
+    ) -> None:
+        """``env_threads``: intra-op threads for the environment's steps and resets (None: the
+        process's setting); a run sets it while the agent works on one (agents/threads.py)."""
         super().__init__(env)
         self.final_episode = int(final_episode)
         self.max_skipped_in_a_row = int(max_skipped_in_a_row)
+        self.env_threads = env_threads
         self.skipped_updates = 0
         self.skipped_in_a_row = 0
         self.listeners: list[Listener] = []
-        # A stateful view outside the recorder (LayerwiseView), saved and restored with it.
-        self.view: Any = None
         self.episode = 0
         self.global_step = 0
         self.learning_rates: list[np.ndarray] = []
@@ -60,9 +68,6 @@ class RunRecorder(gym.Wrapper):
         self.final: dict[str, Any] | None = None
         self.env_seconds = 0.0  # time inside the environment's steps and resets (kept across resumes)
         self.test_seconds = 0.0  # the final model's test evaluation
-        # Intra-op threads for the environment's steps and resets (None: the process's setting);
-        # a run sets it while the agent works on one thread (see agents/threads.py).
-        self.env_threads: int | None = None
 
     @contextmanager
     def _environment_work(self, counter: str) -> Iterator[None]:
@@ -157,6 +162,10 @@ class RunRecorder(gym.Wrapper):
         with self._environment_work("test_seconds"):
             return base.evaluate("test")
 
+    def subscribe(self, listener: Listener) -> None:
+        """Send every later event to ``listener`` (the progress bar, W&B, TensorBoard)."""
+        self.listeners.append(listener)
+
     def _emit(self, event: str, payload: dict[str, Any]) -> None:
         for listener in self.listeners:
             listener(event, payload)
@@ -176,13 +185,6 @@ class RunRecorder(gym.Wrapper):
 
     # -- checkpoints --------------------------------------------------------------------
 
-    def _stateful(self):
-        """The outermost wrapper below this one that saves state (the EMA wrapper or the env)."""
-        inner = self.env
-        while not hasattr(inner, "get_state"):
-            inner = inner.env
-        return inner
-
     def get_state(self) -> dict[str, Any]:
         return {
             "episode": self.episode,
@@ -195,15 +197,15 @@ class RunRecorder(gym.Wrapper):
             "final": self.final,
             "env_seconds": self.env_seconds,
             "skipped": (self.skipped_updates, self.skipped_in_a_row),
-            "env": self._stateful().get_state(),
-            "view": None if self.view is None else self.view.get_state(),
+            # The outermost wrapper below that saves state (the EMA wrapper, else the environment).
+            "env": self.env.get_wrapper_attr("get_state")(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_state`. Reset the outermost wrapper first, so that order-enforcing
         wrappers (gymnasium's, SB3's Monitor) see a started episode; this then replaces it."""
         with torch_threads(self.env_threads):  # it recomputes the pending forward
-            self._stateful().set_state(state["env"])
+            self.env.get_wrapper_attr("set_state")(state["env"])
         self.episode, self.global_step = state["episode"], state["global_step"]
         self.learning_rates = list(state["learning_rates"])
         self.step_log = {k: list(v) for k, v in state["step_log"].items()}
@@ -211,5 +213,22 @@ class RunRecorder(gym.Wrapper):
         self._episode_rewards, self.final = list(state["episode_rewards"]), state["final"]
         self.env_seconds = state["env_seconds"]
         self.skipped_updates, self.skipped_in_a_row = state["skipped"]
+
+
+@dataclass
+class RunState:
+    """What a checkpoint holds of the environment's side of a run, listed once: the recorder (its
+    log, and through it the environment's own state) and, for an agent that reads per-layer
+    tokens, the :class:`~finetune_gym.layerwise.LayerwiseView` above it (its running statistics)."""
+
+    recorder: RunRecorder
+    view: Any = None  # LayerwiseView | None
+
+    def get_state(self) -> dict[str, Any]:
+        return {**self.recorder.get_state(), "view": None if self.view is None else self.view.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`: the environment first, then the view (which reads it)."""
+        self.recorder.set_state(state)
         if self.view is not None:
             self.view.set_state(state["view"])

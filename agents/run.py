@@ -37,17 +37,18 @@ from .checkpoint import Checkpointer, EpochCheckpoint, check_written_by, load_ch
 from .config import RunConfig
 from .outputs import write_outputs
 from .progress import RunProgress
-from .recording import RunRecorder
+from .recording import RunRecorder, RunState
 from .registry import Agent, is_learning, layer_tokens, load_agent, make_agent
 from .rundir import CHECKPOINT, CONFIG, FINAL_MODEL, RESULTS, RunDirectory, RunDirectoryError, read_config
 from .threads import AGENT_THREADS, load_warning, torch_threads
 from .timing import AgentUpdates, Timer
 
 
-def build_env(config: RunConfig) -> tuple[VecNormalize, RunRecorder]:
+def build_env(config: RunConfig) -> tuple[VecNormalize, RunState]:
     """VecNormalize(DummyVecEnv([Monitor(RunRecorder(gym.make(env_id)))])), observations only; for
     an agent that reads per-layer tokens, Monitor(LayerwiseView(RunRecorder(...))) and no
-    normalisation (the tokens are scaled already, the same on every task)."""
+    normalisation (the tokens are scaled already, the same on every task). The environment keeps
+    the current thread count (run_training sets it from ``config.threads``)."""
     kwargs = config.full_env_kwargs()
     max_layers = layer_tokens(config.algo, **config.agent_kwargs)
 
@@ -58,17 +59,16 @@ def build_env(config: RunConfig) -> tuple[VecNormalize, RunRecorder]:
             raise ValueError(
                 f"{config.env_id}: {error}; its arguments are {', '.join(default_config(config.env_id))}"
             ) from error
-        recorder = RunRecorder(env, config.episodes - 1, config.max_skipped_in_a_row)
-        if max_layers is None:
-            return Monitor(recorder)
-        recorder.view = LayerwiseView(recorder, max_layers)
-        return Monitor(recorder.view)
+        recorder = RunRecorder(
+            env, config.episodes - 1, config.max_skipped_in_a_row, env_threads=torch.get_num_threads()
+        )
+        built.append(RunState(recorder, None if max_layers is None else LayerwiseView(recorder, max_layers)))
+        view = built[-1].view
+        return Monitor(recorder if view is None else view)
 
+    built: list[RunState] = []
     dummy = DummyVecEnv([make])
-    recorder = dummy.envs[0].env
-    while not isinstance(recorder, RunRecorder):
-        recorder = recorder.env
-    return VecNormalize(dummy, norm_obs=max_layers is None, norm_reward=False), recorder
+    return VecNormalize(dummy, norm_obs=max_layers is None, norm_reward=False), built[0]
 
 
 def run_training(
@@ -107,7 +107,8 @@ def _run_training(
                 "--run-dir)"
             )
     timer = Timer()
-    venv, recorder = build_env(config)
+    venv, state = build_env(config)
+    recorder = state.recorder
     base = recorder.unwrapped
     total_steps = base.episode_steps * config.episodes
     set_random_seed(config.seed)
@@ -115,7 +116,6 @@ def _run_training(
         agent, venv = _load_replayed(config.replay_agent, venv)
     else:
         agent = make_agent(config.algo, venv, seed=config.seed, **config.agent_kwargs)
-    recorder.env_threads = torch.get_num_threads()  # the environment's; the agent gets one
 
     with RunDirectory.claim(run_dir, config, resume=resume, overwrite=overwrite) as directory:
         done_steps, loop = 0, None
@@ -123,7 +123,7 @@ def _run_training(
             payload = read_checkpoint(run_dir / CHECKPOINT)
             check_written_by(payload, run_dir / CHECKPOINT, config)
             threads = recorder.env_threads
-            loop = load_checkpoint(payload, run_dir / CHECKPOINT, agent, venv, recorder, timer)
+            loop = load_checkpoint(payload, run_dir / CHECKPOINT, agent, venv, state, timer)
             done_steps = payload["steps"]
             if verbose:
                 print(f"resuming {run_dir} at step {done_steps} of {total_steps}")
@@ -135,7 +135,7 @@ def _run_training(
             warning = load_warning(recorder.env_threads)
             if warning:
                 print(warning, file=sys.stderr, flush=True)
-        checkpointer = Checkpointer(run_dir / CHECKPOINT, config, recorder, timer, directory.drop_replaced)
+        checkpointer = Checkpointer(run_dir / CHECKPOINT, config, state, timer, directory.drop_replaced)
         try:
             wandb_run, timing = _train(
                 config,
@@ -190,21 +190,21 @@ def _train(
             steps.stop, config.episodes, config.epochs_per_episode, steps.start, bar=progress, lines=verbose
         )
         stack.callback(bar.close)
-        recorder.listeners = [bar]
+        recorder.subscribe(bar)
         wandb_run = None
         if config.wandb_mode != "disabled":
             from .wandb_logging import start_wandb
 
             wandb_run = start_wandb(config, checkpointer.path.parent, recorder.unwrapped)
             stack.push(lambda error, *_: wandb_run.abort() if error is not None else None)
-            recorder.listeners.append(wandb_run)
+            recorder.subscribe(wandb_run)
         tensorboard = None
         if config.tensorboard_dir:
             from .tensorboard_logging import TensorBoardListener
 
             tensorboard = TensorBoardListener(config.tensorboard_dir, list(recorder.unwrapped.layer_names))
             stack.callback(tensorboard.close)
-            recorder.listeners.append(tensorboard)
+            recorder.subscribe(tensorboard)
         stack.callback(checkpointer.close)  # the last checkpoint is complete before the outputs
         timer.start_loop()
         with torch_threads(AGENT_THREADS):

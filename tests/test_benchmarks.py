@@ -139,8 +139,8 @@ def test_synthetic_stand_in_gives_full_epochs(monkeypatch, tmp_path):
     kwargs.pop("epochs_per_episode")
     kwargs.pop("seed")
     run = RunConfig(env_id="FineTune-CIFARResNet-v0", algo="rl_tune", episodes=1, env_kwargs=kwargs)
-    venv, recorder = build_env(run)
-    assert recorder.unwrapped.steps_per_epoch >= 40
+    venv, state = build_env(run)
+    assert state.recorder.unwrapped.steps_per_epoch >= 40
     venv.close()
 
 

@@ -202,12 +202,16 @@ def test_recompute_goes_through_many_differently_broken_runs(runs, tmp_path, cap
     damages = {
         "bare_tensor": lambda d: torch.save(torch.zeros(3), d / "final_model.pt"),
         "garbage_model": lambda d: (d / "final_model.pt").write_bytes(b"garbage"),
-        "truncated_model": lambda d: (d / "final_model.pt").write_bytes((d / "final_model.pt").read_bytes()[:100]),
+        "truncated_model": lambda d: (d / "final_model.pt").write_bytes(
+            (d / "final_model.pt").read_bytes()[:100]
+        ),
         "no_model": lambda d: (d / "final_model.pt").unlink(),
         "model_is_a_folder": lambda d: ((d / "final_model.pt").unlink(), (d / "final_model.pt").mkdir()),
         "results_a_list": lambda d: (d / "results.json").write_text("[1, 2]"),
         "results_not_json": lambda d: (d / "results.json").write_text("{"),
-        "accuracy_text": lambda d: (d / "results.json").write_text(json.dumps({"final_test_accuracy": "high"})),
+        "accuracy_text": lambda d: (d / "results.json").write_text(
+            json.dumps({"final_test_accuracy": "high"})
+        ),
         "model_without_env": lambda d: torch.save({"state_dict": {}}, d / "final_model.pt"),
     }
     folders = []

@@ -307,6 +307,7 @@ def test_resume_refuses_a_checkpoint_another_run_wrote(tmp_path, package_cache, 
     assert train.main(["--run-dir", str(ours), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "written by another run" in err and "algo: 'a2c' -> 'ppo'" in err, err
+    assert "does not match the run's configuration" in err
     assert (ours / "checkpoint.pt").read_bytes() == before and not (ours / "results.json").exists()
 
 
@@ -472,6 +473,7 @@ def test_a_config_that_does_not_match_its_checkpoint_is_named(tmp_path, package_
     assert train.main(["--run-dir", str(run_dir), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "checkpoint.pt" in err and "does not match the run's configuration" in err
+    assert "env_kwargs.sampling_rate: '(unset)' -> 0.5" in err  # what differs, before anything loads
 
 
 def test_a_full_disk_ends_in_one_line(tmp_path, capsys, monkeypatch):
