@@ -219,15 +219,14 @@ class LinearProbe(Baseline):
 
 def base_rate(agent: str, optimizer: str, lr: float | None) -> float:
     """The rate a multiplier of 1 gives on ``optimizer``: ``lr``, or its published default."""
-    from finetune_gym.optimizers import DEFAULT_LR, check_optimizer
+    from finetune_gym.optimizers import check_optimizer
 
     check_optimizer(optimizer)
     if lr is None:
-        if optimizer not in DEFAULT_LR:
-            raise ValueError(
-                f"{agent}: optimizer {optimizer!r} has no published default rate; give lr=<rate>"
-            )
-        lr = DEFAULT_LR[optimizer]
+        try:
+            lr = presets.published_rate(optimizer)
+        except ValueError as error:
+            raise ValueError(f"{agent}: {error}") from error
     if not lr > 0:
         raise ValueError(f"{agent} needs a base rate lr > 0, got {lr}")
     return float(lr)

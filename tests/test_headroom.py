@@ -70,7 +70,10 @@ def test_a_profile_sets_each_stage_and_freezes_at_zero():
     [
         ({"multipliers": {"layer9": 2.0}}, r"no layer or stage named \['layer9'\].*its stages are"),
         ({"multipliers": {"head": -1.0}}, "multipliers >= 0"),
-        ({"optimizer": "adam"}, "no published default rate; give lr="),
+        (
+            {"optimizer": "adam"},
+            r"stage_profile: optimizer 'adam' has no published default rate: give the rate",
+        ),
         ({"schedule": "step"}, "unknown schedule 'step'"),
     ],
 )
