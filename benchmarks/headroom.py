@@ -44,6 +44,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gtsrb_lowdata as grid  # noqa: E402
 
+from finetune_gym.agents.recording import TrainingDiverged  # noqa: E402
+
 RESULTS_FILE = grid.RESULTS_DIR / "headroom.jsonl"
 REPORT_FILE = grid.RESULTS_DIR / "headroom.md"
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "headroom"
@@ -216,7 +218,13 @@ def next_trial(study, trials, finished) -> tuple[int, dict[str, Any], bool]:
 
 
 def run_one(setting: str, method: str, params: dict[str, Any], seed: int, run_dir: str) -> dict[str, Any]:
-    return grid.run_or_load(Path(run_dir), lambda: trial_config(setting, method, params, seed))
+    """One run of a profile. A profile whose rates make the loss non-finite for good (the run
+    stops with TrainingDiverged) is a bad profile, not a broken study: it scores 0 (what the
+    search must steer away from) and is recorded as diverged instead of stopping the study."""
+    try:
+        return grid.run_or_load(Path(run_dir), lambda: trial_config(setting, method, params, seed))
+    except TrainingDiverged as error:
+        return {"diverged": str(error), "final_val_accuracy": 0.0, "final_test_accuracy": 0.0}
 
 
 def run_base(setting: str, method: str, seed: int, run_dir: str, done) -> dict[str, Any]:

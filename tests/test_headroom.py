@@ -229,3 +229,16 @@ def test_importances_over_working_profiles_find_the_parameter_that_matters(headr
     finished[99] = {"params": {**headroom.BASE_PARAMS, "head_frozen": True}, "runs": {}}  # left out
     weights, n = headroom.unfrozen_importances(finished)
     assert n == 14 and max(weights, key=weights.get) == "head_log2" and weights["head_log2"] > 0.5
+
+
+def test_a_diverging_profile_scores_zero_instead_of_stopping_the_study(headroom, monkeypatch):
+    """At clothing10 15% trial 47 (head x6.1 on L-DoG) made the loss non-finite for 10 updates in a row; the
+    TrainingDiverged of one run stopped the whole study."""
+    from finetune_gym.agents.recording import TrainingDiverged
+
+    def diverge(run_dir, make_config):
+        raise TrainingDiverged("10 updates in a row were skipped")
+
+    monkeypatch.setattr(headroom.grid, "run_or_load", diverge)
+    results = headroom.run_one("gtsrb/r0.15", "prodigy", headroom.BASE_PARAMS, 0, "unused")
+    assert results["final_val_accuracy"] == 0.0 and "skipped" in results["diverged"]
