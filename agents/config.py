@@ -21,6 +21,16 @@ from .registry import baseline_env_overrides, canonical_name
 
 WANDB_MODES = ("disabled", "offline", "online")
 RUN_OWNED = {"seed", "epochs_per_episode", "ema"}  # environment arguments the run sets itself
+# Environment arguments a run's folder name and table key carry already, or that say only where
+# the data lies: never part of what tells two settings apart.
+KEYED_ENV = ("dataset", "sampling_rate", "data_root")
+
+
+def leaves_result_alone(field: str) -> bool:
+    """Whether a configuration field only says where the run logs or how many threads it uses."""
+    return field in ("tensorboard_dir", "threads") or field.startswith("wandb_")
+
+
 # What every config.json has held since the first release (later fields may be absent: defaults).
 ESSENTIAL = ("env_id", "algo", "seed", "episodes", "epochs_per_episode", "ema", "env_kwargs", "agent_kwargs")
 
@@ -99,16 +109,10 @@ class RunConfig:
         environment arguments), or "" where all of it is the default: two settings of a sweep
         get their own folder and their own W&B group."""
         named = ("env_id", "algo", "seed", "label", "agent_kwargs")  # in the name already
-        # In the name already, or not changing the result (where the data lies, where W&B logs):
-        unnamed = ("dataset", "sampling_rate", "data_root")
         mine, default = self.to_json(), RunConfig(env_id=self.env_id).to_json()
         for config in (mine, default):
-            config["env_kwargs"] = {k: v for k, v in config["env_kwargs"].items() if k not in unnamed}
-        rest = {
-            k: v
-            for k, v in mine.items()
-            if k not in named and not k.startswith("wandb_") and k not in ("tensorboard_dir", "threads")
-        }
+            config["env_kwargs"] = {k: v for k, v in config["env_kwargs"].items() if k not in KEYED_ENV}
+        rest = {k: v for k, v in mine.items() if k not in named and not leaves_result_alone(k)}
         if all(rest[k] == default[k] for k in rest):
             return ""
         return hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import method_name
+from .config import KEYED_ENV, leaves_result_alone, method_name
 from .rundir import RESULTS
 
 
@@ -89,10 +89,10 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-# What a run's configuration holds besides its row's key and its seed, and what leaves the result
-# alone (where the data lies, where it logs, how many threads): everything else is its setting.
-_NOT_SETTING = {"env_id", "seed", "label", "threads", "tensorboard_dir"}
-_NOT_SETTING_ENV = {"dataset", "sampling_rate", "data_root"}
+# A run's configuration besides its row's key, its seed and what leaves the result alone
+# (config.leaves_result_alone, config.KEYED_ENV) is its setting; algo and agent_kwargs count, as a
+# label may hide them.
+_KEYED = {"env_id", "seed", "label"}
 
 
 def setting_of(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -100,11 +100,11 @@ def setting_of(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     text pairs; paths by their file name (one checkpoint copied elsewhere is the same setting)."""
     flat: dict[str, str] = {}
     for key, value in config.items():
-        if key in _NOT_SETTING or key.startswith("wandb_"):
+        if key in _KEYED or leaves_result_alone(key):
             continue
         if isinstance(value, dict):
             for inner, inner_value in value.items():
-                if not (key == "env_kwargs" and inner in _NOT_SETTING_ENV):
+                if not (key == "env_kwargs" and inner in KEYED_ENV):
                     flat[inner if inner not in flat else f"{key}.{inner}"] = _text(inner_value)
         else:
             flat[key] = _text(value)

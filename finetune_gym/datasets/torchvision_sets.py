@@ -150,11 +150,15 @@ class _ImageFiles:
         self.seen: set[str] = set()
         self.repeated = 0
         self.not_files: list[str] = []
+        self._looped: dict[str, bool] = {}  # by folder: a walk lists thousands of files in one
 
     def __call__(self, path: str) -> bool:
         if not has_file_allowed_extension(path, IMG_EXTENSIONS):
             return False
-        if self._through_a_loop(path):
+        folder = os.path.dirname(path)
+        if folder not in self._looped:
+            self._looped[folder] = self._through_a_loop(folder)
+        if self._looped[folder]:
             self.repeated += 1
             return False
         if not os.path.isfile(path):  # a FIFO, socket or device named like an image, a broken link
@@ -167,10 +171,10 @@ class _ImageFiles:
         self.seen.add(real)
         return True
 
-    def _through_a_loop(self, path: str) -> bool:
-        """Whether a folder between the class folder and the file leads back to the class folder
+    def _through_a_loop(self, folder: str) -> bool:
+        """Whether ``folder``, or one between it and its class folder, leads back to the class folder
         or above it: there, the walk would list other classes' images under this class."""
-        parts = Path(os.path.relpath(path, self.folder)).parts[:-1]
+        parts = Path(os.path.relpath(folder, self.folder)).parts
         class_dir = os.path.join(self.folder, parts[0])
         class_real = os.path.realpath(class_dir)
         inner = class_dir
@@ -181,16 +185,16 @@ class _ImageFiles:
                 return True
         return False
 
-    def report(self, folder: Path) -> None:
+    def report(self) -> None:
         if self.repeated:
             warnings.warn(
-                f"image folder {str(folder)!r}: {self.repeated} paths reach an image already listed "
+                f"image folder {self.folder!r}: {self.repeated} paths reach an image already listed "
                 "(symbolic links, perhaps a loop); each image is used once",
                 stacklevel=3,
             )
         if self.not_files:
             warnings.warn(
-                f"image folder {str(folder)!r}: skipped {len(self.not_files)} entries named like images "
+                f"image folder {self.folder!r}: skipped {len(self.not_files)} entries named like images "
                 f"that are not regular files (e.g. {self.not_files[0]!r})",
                 stacklevel=3,
             )
@@ -219,7 +223,7 @@ def load_imagefolder(
             trees[split] = tvd.ImageFolder(str(folder), is_valid_file=images)
         except FileNotFoundError as error:  # raised for an empty class folder
             raise ValueError(f"image folder {str(folder)!r}: {error}") from error
-        images.report(folder)
+        images.report()
     if trees["train"].classes != trees["test"].classes:
         only = sorted(set(trees["train"].classes) ^ set(trees["test"].classes))
         raise ValueError(f"train and test class folders differ under {str(root)!r}: {only[:10]}")
