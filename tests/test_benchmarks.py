@@ -12,7 +12,6 @@ import pytest
 from conftest import limit
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark scripts, imported as modules
 
 
 @pytest.mark.slow
@@ -74,41 +73,41 @@ def test_step_overhead_quick(tmp_path):
     "optimizer", ["schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog", "mechanic_adamw"]
 )
 def test_step_benchmark_times_each_optimizer_against_its_own_plain_step(optimizer):
-    import step_overhead
+    from benchmarks import overhead_measures, overhead_setup, step_overhead_report
 
-    config = next(c for c in step_overhead.OPTIMIZER_CONFIGS if c["optimizer"] == optimizer)
-    rows = step_overhead.step_benchmark(config, "cpu", steps=2, rounds=1)
+    config = next(c for c in overhead_setup.OPTIMIZER_CONFIGS if c["optimizer"] == optimizer)
+    rows = overhead_measures.step_benchmark(config, "cpu", steps=2, rounds=1)
     assert set(rows) >= {
         "plain",
         "env.step reward=next_batch",
-        step_overhead.EXTRAS,
-        step_overhead.EXTRAS_ALONE,
-        step_overhead.GRADIENT_EXTRAS,
-        step_overhead.GRADIENT_ALONE,
+        overhead_setup.EXTRAS,
+        overhead_setup.EXTRAS_ALONE,
+        overhead_setup.GRADIENT_EXTRAS,
+        overhead_setup.GRADIENT_ALONE,
     }
-    assert rows[step_overhead.EXTRAS_ALONE]["ratio"] < 0.5  # a few numpy operations against a step
-    assert rows[step_overhead.GRADIENT_ALONE]["ratio"] < 0.5  # a few reductions against a step
+    assert rows[overhead_setup.EXTRAS_ALONE]["ratio"] < 0.5  # a few numpy operations against a step
+    assert rows[overhead_setup.GRADIENT_ALONE]["ratio"] < 0.5  # a few reductions against a step
     assert all(row["s_per_step"] > 0 for row in rows.values())
-    text = step_overhead.render({"config": config, "device": "cpu", "machine": "m", "steps": rows})
+    text = step_overhead_report.render({"config": config, "device": "cpu", "machine": "m", "steps": rows})
     assert f"fp32, contiguous, {optimizer}" in text and "Observation extras" in text
     assert "Gradient extras (grad_ratio, drift, grad_cosine, base_step):" in text
 
 
 def _child_peak(queue) -> None:
-    import step_overhead
+    from benchmarks import timing
 
-    queue.put(step_overhead.peak_rss_mib())
+    queue.put(timing.peak_rss_mib())
 
 
 def test_peak_rss_of_a_spawned_child_is_its_own():
     """A mode's peak memory is measured in a fresh process: it must not include the parent's."""
     import multiprocessing
 
-    import step_overhead
+    from benchmarks import timing
 
     held = bytearray(600 * 2**20)  # the parent holds 600 MiB more than the child ever does
     held[::4096] = b"x" * len(held[::4096])  # touch every page so that it is resident
-    parent = step_overhead.peak_rss_mib()
+    parent = timing.peak_rss_mib()
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_child_peak, args=(queue,))
@@ -122,15 +121,14 @@ def test_peak_rss_of_a_spawned_child_is_its_own():
 def test_synthetic_stand_in_gives_full_epochs(monkeypatch, tmp_path):
     """Without ../shared (the GPU machine) the benchmark writes random images: enough of them that
     an epoch is 40 batches at the configuration's batch size, written once per process."""
-    import step_overhead
-
+    from benchmarks import overhead_setup
     from finetune_gym import FineTuneEnv
 
-    monkeypatch.setattr(step_overhead, "SHARED", tmp_path / "absent")
+    monkeypatch.setattr(overhead_setup, "SHARED", tmp_path / "absent")
     config = {"name": "t", "model": "cifar_resnet20", "image_size": 32, "batch_size": 48}
-    kwargs = step_overhead.env_kwargs(config, "cpu", "next_batch")
+    kwargs = overhead_setup.env_kwargs(config, "cpu", "next_batch")
     assert kwargs["dataset"] == "imagefolder"
-    assert step_overhead.env_kwargs(config, "cpu", "batch")["data_root"] == kwargs["data_root"]
+    assert overhead_setup.env_kwargs(config, "cpu", "batch")["data_root"] == kwargs["data_root"]
     assert FineTuneEnv(**kwargs).steps_per_epoch >= 40
     # The full run builds its environment from the registered id, whose GTSRB options must not leak.
     from finetune_gym.agents.config import RunConfig
@@ -145,9 +143,9 @@ def test_synthetic_stand_in_gives_full_epochs(monkeypatch, tmp_path):
 
 
 def test_gtsrb_benchmark_grid_is_declared():
-    import gtsrb_lowdata as bench
+    from benchmarks import grid, grid_report, harness
 
-    cells = bench.all_cells()
+    cells = grid.all_cells()
     assert len(cells) == len(set(cells))
     # First grid: 15 methods at 4 rates and 6 knobs at 15% on GTSRB. Second grid: 14 methods (11,
     # and issue 25's three bases) at 4 rates on GTSRB and at 2 on each of the four other
@@ -155,14 +153,14 @@ def test_gtsrb_benchmark_grid_is_declared():
     # Lee et al. rules (auto_rgn, four surgical blocks) at 15% on the five datasets.
     fifteen = 3 + 3 + 3 + 5 + 5
     assert len(cells) == (15 * 4 + 6) * 3 + 14 * (4 + 2 + 2) * 3 + 14 * 2 * (5 + 3) + 5 * fifteen
-    surgical = bench.run_config("surgical_layer2", 0.15, 0, {}, "oracle_mnist")
+    surgical = grid.run_config("surgical_layer2", 0.15, 0, {}, "oracle_mnist")
     assert (
         surgical.algo == "surgical" and surgical.agent_kwargs == {"block": "layer2"} and surgical.ema is None
     )
     assert [s for m, r, s, d in cells if (m, r, d) == ("prodigy", 0.15, "oracle_mnist")] == [0, 1, 2, 3, 4]
-    assert bench.seeds_on("gtsrb", 0.15) == bench.seeds_on("oracle_mnist", 1.0) == (0, 1, 2)
+    assert grid.seeds_on("gtsrb", 0.15) == grid.seeds_on("oracle_mnist", 1.0) == (0, 1, 2)
     # Every cell of a family comes before the cells whose rate is chosen from it.
-    for dataset, rates in bench.NEW_RATES.items():
+    for dataset, rates in grid.NEW_RATES.items():
         for rate in rates:
             order = [m for m, r, _, d in cells if r == rate and d == dataset]
             last = max(i for i, m in enumerate(order) if m.startswith("cosine_0"))
@@ -171,32 +169,32 @@ def test_gtsrb_benchmark_grid_is_declared():
                 assert max(i for i, m in enumerate(order) if m.startswith("uniform_0")) < order.index(
                     "uniform_best_ema"
                 )
-    config = bench.run_config("rl_tune", 0.15, 1, {})
+    config = grid.run_config("rl_tune", 0.15, 1, {})
     assert config.env_id == "FineTune-CIFARResNet-v0" and config.episodes * config.epochs_per_episode == 50
-    plain = bench.run_config("uniform_0.0003", 0.3, 0, {})
+    plain = grid.run_config("uniform_0.0003", 0.3, 0, {})
     assert plain.ema is None and plain.episodes == 1 and plain.agent_kwargs == {"lr": 3e-4}
     # The second grid: its RL-Tune and random control share one environment around Schedule-Free.
-    rl, control = (bench.run_config(m, 1.0, 2, {}, "clothing10") for m in ("rl_tune_sf_rel", "random_sf_rel"))
+    rl, control = (grid.run_config(m, 1.0, 2, {}, "clothing10") for m in ("rl_tune_sf_rel", "random_sf_rel"))
     assert rl.env_kwargs == control.env_kwargs and rl.env_kwargs["optimizer"] == "schedulefree_adamw"
     assert rl.env_kwargs["data_root"].endswith("clothing10") and rl.ema is None and rl.episodes == 1
-    assert bench.cell_id("prodigy", 0.15, 0, "sign_digits") == "sign_digits/prodigy/r0.15/s0"
+    assert grid.cell_id("prodigy", 0.15, 0, "sign_digits") == "sign_digits/prodigy/r0.15/s0"
     # Result lines record the commit they ran from.
-    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", bench.code_version())
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", harness.code_version())
 
     # The wall-time table leaves out cells whose time covers only part of the run, as the results
     # file marks them; every resumed cell of the committed grid is either marked or timed whole.
-    assert bench._time_covers_run({"results": {"timing": {"resumed": True}}})
-    assert not bench._time_covers_run({"results": {}, "wall_time_invalid": "paused"})
+    assert grid_report.time_covers_run({"results": {"timing": {"resumed": True}}})
+    assert not grid_report.time_covers_run({"results": {}, "wall_time_invalid": "paused"})
     # (The second grid's cells ran on code whose resumed timing always covers the whole run.)
-    for line in bench.load_done().values():
+    for line in grid.load_done().values():
         timing = line["results"].get("timing", {})
-        first_grid = not bench.METHODS[line["method"]].other_rates
+        first_grid = not grid.METHODS[line["method"]].other_rates
         if first_grid and timing.get("resumed") and "wall_time_invalid" not in line:
             assert timing.get("whole_run"), line["cell"]
 
 
 def test_grid_status_estimates_the_missing_cells_time(capsys):
-    import gtsrb_lowdata as bench
+    from benchmarks import gtsrb_lowdata
 
     def line(dataset, rate, seconds, **extra):
         return {"dataset": dataset, "sampling_rate": rate, "results": {"wall_time_s": seconds}, **extra}
@@ -208,12 +206,12 @@ def test_grid_status_estimates_the_missing_cells_time(capsys):
         "d": line("gtsrb", 0.15, 9999.0, wall_time_invalid="paused"),  # partial: not counted
         "e": line("sign_digits", 1.0, 400.0),
     }
-    assert bench.cell_seconds(done, "gtsrb", 0.15) == (80.0, "median of 3 done there")
-    seconds, how = bench.cell_seconds(done, "gtsrb", 0.3)
+    assert gtsrb_lowdata.cell_seconds(done, "gtsrb", 0.15) == (80.0, "median of 3 done there")
+    seconds, how = gtsrb_lowdata.cell_seconds(done, "gtsrb", 0.3)
     assert seconds == pytest.approx(160.0) and how == "scaled from 15%"
-    assert bench.cell_seconds(done, "clothing10", 1.0) is None
+    assert gtsrb_lowdata.cell_seconds(done, "clothing10", 1.0) is None
     # The status command prints them from the committed grid.
-    bench.cmd_status(None)
+    gtsrb_lowdata.cmd_status(None)
     out = capsys.readouterr().out
     assert re.search(r"\d+ of \d+ cells done", out) and "gtsrb 15%" in out
 
@@ -221,35 +219,37 @@ def test_grid_status_estimates_the_missing_cells_time(capsys):
 def test_transfer_benchmark_is_declared(tmp_path, monkeypatch):
     """The transfer protocol: pretraining never sees the held-out domain; deployment cells are the
     GTSRB grid's protocol with the pretrained agent; the report runs on what exists."""
-    import transfer
-
+    from benchmarks import grid, harness, transfer_report, transfer_setup
     from finetune_gym.agents.config import RunConfig
 
-    for held_out, (task_set, rates) in transfer.SPLITS.items():
+    for held_out, (task_set, rates) in transfer_setup.SPLITS.items():
         names = {
-            task.get("name", task["dataset"]) for task in transfer.pretrain_config(task_set).resolved_tasks()
+            task.get("name", task["dataset"])
+            for task in transfer_setup.pretrain_config(task_set).resolved_tasks()
         }
         assert held_out not in names and len(names) == 3
-        assert set(rates) <= set(transfer.grid.RATES)
-    config = transfer.run_config("pretrained_learn", 0.15, 1, "gtsrb", Path("policy.pt"))
+        assert set(rates) <= set(grid.RATES)
+    config = transfer_setup.run_config("pretrained_learn", 0.15, 1, "gtsrb", Path("policy.pt"))
     assert isinstance(config, RunConfig) and config.episodes == 1 and config.epochs_per_episode == 50
     assert config.ema is None and config.agent_kwargs["learn"] is True
-    assert config.env_kwargs["weights"] == transfer.grid.BASE_ENV["weights"]
-    monkeypatch.setattr(transfer, "REPORT", tmp_path / "transfer.md")
-    monkeypatch.setattr(transfer, "RESULTS_FILE", tmp_path / "none.jsonl")
-    monkeypatch.setattr(transfer, "DERIVED", tmp_path / "derived.json")
-    monkeypatch.setattr(transfer, "RUNS_DIR", tmp_path / "no_runs")
-    transfer.write_report()
+    assert config.env_kwargs["weights"] == grid.BASE_ENV["weights"]
+    monkeypatch.setattr(transfer_report, "REPORT", tmp_path / "transfer.md")
+    monkeypatch.setattr(transfer_setup, "RESULTS", harness.ResultsFile(tmp_path / "none.jsonl"))
+    monkeypatch.setattr(transfer_report, "DERIVED", tmp_path / "derived.json")
+    monkeypatch.setattr(transfer_report, "RUNS_DIR", tmp_path / "no_runs")
+    transfer_report.write_report()
     assert "No deployment cell has run yet." in (tmp_path / "transfer.md").read_text()
     # The policy plot, from a deployed cell's learning-rate log.
     import numpy as np
 
-    cell = tmp_path / "runs" / transfer.grid.cell_id("pretrained_frozen", 0.15, 0, "gtsrb")
+    cell = tmp_path / "runs" / grid.cell_id("pretrained_frozen", 0.15, 0, "gtsrb")
     cell.mkdir(parents=True)
     rates = 0.0025 * 2.0 ** np.array([[-3, 0, 3]] * 20, dtype=float)
     np.savez(cell / "lr_schedule.npz", learning_rates=rates, layer_names=np.array(["stem", "mid", "head"]))
-    monkeypatch.setattr(transfer, "RUNS_DIR", tmp_path / "runs")
-    assert transfer.plot_policy(tmp_path / "policy.png") and (tmp_path / "policy.png").stat().st_size > 0
+    monkeypatch.setattr(transfer_report, "RUNS_DIR", tmp_path / "runs")
+    assert (
+        transfer_report.plot_policy(tmp_path / "policy.png") and (tmp_path / "policy.png").stat().st_size > 0
+    )
     # What the report reads from the run folders is kept in the committed facts file, and a clone
     # without the folders reports the same.
     np.savez(  # a second seed: the head at the base rate for the first two fifths, then 8x
@@ -257,25 +257,24 @@ def test_transfer_benchmark_is_declared(tmp_path, monkeypatch):
         learning_rates=np.concatenate([rates[:8] * [1, 1, 1 / 8], rates[8:]]),
         layer_names=np.array(["stem", "mid", "head"]),
     )
-    facts = transfer.derived_facts()
+    facts = transfer_report.derived_facts()
     phases = facts["phases"]["gtsrb/pretrained_frozen/r0.15"]
     assert phases["layers"] == ["stem", "mid", "head"] and phases["runs"] == 2
     assert phases["log2_multiple"] == [[-3.0] * 5, [0.0] * 5, [1.5, 1.5, 3.0, 3.0, 3.0]]
     assert phases["log2_spread"][0] == 0.0  # constant within each fifth
-    table = transfer.phases_table(facts["phases"], "gtsrb")
+    table = transfer_report.phases_table(facts["phases"], "gtsrb")
     assert (
         table[0] == "| layer | frozen 15% (2 runs) |" and table[-2] == "| head | +1.5 +1.5 +3.0 +3.0 +3.0 |"
     )
-    assert transfer.phases_table(facts["phases"], "sign_digits") == []
-    monkeypatch.setattr(transfer, "RUNS_DIR", tmp_path / "no_runs")
-    assert transfer.derived_facts() == facts
+    assert transfer_report.phases_table(facts["phases"], "sign_digits") == []
+    monkeypatch.setattr(transfer_report, "RUNS_DIR", tmp_path / "no_runs")
+    assert transfer_report.derived_facts() == facts
 
 
 def test_transfer_targets_are_judged_from_complete_cells():
     """+2 beyond the spread at the lowest rate, not below elsewhere, +2 over the control everywhere;
     a rate with a missing reference is named incomplete, never judged."""
-    import transfer
-
+    from benchmarks import transfer_report
     from finetune_gym.agents.report import Group
 
     def group(method, rate, mean, std=0.01, n=3, note=""):
@@ -295,7 +294,7 @@ def test_transfer_targets_are_judged_from_complete_cells():
     ]
     rows = {
         tuple(cell.strip() for cell in line.split("|")[1:3]): line
-        for line in transfer.targets_table(groups, (0.15, 1.0))[2:]
+        for line in transfer_report.targets_table(groups, (0.15, 1.0))[2:]
     }
     assert (
         "+3.00" in rows[("15%", "pretrained_frozen")]
@@ -309,7 +308,7 @@ def test_transfer_targets_are_judged_from_complete_cells():
 
 
 def test_threads_under_load_measures_both_thread_counts(tmp_path, capsys):
-    import step_overhead
+    from benchmarks import step_overhead
 
     out = tmp_path / "threads.md"
     step_overhead.main(["--threads-under-load", "--steps", "2", "--rounds", "1", "--out", str(out)])
@@ -325,27 +324,27 @@ def test_threads_under_load_measures_both_thread_counts(tmp_path, capsys):
 
 
 def test_the_grid_pairs_issue_25s_methods_with_the_bar_by_seed():
-    import gtsrb_lowdata as bench
+    from benchmarks import grid, grid_report
 
     def line(method, seed, val, test):
-        cell = bench.cell_id(method, 0.15, seed, "sign_digits")
+        cell = grid.cell_id(method, 0.15, seed, "sign_digits")
         results = {"final_val_accuracy": val, "final_test_accuracy": test}
         return cell, {"cell": cell, "dataset": "sign_digits", "sampling_rate": 0.15, "results": results}
 
     done = dict(
-        [line(m, s, 0.5, 0.5) for m in bench.NO_TUNING if m != "prodigy" for s in range(3)]
+        [line(m, s, 0.5, 0.5) for m in grid.NO_TUNING if m != "prodigy" for s in range(3)]
         + [line("prodigy", s, 0.9, t) for s, t in enumerate((0.80, 0.70, 0.60))]  # the bar: best on val
         + [line("auto_rgn", s, 0.1, t) for s, t in enumerate((0.81, 0.75, 0.50))]
         + [
             line(m, s, 0.2 + 0.1 * (m == "surgical_layer2"), 0.9)
-            for m in bench.SURGICAL_METHODS
+            for m in grid.SURGICAL_METHODS
             for s in range(3)
         ]
     )
-    table = bench._paired_table(done)
+    table = grid_report._paired_table(done)
     row = next(r for r in table.splitlines() if r.startswith("| sign_digits"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    columns = dict(zip(["dataset", "rate", "bar", *bench.PAIRED], cells, strict=True))
+    columns = dict(zip(["dataset", "rate", "bar", *grid_report.PAIRED], cells, strict=True))
     assert columns["bar"] == "prodigy" and columns["prodigy"] == "(the bar)"
     assert columns["auto_rgn"] == "-1.3 ± 7.8: +1.0/+5.0/-10.0"
     assert columns["surgical"].startswith("+20.0 ± 10.0 (layer2): +10.0/+20.0/+30.0")

@@ -3,8 +3,6 @@ study rebuilt from its results file (the storage it resumes from)."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +12,6 @@ import torch
 from finetune_gym.agents import make_agent
 from finetune_gym.agents.config import RunConfig
 from finetune_gym.agents.run import run_training
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -86,12 +82,11 @@ def test_bad_profiles_are_named(kwargs, message):
 
 @pytest.fixture
 def headroom(tmp_path, monkeypatch):
-    """benchmarks/headroom.py with its results file in ``tmp_path``."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    module = importlib.import_module("headroom")
-    monkeypatch.setattr(module, "RESULTS_FILE", tmp_path / "headroom.jsonl")
-    yield module
-    sys.modules.pop("headroom", None)
+    """The headroom study (benchmarks/headroom_study.py) with its results file in ``tmp_path``."""
+    from benchmarks import harness, headroom_study
+
+    monkeypatch.setattr(headroom_study, "RESULTS", harness.ResultsFile(tmp_path / "headroom.jsonl"))
+    return headroom_study
 
 
 def test_the_study_is_rebuilt_from_its_results_file_and_asks_an_unfinished_trial_again(headroom):
@@ -239,6 +234,6 @@ def test_a_diverging_profile_scores_zero_instead_of_stopping_the_study(headroom,
     def diverge(run_dir, make_config):
         raise TrainingDiverged("10 updates in a row were skipped")
 
-    monkeypatch.setattr(headroom.grid, "run_or_load", diverge)
+    monkeypatch.setattr(headroom.harness, "run_or_load", diverge)
     results = headroom.run_one("gtsrb/r0.15", "prodigy", headroom.BASE_PARAMS, 0, "unused")
     assert results["final_val_accuracy"] == 0.0 and "skipped" in results["diverged"]
