@@ -39,18 +39,19 @@ from .actions import LearningRateMap, lr_grid
 from .arguments import check_positive_integers, check_types
 from .assembly import assemble
 from .device import HostCopy, resolve_channels_last, resolve_device, resolve_precision
+from .env_state import EnvState
 from .layer_signals import LayerStatistics
 from .models.custom import RECORDED, describe_module, unrebuildable
 from .observation import OBS_LIMIT, ActivationPooler, TrainingSignals, check_obs_extras, extras_size
 from .optimizers import check_optimizer, evaluation_point, layer_optimizer
-from .rendering import RENDER_FPS, RENDER_MODES, Frame, check_render_mode
+from .rendering import RENDER_FPS, RENDER_MODES, Renderer, check_render_mode
 from .rewards import make_reward
 from .schedules import check_schedule, schedule_factor
 from .storage import cpu_copy
 from .training import TrainingForward, frozen_buffers
 
 
-class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
+class FineTuneEnv(EnvState, gym.Env[np.ndarray, np.ndarray]):
     """Layer-wise learning-rate control of fine-tuning, as in RL-Tune (Mahmud et al.).
 
     Observation: see :mod:`finetune_gym.observation` (``n_layers * obs_features``
@@ -182,7 +183,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
         self.lr_map = LearningRateMap(self.n_layers, rates=rates)
         self.action_space = self.lr_map.space
-        self._frame = Frame(self.layer_names, self.lr_map.rates)  # what render() shows
+        self._renderer = Renderer(self.render_mode, self.layer_names, self.lr_map.rates)
         n_obs = self.n_layers * obs_features + extras_size(self.obs_extras, self.n_layers)
         self.observation_space = spaces.Box(-OBS_LIMIT, OBS_LIMIT, (n_obs,), np.float32)
 
@@ -251,80 +252,6 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         """Replace the source weights (used by the next ``reset``)."""
         self.source_model.load_state_dict(state)
 
-    def get_state(self) -> dict[str, Any]:
-        """Everything needed to continue this episode exactly, on CPU tensors (for checkpoints).
-
-        Target and source weights, Adam's state, data order and augmentation RNG
-        states, counters, the epoch's batches and the pending batch (its augmented
-        inputs: the forward is recomputed on restore instead of storing its graph).
-        """
-        pending = self._pending
-        return {
-            "version": 2,
-            "layer_names": list(self.layer_names),
-            "n_train": len(self.train_indices),
-            "model": cpu_copy(self.model.state_dict()),
-            "source": self.source_state_dict(),
-            "optimizer": None if self.optimizer is None else cpu_copy(self.optimizer.state_dict()),
-            "stream": self.stream.get_state(),
-            "counters": {k: getattr(self, k) for k in ("_epoch", "_step", "_epoch_correct", "_epoch_seen")},
-            "signals": self.signals.get_state(),
-            "statistics": self.statistics.get_state() if self.statistics.active else None,
-            "pending": None if pending is None else pending.get_state(),
-            "buffers_before": cpu_copy(self._guard.saved),
-            "needs_reset": self._needs_reset,
-            "noise_seed": self._noise_seed,
-        }
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`get_state` of an environment built with the same arguments."""
-        if state.get("version") != 2:
-            raise ValueError(f"unsupported environment state version {state.get('version')!r}")
-        if state["layer_names"] != self.layer_names or state["n_train"] != len(self.train_indices):
-            raise ValueError("the saved state comes from an environment with other layers or training data")
-        self.model.load_state_dict(state["model"])
-        self.load_source_state_dict(state["source"])
-        self.optimizer = self._make_optimizer()
-        if state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.stream.set_state(state["stream"])
-        for key, value in state["counters"].items():
-            setattr(self, key, value)
-        self.signals.set_state(state["signals"])
-        if self.statistics.active:
-            if state.get("statistics") is None:
-                raise ValueError(
-                    "the saved state has no update statistics, which this environment's obs_extras need: "
-                    "it was saved without them (resume with the run's own obs_extras)"
-                )
-            self.statistics.set_state(state["statistics"])
-        self._needs_reset = state["needs_reset"]
-        self._noise_seed = state.get("noise_seed", 0)
-        self._pending = None
-        self.model.zero_grad(set_to_none=True)
-        if state["pending"] is not None:
-            saved = state["pending"]
-            # The saved weights already include this forward's BatchNorm update: freeze buffers.
-            with frozen_buffers(self.model):
-                self._pending = self._forward(
-                    saved["inputs"].to(self.device), saved["labels"].to(self.device)
-                )
-            training.backward(self._pending)
-            self._pending.loss_value, self._pending.correct = saved["loss_value"], saved["correct"]
-        for saved, value in zip(self._guard.saved, state["buffers_before"], strict=True):
-            saved.copy_(value)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickling a parameter drops its gradient: keep the pending batch's, so a pickled or
-        # deep-copied environment continues exactly (vector envs, checkpointing tools).
-        return {**self.__dict__, "_grads": [p.grad for p in self.model.parameters()]}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        grads = state.pop("_grads")
-        self.__dict__.update(state)
-        for parameter, grad in zip(self.model.parameters(), grads, strict=True):
-            parameter.grad = grad
-
     # ------------------------------------------------------------------ gymnasium API
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -353,7 +280,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "loss": self._pending.loss_value,
             "batch_accuracy": self._pending.correct / len(self._pending.labels),
         }
-        self._frame_step()
+        self._renderer.new_episode()
         return observation, info
 
     def step(self, action):
@@ -409,7 +336,7 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
         reward = self.reward_spec(skipped, pending, reward_count, nxt, self.signals.previous_mean)
         info["reward"] = reward
-        self._frame_step(info)
+        self._renderer.step(info)
         if terminated:
             self._needs_reset = True
             info["episode_steps"] = self._step
@@ -419,21 +346,8 @@ class FineTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def render(self) -> str | np.ndarray | None:
         """The last step (:mod:`finetune_gym.rendering`): text (``"ansi"``), an image
-        (``"rgb_array"``); in ``"human"`` mode each step prints itself, as Gymnasium's convention
-        is, and this returns None."""
-        return None if self.render_mode == "human" else self._frame.render(self.render_mode)
-
-    def _frame_step(self, info: dict[str, Any] | None = None) -> None:
-        """Keep what :meth:`render` shows: a new episode's empty frame (``info`` None) or the last
-        step's. Only when rendering: without a render mode a step does no rendering work."""
-        if self.render_mode is None:
-            return
-        if info is None:
-            self._frame = Frame(self.layer_names, self.lr_map.rates)
-        else:
-            self._frame.update(info)
-        if self.render_mode == "human":
-            self._frame.render("human")
+        (``"rgb_array"``); in ``"human"`` mode each step prints itself and this returns None."""
+        return self._renderer.render()
 
     def close(self) -> None:
         """Free the pending batch and the decoded held-out images; a later reset() rebuilds them."""

@@ -87,3 +87,30 @@ class Frame:
         if mode == "human":
             print(self.text(), flush=True)
         return None
+
+
+class Renderer:
+    """An environment's rendering: the last step's frame, kept only when a mode is set (without one
+    a step does no rendering work); in ``"human"`` mode each step prints itself, as Gymnasium's
+    convention is, and :meth:`render` returns None."""
+
+    def __init__(self, mode: str | None, layer_names: Sequence[str], grid: np.ndarray) -> None:
+        self.mode, self._layer_names, self._grid = mode, layer_names, grid
+        self.frame = Frame(layer_names, grid)
+
+    def new_episode(self) -> None:
+        if self.mode is not None:
+            self.frame = Frame(self._layer_names, self._grid)
+            self._show()
+
+    def step(self, info: dict[str, Any]) -> None:
+        if self.mode is not None:
+            self.frame.update(info)
+            self._show()
+
+    def render(self) -> str | np.ndarray | None:
+        return None if self.mode == "human" else self.frame.render(self.mode)
+
+    def _show(self) -> None:
+        if self.mode == "human":
+            self.frame.render("human")
