@@ -107,8 +107,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         )
         write_report(done)
 
-    threads = args.threads or harness.default_threads(args.workers)
-    with harness.local_pool(args.workers, threads) as pool:
+    with harness.pool_from_args(args) as pool:
         count = harness.run_jobs(pool, ready, finished, args.workers, args.max_cells)
     print(f"{count} cells run, {len(done)} of {len(all_cells())} done")
 
@@ -216,13 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the cells not yet in the results file")
-    run.add_argument("--workers", type=int, default=1, help="cells run in parallel (CPU threads are shared)")
-    run.add_argument(
-        "--threads",
-        type=int,
-        help="torch threads per cell (default: the cores shared by the workers); pass 1 when "
-        "another job shares the machine, as 2 threads on a busy core run many times slower",
-    )
+    harness.add_pool_options(run, workers=1)
     run.add_argument("--max-cells", type=int, help="stop after this many cells")
     run.add_argument("--only", nargs="*", help="run only these methods")
     run.add_argument("--datasets", nargs="*", choices=list(DATASETS), help="run only on these datasets")

@@ -18,6 +18,7 @@ import concurrent.futures as futures
 import contextlib
 import json
 import multiprocessing
+import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -107,6 +108,107 @@ def local_pool(workers: int, threads: int) -> Iterator[futures.Executor]:
         workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
     ) as pool:
         yield pool
+
+
+def _with_threads(threads: int, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """A job in a Ray worker: Ray reuses its worker processes, so the thread count is set per job."""
+    _init_worker(threads)
+    return fn(*args)
+
+
+class RayPool(futures.Executor):
+    """Jobs as Ray tasks, each asking the cluster for ``threads`` CPUs (and ``gpus`` GPUs): Ray
+    places them on whichever node has room. A task whose worker dies is retried (``max_retries``)
+    and resumes from its run's checkpoint, as a job does after any stop."""
+
+    def __init__(self, threads: int, gpus: float = 0.0, max_retries: int = 2) -> None:
+        import ray
+
+        self.threads = threads
+        self._task = ray.remote(_with_threads).options(
+            num_cpus=threads, num_gpus=gpus, max_retries=max_retries, retry_exceptions=False
+        )
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+        if kwargs:
+            raise TypeError("a Ray job takes positional arguments only")
+        return self._task.remote(self.threads, fn, *args).future()
+
+
+@contextlib.contextmanager
+def ray_pool(
+    address: str | None, workers: int, threads: int, gpus: float = 0.0
+) -> Iterator[futures.Executor]:
+    """Ray tasks on a running cluster (``address``: ``"auto"`` or ``HOST:PORT``), or on a Ray started
+    here for the call with ``workers * threads`` CPUs. Every node must hold this repository at the
+    same path (its workers import the benchmarks from it) and the data where the cells read it."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        # Ray starts its workers at niceness 15, under anything else the machine runs: a benchmark's
+        # jobs would crawl beside another job (5% of a core each, measured) where the process pool's
+        # run at full speed. A cluster's nodes take it from their own environment (README).
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(
+            address=address,
+            num_cpus=None if address else workers * threads,
+            include_dashboard=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            logging_level="WARNING",
+        )
+    try:
+        yield RayPool(threads, gpus)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def pool(
+    executor: str, workers: int, threads: int, address: str | None = None
+) -> contextlib.AbstractContextManager[futures.Executor]:
+    """The benchmarks' ``--executor``: ``"ray"`` (local, or the cluster at ``--address``) or
+    ``"processes"`` (spawned processes on this machine, without Ray)."""
+    if executor == "processes":
+        if address:
+            raise SystemExit("--address needs --executor ray: a cluster is reached through Ray")
+        return local_pool(workers, threads)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "--executor ray needs Ray: pip install -e '.[ray]' (or pass --executor processes)"
+        ) from None
+    return ray_pool(address, workers, threads)
+
+
+def add_pool_options(parser: Any, workers: int = 1, threads: int | None = None) -> None:
+    """The options every benchmark's ``run`` takes to say where its jobs run."""
+    parser.add_argument("--workers", type=int, default=workers, help="jobs run at once")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        help="torch threads per job (default: this machine's cores shared by the workers); pass 1 "
+        "when another job shares the machine, as 2 threads on a busy core run many times slower",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=["ray", "processes"],
+        default="processes",
+        help="where jobs run: Ray tasks (pip install -e '.[ray]'; a cluster with --address) or "
+        "spawned processes on this machine (default %(default)s)",
+    )
+    parser.add_argument(
+        "--address",
+        help="a running Ray cluster: 'auto' on one of its nodes, or HOST:PORT (implies --executor ray)",
+    )
+
+
+def pool_from_args(args: Any) -> contextlib.AbstractContextManager[futures.Executor]:
+    executor = "ray" if args.address else args.executor
+    threads = args.threads or default_threads(args.workers)
+    return pool(executor, args.workers, threads, args.address)
 
 
 def default_threads(workers: int) -> int:

@@ -140,7 +140,7 @@ def run_setting(setting: str, pool: Any, workers: int, n_trials: int) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    with harness.local_pool(args.workers, args.threads) as pool:
+    with harness.pool_from_args(args) as pool:
         for setting in args.settings:
             run_setting(setting, pool, args.workers, args.trials)
     write_report()
@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     run = sub.add_parser("run", help="run the study's trials and confirmations (resumable)")
     settings = list(study.SETTINGS)
     run.add_argument("--settings", nargs="*", default=settings, choices=settings)
-    run.add_argument("--workers", type=int, default=2, help="runs in parallel (a trial's seeds)")
-    run.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    harness.add_pool_options(run, workers=2, threads=1)
     run.add_argument("--trials", type=int, default=study.N_TRIALS, help=argparse.SUPPRESS)  # tests only
     run.set_defaults(func=cmd_run)
     sub.add_parser("report", help="write results/headroom.md").set_defaults(func=cmd_report)

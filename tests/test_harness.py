@@ -4,6 +4,7 @@ depends on, a stop loses nothing finished, and the next call runs only what is m
 from __future__ import annotations
 
 import concurrent.futures as futures
+import sys
 import threading
 import time
 
@@ -102,9 +103,16 @@ def test_a_failing_job_stops_the_run_and_keeps_what_finished(tmp_path):
     assert sorted(grid.store.by()) == ["a", "b"]
 
 
-def test_jobs_run_in_spawned_worker_processes_with_their_thread_count(tmp_path):
+@pytest.mark.parametrize("executor", ["processes", "ray"])
+def test_jobs_run_in_worker_processes_with_their_thread_count(tmp_path, executor):
+    if executor == "ray":
+        pytest.importorskip("ray", reason="the [ray] extra is not installed")
+        from ray import cloudpickle
+
+        # This test module is not on the Ray workers' path (the benchmarks are): send its jobs whole.
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
     grid = Grid(tmp_path / "r.jsonl", square_and_threads)
-    with harness.local_pool(workers=2, threads=1) as pool:
+    with harness.pool(executor, workers=2, threads=1) as pool:
         assert harness.run_jobs(pool, grid.ready, grid.finished, workers=2) == 4
     assert {k: v["value"] for k, v in grid.store.by().items()} == {"a": 1, "b": 4, "c": 9, "d": 25}
     assert {v["threads"] for v in grid.store.lines()} == {1}
