@@ -73,6 +73,11 @@ def task_set(name: str, data_root: Path) -> list[dict[str, Any]]:
     ]
 
 
+VEC_ENVS = ("subproc", "ray")
+# Fields that say where the processes run, not what is learned: a resume may change them.
+PLACEMENT = ("vec_env", "ray_address")
+
+
 @dataclass
 class PretrainConfig:
     """What a pretraining run is; checked before anything is built."""
@@ -91,8 +96,16 @@ class PretrainConfig:
     threads: int | None = None  # per process; None: the machine's cores shared among the processes
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Where the processes run (results do not depend on it): "subproc", SB3's SubprocVecEnv on this
+    # machine; "ray", Ray actors (the [ray] extra), a cluster's when ray_address is given.
+    vec_env: str = "subproc"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        if self.vec_env not in VEC_ENVS:
+            raise ValueError(f"vec_env must be one of {VEC_ENVS}, got {self.vec_env!r}")
+        if self.ray_address is not None and self.vec_env != "ray":
+            raise ValueError("ray_address needs vec_env='ray' (the processes run as Ray actors)")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
         for name in ("epochs_per_episode", "runs", "n_envs", "max_layers", "hidden", "n_steps"):
@@ -129,6 +142,8 @@ def process_threads(config: PretrainConfig) -> int:
 
 def _make_env(config: PretrainConfig, tasks: list[dict[str, Any]], rank: int, offset: int):
     device = config.devices[rank % len(config.devices)]
+    if config.vec_env == "ray" and device.startswith("cuda"):
+        device = "cuda"  # the one GPU Ray gave the actor, whichever it is on its node
 
     def make():
         if config.n_envs > 1:  # a process of its own (SubprocVecEnv); one env runs in the caller's
@@ -150,6 +165,14 @@ def _make_env(config: PretrainConfig, tasks: list[dict[str, Any]], rank: int, of
 def build_vec_env(config: PretrainConfig, offset: int = 0) -> VecEnv:
     tasks = config.resolved_tasks()
     makers = [_make_env(config, tasks, rank, offset) for rank in range(config.n_envs)]
+    if config.vec_env == "ray":
+        from .ray_vec_env import RayVecEnv, connect
+
+        started = connect(config.ray_address, config.n_envs * process_threads(config))
+        gpus = [
+            config.devices[rank % len(config.devices)].startswith("cuda") for rank in range(config.n_envs)
+        ]
+        return RayVecEnv(makers, threads=process_threads(config), gpus=gpus, shutdown_on_close=started)
     if config.n_envs == 1:
         return DummyVecEnv(makers)
     return SubprocVecEnv(makers, start_method="spawn")  # fork would copy torch's thread pools
@@ -336,7 +359,8 @@ def _pretrain(
         if (run_dir / RESULTS).is_file():
             raise RunDirectoryError(f"{str(run_dir)!r} holds a finished pretraining; nothing to resume")
         saved = PretrainConfig.from_json(json.loads((run_dir / CONFIG).read_text()))
-        if saved.to_json() != config.to_json():
+        what = lambda c: {k: v for k, v in c.to_json().items() if k not in PLACEMENT}  # noqa: E731
+        if what(saved) != what(config):
             raise RunDirectoryError(
                 f"--resume continues {str(run_dir)!r} as it was started: give its arguments"
             )

@@ -7,6 +7,7 @@ Examples:
   python train.py --pretrain --runs 40                               # built-in digits, offline
   python train.py --pretrain --tasks no-gtsrb --n-envs 2 --runs 200  # leave GTSRB out (../shared/data)
   python train.py --pretrain --tasks tasks.json --devices cuda:0 cuda:1 --n-envs 2
+  python train.py --pretrain --tasks no-gtsrb --n-envs 16 --address auto      # Ray actors on a cluster
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--devices", nargs="+", default=d.devices, help="one per process, cycled (default %(default)s)"
     )
+    parser.add_argument(
+        "--vec-env",
+        choices=["subproc", "ray"],
+        default=d.vec_env,
+        help="where the processes run: SB3's SubprocVecEnv here, or Ray actors (pip install -e "
+        "'.[ray]'), one GPU each for cuda devices; the same results either way (default %(default)s)",
+    )
+    parser.add_argument(
+        "--address",
+        help="a running Ray cluster ('auto' on one of its nodes, or HOST:PORT); implies --vec-env ray",
+    )
     parser.add_argument("--max-layers", type=int, default=d.max_layers, help="the policy's layer capacity")
     parser.add_argument("--hidden", type=int, default=d.hidden, help="the shared network's width")
     parser.add_argument("--n-steps", type=int, default=d.n_steps, help="steps per process between updates")
@@ -105,6 +117,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         threads=args.threads,
         env_kwargs=parse_kwargs(args.env_kwargs),
         agent_kwargs=parse_kwargs(args.agent_kwargs),
+        vec_env="ray" if args.address else args.vec_env,
+        ray_address=args.address,
     )
 
 

@@ -349,3 +349,39 @@ def test_the_grid_pairs_issue_25s_methods_with_the_bar_by_seed():
     assert columns["auto_rgn"] == "-1.3 ± 7.8: +1.0/+5.0/-10.0"
     assert columns["surgical"].startswith("+20.0 ± 10.0 (layer2): +10.0/+20.0/+30.0")
     assert columns["cosine"] == ""  # its family is not done
+
+
+@pytest.mark.slow
+def test_executors_benchmark_runs_the_same_cell_through_both_and_reports_ray_costs(tmp_path):
+    """Issue 27's throughput target is measured by benchmarks/executors.py: the same real cell through
+    the process pool and through Ray (same results, checked), Ray's start-up and memory reported."""
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    from finetune_gym import presets
+
+    if not (presets.data_root() / "oracle_mnist").is_dir():
+        pytest.skip("needs oracle_mnist from ../shared/data")
+    out = tmp_path / "executors.md"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/executors.py",
+            "--cells",
+            "oracle_mnist/prodigy/r0.15/s0",
+            "--epochs",
+            "1",
+            "--rounds",
+            "1",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=limit(900),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert "| processes |" in text and "| ray |" in text and "Ray's start-up" in text
+    assert "same accuracies through both executors" in text

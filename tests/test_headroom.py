@@ -237,3 +237,54 @@ def test_a_diverging_profile_scores_zero_instead_of_stopping_the_study(headroom,
     monkeypatch.setattr(headroom.harness, "run_or_load", diverge)
     results = headroom.run_one("gtsrb/r0.15", "prodigy", headroom.BASE_PARAMS, 0, "unused")
     assert results["final_val_accuracy"] == 0.0 and "skipped" in results["diverged"]
+
+
+def test_the_study_runs_its_trials_then_the_confirmation_and_a_second_call_runs_nothing(
+    headroom, monkeypatch
+):
+    """The search loop on the harness, with the runs replaced by a cheap function of the profile:
+    trial 0 comes from the grid's runs of the base, each trial's seeds run, then the best trial and
+    the base on every confirmation seed; a call after that finds everything done."""
+    import concurrent.futures as futures
+
+    from benchmarks import grid
+    from benchmarks import headroom as cli
+
+    setting, (dataset, rate) = "gtsrb/r0.15", headroom.SETTINGS["gtsrb/r0.15"]
+    done = {}
+    for method, val in (
+        ("schedulefree_adamw", 0.5),
+        ("prodigy", 0.6),
+        ("prodigy_layerwise", 0.4),
+        ("ldog", 0.3),
+    ):
+        for seed in grid.seeds_on(dataset, rate):
+            results = {"final_val_accuracy": val, "final_test_accuracy": val}
+            done[grid.cell_id(method, rate, seed, dataset)] = {"results": results}
+
+    def fake_run(setting, method, params, seed, run_dir):
+        value = 0.6 + 0.01 * params["head_log2"]  # the head's multiplier is all that matters
+        return {"final_val_accuracy": value, "final_test_accuracy": value + 0.001 * seed}
+
+    def fake_base(setting, method, seed, run_dir, done):
+        return {"final_val_accuracy": 0.6, "final_test_accuracy": 0.6 + 0.001 * seed}
+
+    monkeypatch.setattr(grid, "load_done", lambda: done)
+    monkeypatch.setattr(headroom, "run_one", fake_run)
+    monkeypatch.setattr(headroom, "run_base", fake_base)
+    monkeypatch.setattr(cli, "write_report", lambda: None)
+    monkeypatch.setattr(cli.harness, "code_version", lambda: "test")
+    with futures.ThreadPoolExecutor(2) as pool:
+        cli.run_setting(setting, pool, workers=2, n_trials=4)
+    lines = headroom.load_lines()
+    trials = headroom.trials_of(setting, lines)
+    assert sorted(trials) == [0, 1, 2, 3] and all(headroom.score(t) is not None for t in trials.values())
+    assert trials[0]["params"] == headroom.BASE_PARAMS
+    assert sorted(line["seed"] for line in lines if line["kind"] == "run" and line["trial"] == 0) == [0, 1]
+    best = max(trials, key=lambda n: (headroom.score(trials[n]), -n))
+    assert sorted(trials[best]["runs"]) == list(headroom.CONFIRM_SEEDS)  # confirmed on every seed
+    bases = sorted(line["seed"] for line in lines if line["kind"] == "base")
+    assert bases == [3, 4]  # seeds 0-2 of the base are the grid's own cells
+    with futures.ThreadPoolExecutor(2) as pool:
+        cli.run_setting(setting, pool, workers=2, n_trials=4)
+    assert headroom.load_lines() == lines  # nothing ran twice

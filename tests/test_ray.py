@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
@@ -120,3 +121,87 @@ def test_a_node_removed_mid_job_loses_nothing_and_the_job_resumes_elsewhere(tmp_
     lines = store.by("cell")
     assert {k: v["value"] for k, v in lines.items()} == {"c0": 0, "c1": 11}
     assert lines[f"c{on_side[0]}"]["node"] != side.node_id  # finished on the head, from its checkpoint
+
+
+def tiny_digits(rank: int):
+    """A built-in digits environment a few steps an episode (module level: Ray sends it whole)."""
+
+    def make():
+        import gymnasium as gym
+        import torch
+
+        import finetune_gym  # noqa: F401  (registers the ids)
+
+        torch.set_num_threads(1)  # in both executors: results depend on the thread count
+        return gym.make("FineTune-Digits-v0", epochs_per_episode=1, batch_size=64, sampling_rate=0.3)
+
+    return make
+
+
+def test_ray_vec_env_steps_exactly_as_subproc_vec_env(tmp_path):
+    """The same environments, seeds and actions through SubprocVecEnv and through Ray actors: the same
+    observations, rewards, episode ends (across an auto-reset) and infos."""
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    from finetune_gym.agents.ray_vec_env import RayVecEnv
+
+    def roll(venv) -> list:
+        venv.seed(7)
+        out = [venv.reset()]
+        rng = np.random.default_rng(0)
+        steps = venv.get_attr("episode_steps")[0] + 2  # across one auto-reset
+        for _ in range(steps):
+            nvec = venv.action_space.nvec
+            obs, rewards, dones, infos = venv.step(rng.integers(0, nvec, (venv.num_envs, len(nvec))))
+            ends = [info.get("terminal_observation") for info in infos]
+            out.append((obs, rewards, dones, [sorted(info) for info in infos], ends))
+        out.append(venv.get_attr("n_layers"))
+        venv.close()
+        return out
+
+    reference = roll(SubprocVecEnv([tiny_digits(r) for r in range(2)], start_method="spawn"))
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        mine = roll(RayVecEnv([tiny_digits(r) for r in range(2)], threads=1))
+    finally:
+        ray.shutdown()
+    assert any(step[2].any() for step in reference[1:-1])  # the roll crossed an episode's end
+    _assert_same(mine, reference)
+
+
+def _assert_same(a, b) -> None:
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same(x, y)
+    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        np.testing.assert_array_equal(a, b)
+    else:
+        assert a == b
+
+
+def test_pretraining_through_ray_actors_learns_exactly_as_through_subprocesses(tmp_path):
+    """``train.py --pretrain --vec-env ray``: two environments as Ray actors, PPO updates over their
+    steps; the same tasks and the same policy, to the bit, as through SubprocVecEnv."""
+    import json
+
+    import torch
+
+    from finetune_gym.agents.pretrain import PretrainConfig, pretrain
+
+    tiny = {"runs": 4, "n_steps": 8, "epochs_per_episode": 1, "max_layers": 16, "sampling_rates": [0.3]}
+    tiny |= {"n_envs": 2, "threads": 1}
+    results = {}
+    for vec_env in ("subproc", "ray"):
+        run_dir = tmp_path / vec_env
+        card = pretrain(PretrainConfig(**tiny, vec_env=vec_env), run_dir, verbose=False, command="test")
+        tasks = [json.loads(line)["task"] for line in (run_dir / "runs.jsonl").read_text().splitlines()]
+        policy = torch.load(run_dir / "policy.pt", weights_only=True)
+        results[vec_env] = (card["budget"]["timesteps"], tasks, policy)
+    assert not ray.is_initialized()  # the pretraining shut down the Ray it started
+    (steps, tasks, policy), (ray_steps, ray_tasks, ray_policy) = results["subproc"], results["ray"]
+    assert steps == ray_steps >= 2 * 2 * 8  # at least two rollouts of both environments: updates ran
+    assert tasks == ray_tasks
+    state, ray_state = policy["state_dict"], ray_policy["state_dict"]
+    assert state.keys() == ray_state.keys()
+    assert all(torch.equal(state[k], ray_state[k]) for k in state)
