@@ -4,8 +4,11 @@ report) and, per benchmark, a declaration, a report and a command line:
 - the GTSRB low-data grid: ``grid.py``, ``grid_report.py``, ``gtsrb_lowdata.py``;
 - the headroom study: ``headroom_study.py``, ``headroom_report.py``, ``headroom.py``;
 - the transfer benchmark: ``transfer_setup.py``, ``transfer_report.py``, ``transfer.py``;
-- the step overhead: ``overhead_setup.py``, ``overhead_measures.py``, ``step_overhead_report.py``,
-  ``step_overhead.py``; ``timing.py`` holds what every speed measurement shares.
+- the step overhead: ``overhead_setup.py``, ``overhead_measures.py``, ``overhead_full_run.py``,
+  ``step_overhead_report.py``, ``step_overhead.py``;
+- the executors (process pool against Ray): ``executors.py``;
+
+``timing.py`` holds what every speed measurement shares.
 
 Each command line runs as a file from the repository (``python benchmarks/gtsrb_lowdata.py run``)
 or as a module (``python -m benchmarks.gtsrb_lowdata run``); the protocols are in

@@ -30,9 +30,9 @@ if not __package__:  # run as a file (python benchmarks/step_overhead.py): the r
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import timing  # noqa: E402
+from benchmarks.overhead_full_run import full_run_benchmark  # noqa: E402
 from benchmarks.overhead_measures import (  # noqa: E402
     agent_benchmark,
-    full_run_benchmark,
     peak_memory,
     step_benchmark,
     threads_under_load,
