@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+from conftest import limit  # noqa: E402
 from ray import cloudpickle  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -107,13 +108,13 @@ def test_a_node_removed_mid_job_loses_nothing_and_the_job_resumes_elsewhere(tmp_
         runner = threading.Thread(target=run_all, args=(cluster.address, jobs, store))
         runner.start()
         started = [tmp_path / f"{x}.started" for x in range(2)]
-        deadline = time.time() + 120
+        deadline = time.time() + limit(120)
         while not all(f.exists() for f in started) and time.time() < deadline:
             time.sleep(0.2)
         on_side = [x for x in range(2) if started[x].read_text() == side.node_id]
         assert len(on_side) == 1, "the two jobs should start one on each node"
         cluster.remove_node(side)  # the node dies with its job in the middle of it
-        runner.join(timeout=180)
+        runner.join(timeout=limit(180))
         assert not runner.is_alive()
     finally:
         ray.shutdown()
