@@ -24,10 +24,10 @@ Protocol (fixed before any result was seen):
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,46 +40,38 @@ from benchmarks.transfer_setup import (  # noqa: E402
     CONTROL,
     METHODS,
     RESULTS,
-    RUNS_DIR,
     SPLITS,
     ensure_policy,
     load_done,
     pretrain_dir,
-    run_config,
+    run_cell,
 )
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    """Pretraining of each split first (resumable), then its deployment cells one at a time in this
-    process (a cell is one 50-epoch run; the pretraining has the cores to itself)."""
-    import torch
-
-    torch.set_num_threads(args.threads)
+    """Pretraining of each split first (resumable, in this process: it has the cores to itself),
+    then its deployment cells as the harness's jobs (``--workers`` at once, here or on Ray)."""
     done = load_done()
     code = harness.code_version()
     for dataset in args.datasets:
-        task_set, rates = SPLITS[dataset]
-        policy = ensure_policy(task_set)
-        for rate in rates:
-            for seed in grid.SEEDS:
-                for method in METHODS:
-                    cell = grid.cell_id(method, rate, seed, dataset)
-                    if cell in done:
-                        continue
-                    config = functools.partial(run_config, method, rate, seed, dataset, policy)
-                    results = harness.run_or_load(RUNS_DIR / cell, config)
-                    line = {
-                        "cell": cell,
-                        "method": method,
-                        "sampling_rate": rate,
-                        "seed": seed,
-                        "dataset": dataset,
-                        "code": code,
-                        "results": results,
-                    }
-                    RESULTS.append(line)
-                    done[cell] = line
-                    print(f"{cell}: test {100 * results['final_test_accuracy']:.2f}%", flush=True)
+        policy = str(ensure_policy(SPLITS[dataset][0]))  # one thread (the protocol's PRETRAIN)
+
+        def ready(dataset: str = dataset, policy: str = policy) -> Iterator[harness.Job]:
+            for rate in SPLITS[dataset][1]:
+                for seed in grid.SEEDS:
+                    for method in METHODS:
+                        cell = grid.cell_id(method, rate, seed, dataset)
+                        if cell not in done:
+                            yield harness.Job(cell, run_cell, (method, rate, seed, dataset, policy))
+
+        def finished(job: harness.Job, line: dict[str, Any]) -> None:
+            line = {**line, "code": code}
+            RESULTS.append(line)
+            done[job.key] = line
+            print(f"{job.key}: test {100 * line['results']['final_test_accuracy']:.2f}%", flush=True)
+
+        with harness.pool_from_args(args) as pool:
+            harness.run_jobs(pool, ready, finished, args.workers)
     write_report()
 
 
@@ -228,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
     run.add_argument("--datasets", nargs="+", default=["gtsrb"], choices=list(SPLITS))
-    run.add_argument("--threads", type=int, default=1)
+    harness.add_pool_options(run, workers=1, threads=1)
     run.set_defaults(func=cmd_run)
     sub.add_parser("report").set_defaults(func=lambda _args: write_report())
     sub.add_parser("ship", help="the GTSRB-held-out policy into the package").set_defaults(func=cmd_ship)

@@ -385,3 +385,35 @@ def test_executors_benchmark_runs_the_same_cell_through_both_and_reports_ray_cos
     text = out.read_text()
     assert "| processes |" in text and "| ray |" in text and "Ray's start-up" in text
     assert "same accuracies through both executors" in text
+
+
+def test_transfer_runs_its_missing_deployment_cells_as_harness_jobs(tmp_path, monkeypatch):
+    """transfer.py run: the split's policy first, then every missing cell once as a job; a second
+    call runs nothing."""
+    import concurrent.futures as futures
+    import contextlib
+
+    from benchmarks import grid, harness, transfer, transfer_setup
+
+    store = harness.ResultsFile(tmp_path / "transfer.jsonl")
+    ran = []
+
+    def fake_cell(method, rate, seed, dataset, policy):
+        ran.append((method, rate, seed, dataset, policy))
+        return {"cell": grid.cell_id(method, rate, seed, dataset), "results": {"final_test_accuracy": 0.5}}
+
+    monkeypatch.setattr(transfer_setup, "RESULTS", store)
+    monkeypatch.setattr(transfer, "RESULTS", store)
+    monkeypatch.setattr(transfer, "ensure_policy", lambda task_set: tmp_path / f"{task_set}.pt")
+    monkeypatch.setattr(transfer, "run_cell", fake_cell)
+    monkeypatch.setattr(transfer, "write_report", lambda: None)
+    monkeypatch.setattr(
+        harness, "pool_from_args", lambda args: contextlib.nullcontext(futures.ThreadPoolExecutor(2))
+    )
+    transfer.main(["run", "--datasets", "sign_digits", "--workers", "2"])
+    rates = transfer_setup.SPLITS["sign_digits"][1]
+    assert len(ran) == len(rates) * len(grid.SEEDS) * len(transfer_setup.METHODS)
+    assert {r[4] for r in ran} == {str(tmp_path / "no-sign_digits.pt")}
+    assert len(store.by("cell")) == len(ran) and all(line["code"] for line in store.lines())
+    transfer.main(["run", "--datasets", "sign_digits"])
+    assert len(ran) == len(rates) * len(grid.SEEDS) * len(transfer_setup.METHODS)  # nothing twice
