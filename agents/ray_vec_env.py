@@ -88,7 +88,8 @@ def connect(address: str | None, num_cpus: int) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False)
+    # "local": a new Ray for this call, even where `ray start` runs one on this machine
+    ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False)
     return True
 
 

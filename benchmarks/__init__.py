@@ -7,6 +7,7 @@ report) and, per benchmark, a declaration, a report and a command line:
 - the step overhead: ``overhead_setup.py``, ``overhead_measures.py``, ``overhead_full_run.py``,
   ``step_overhead_report.py``, ``step_overhead.py``;
 - the executors (process pool against Ray): ``executors.py``;
+- Population Based Training as a multi-run baseline, on Ray Tune: ``pbt.py``;
 
 ``timing.py`` holds what every speed measurement shares.
 

@@ -151,7 +151,7 @@ def ray_pool(
         # run at full speed. A cluster's nodes take it from their own environment (README).
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(
-            address=address,
+            address=address or "local",  # "local": a new Ray even where ray start runs one here
             num_cpus=None if address else workers * threads,
             include_dashboard=False,
             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},

@@ -206,3 +206,26 @@ def test_pretraining_through_ray_actors_learns_exactly_as_through_subprocesses(t
     state, ray_state = policy["state_dict"], ray_policy["state_dict"]
     assert state.keys() == ray_state.keys()
     assert all(torch.equal(state[k], ray_state[k]) for k in state)
+
+
+def test_pbt_two_members_two_intervals_exploit_exactly_and_resume(tmp_path):
+    """benchmarks/pbt.py on the built-in digits: two members, two perturbation intervals; at each,
+    the worse member continues from the better one's exact environment state; the best member's
+    test accuracy is read once; a second call restores the finished experiment instead of rerunning."""
+    from benchmarks import pbt
+
+    config = {"env_id": "FineTune-Digits-v0", "env_kwargs": {"batch_size": 64, "sampling_rate": 0.3}}
+    config |= {"seed": 0, "optimizer": "prodigy", "lr": 1.0, "epochs": 2, "interval": 1}
+    with harness.ray_pool(None, workers=2, threads=1):
+        results = pbt.run_population("digits", config, 2, tmp_path)
+        assert len(results) == 2 and not results.errors
+        epochs = [sorted(r.metrics_dataframe["epoch"]) for r in results]
+        assert all(e[-1] == 2 for e in epochs)
+        restored = [bool(r.metrics_dataframe["restored"].iloc[-1]) for r in results]
+        assert any(restored)  # the last interval of at least one member ran from a checkpoint
+        exploits = (tmp_path / "digits" / "pbt_global.txt").read_text().splitlines()
+        assert exploits  # Tune's record: a member took another's checkpoint and explored from it
+        val, test, knobs = pbt.test_accuracy_of_best(results, config)
+        assert 0.0 <= test <= 1.0 and set(knobs) == set(pbt.KNOBS)
+        again = pbt.run_population("digits", config, 2, tmp_path)  # restored, nothing reruns
+        assert again.get_best_result(metric="val", mode="max", scope="last").metrics["val"] == val
