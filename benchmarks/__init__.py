@@ -2,7 +2,8 @@
 report) and, per benchmark, a declaration, a report and a command line:
 
 - the GTSRB low-data grid: ``grid.py``, ``grid_report.py``, ``gtsrb_lowdata.py``;
-- the headroom study: ``headroom_study.py``, ``headroom_report.py``, ``headroom.py``;
+- the headroom study: ``headroom_study.py``, ``headroom_report.py``, ``headroom.py`` (its search
+  through Optuna directly), ``headroom_tune.py`` (the same search as a Ray Tune experiment);
 - the transfer benchmark: ``transfer_setup.py``, ``transfer_report.py``, ``transfer.py``;
 - the step overhead: ``overhead_setup.py``, ``overhead_measures.py``, ``overhead_full_run.py``,
   ``step_overhead_report.py``, ``step_overhead.py``;

@@ -44,31 +44,6 @@ from benchmarks import headroom_study as study  # noqa: E402
 from benchmarks.headroom_report import REPORT_FILE, write_report  # noqa: E402
 
 
-def seed_trial_zero(setting: str, method: str, done: dict[str, dict[str, Any]], code: str) -> bool:
-    """Trial 0, the base itself, scored from the grid's runs of it; False if they are missing."""
-    lines = study.load_lines()
-    if study.trials_of(setting, lines):
-        return True
-    runs = {s: study.base_results(setting, method, s, done, lines) for s in study.SEARCH_SEEDS}
-    if any(r is None for r in runs.values()):
-        return False
-    for seed, results in runs.items():
-        study.append(
-            {
-                "setting": setting,
-                "kind": "run",
-                "trial": 0,
-                "params": study.BASE_PARAMS,
-                "seed": seed,
-                "base": method,
-                "results": results,
-                "from": "gtsrb_lowdata",
-                "code": code,
-            }
-        )
-    return True
-
-
 def run_setting(setting: str, pool: Any, workers: int, n_trials: int) -> None:
     """The search, one trial at a time (TPE asks each trial from every finished one; a trial's
     seeds run in parallel), then the best trial and the base on every confirmation seed."""
@@ -78,7 +53,10 @@ def run_setting(setting: str, pool: Any, workers: int, n_trials: int) -> None:
         print(f"{setting}: the grid's no-tuning pool is not complete there yet; skipped")
         return
     code = harness.code_version()
-    if not seed_trial_zero(setting, method, done, code):
+    if study.engine_of(setting, study.load_lines()) == "tune":
+        print(f"{setting}: its search runs under headroom_tune.py (Ray Tune); continue it there")
+        return
+    if not study.seed_trial_zero(setting, method, done, code):
         print(f"{setting}: the base's grid runs on seeds {study.SEARCH_SEEDS} are missing; skipped")
         return
     started = time.time()

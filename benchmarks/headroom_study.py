@@ -126,6 +126,42 @@ def trials_of(setting: str, lines: list[dict[str, Any]]) -> dict[int, dict[str, 
     return trials
 
 
+def engine_of(setting: str, lines: list[dict[str, Any]]) -> str | None:
+    """Which engine runs the setting's search: ``"optuna"`` (headroom.py run: its asked trials),
+    ``"tune"`` (headroom_tune.py), or None before any trial but the base. A search keeps one."""
+    mine = [line for line in lines if line["setting"] == setting]
+    if any(line.get("engine", "").startswith("tune") for line in mine):
+        return "tune"
+    if any(line["kind"] == "asked" for line in mine):
+        return "optuna"
+    return None
+
+
+def seed_trial_zero(setting: str, method: str, done: dict[str, dict[str, Any]], code: str) -> bool:
+    """Trial 0, the base itself, scored from the grid's runs of it; False if they are missing."""
+    lines = load_lines()
+    if trials_of(setting, lines):
+        return True
+    runs = {s: base_results(setting, method, s, done, lines) for s in SEARCH_SEEDS}
+    if any(r is None for r in runs.values()):
+        return False
+    for seed, results in runs.items():
+        append(
+            {
+                "setting": setting,
+                "kind": "run",
+                "trial": 0,
+                "params": BASE_PARAMS,
+                "seed": seed,
+                "base": method,
+                "results": results,
+                "from": "gtsrb_lowdata",
+                "code": code,
+            }
+        )
+    return True
+
+
 def score(trial: dict[str, Any]) -> float | None:
     """Mean validation accuracy over the search seeds; None until all have run."""
     runs = trial["runs"]

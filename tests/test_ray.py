@@ -229,3 +229,40 @@ def test_pbt_two_members_two_intervals_exploit_exactly_and_resume(tmp_path):
         assert 0.0 <= test <= 1.0 and set(knobs) == set(pbt.KNOBS)
         again = pbt.run_population("digits", config, 2, tmp_path)  # restored, nothing reruns
         assert again.get_best_result(metric="val", mode="max", scope="last").metrics["val"] == val
+
+
+def fake_profile_run(setting: str, method: str, params: dict, seed: int, run_dir: str) -> dict:
+    """A stand-in for a profile's fine-tuning run: the head's multiplier is all that matters."""
+    value = 0.6 + 0.01 * params["head_log2"]
+    return {"final_val_accuracy": value, "final_test_accuracy": value + 0.001 * seed}
+
+
+def test_headroom_search_through_tune_records_each_trial_and_resumes(tmp_path, monkeypatch):
+    """headroom_tune.py: Optuna's TPE inside Tune, the base as an evaluated point; each finished trial
+    lands in the study's results file (numbered after trial 0); a second call restores the finished
+    experiment and runs nothing; headroom.py run then leaves the setting to this engine."""
+    from benchmarks import grid, headroom_tune
+    from benchmarks import headroom_study as study
+
+    setting, (dataset, rate) = "gtsrb/r0.15", study.SETTINGS["gtsrb/r0.15"]
+    done = {
+        grid.cell_id(m, rate, s, dataset): {"results": {"final_val_accuracy": v, "final_test_accuracy": v}}
+        for m, v in (("schedulefree_adamw", 0.5), ("prodigy", 0.6), ("prodigy_layerwise", 0.4), ("ldog", 0.3))
+        for s in grid.seeds_on(dataset, rate)
+    }
+    monkeypatch.setattr(study, "RESULTS", harness.ResultsFile(tmp_path / "headroom.jsonl"))
+    monkeypatch.setattr(grid, "load_done", lambda: done)
+    monkeypatch.setattr(harness, "code_version", lambda: "test")
+    with harness.ray_pool(None, workers=3, threads=1):
+        results = headroom_tune.search(setting, 3, tmp_path / "tune", runner=fake_profile_run)
+        assert len(results) == 2 and not results.errors
+        lines = study.load_lines()
+        trials = study.trials_of(setting, lines)
+        assert sorted(trials) == [0, 1, 2] and all(study.score(t) is not None for t in trials.values())
+        assert trials[0]["params"] == study.BASE_PARAMS and study.engine_of(setting, lines) == "tune"
+        headroom_tune.search(setting, 3, tmp_path / "tune", runner=fake_profile_run)
+        assert study.load_lines() == lines  # restored: nothing ran again
+    from benchmarks import headroom
+
+    headroom.run_setting(setting, None, workers=2, n_trials=4)  # leaves it to Tune: no pool needed
+    assert study.load_lines() == lines
