@@ -116,3 +116,19 @@ def test_jobs_run_in_worker_processes_with_their_thread_count(tmp_path, executor
         assert harness.run_jobs(pool, grid.ready, grid.finished, workers=2) == 4
     assert {k: v["value"] for k, v in grid.store.by().items()} == {"a": 1, "b": 4, "c": 9, "d": 25}
     assert {v["threads"] for v in grid.store.lines()} == {1}
+
+
+def test_the_default_executor_is_ray_where_it_is_installed(monkeypatch):
+    import argparse
+    import importlib.util
+
+    parser = argparse.ArgumentParser()
+    harness.add_pool_options(parser, workers=2, threads=1)
+    args = parser.parse_args([])
+    assert args.executor == "auto"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "ray" else real(name))
+    assert harness.pool_from_args(args).func.__name__ == "ray_pool"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ray" else real(name))
+    assert harness.pool_from_args(args).func.__name__ == "local_pool"
+    assert harness.pool_from_args(parser.parse_args(["--address", "auto"])).func.__name__ == "ray_pool"
