@@ -78,10 +78,15 @@ def member(config: dict[str, Any]) -> None:
         epoch, restored = int(saved["epoch"]), True
     else:
         env.reset(seed=config["seed"])
-    while epoch < config["epochs"]:
-        for _ in range(config["interval"] * env.steps_per_epoch):
-            env.step(action)
-        epoch += config["interval"]
+    # A member that took a finished member's checkpoint at the last perturbation has no epoch left:
+    # it reports the state it adopted once, so that every member ends on a result of its own.
+    adopted_final = restored and epoch >= config["epochs"]
+    while epoch < config["epochs"] or adopted_final:
+        if epoch < config["epochs"]:
+            for _ in range(config["interval"] * env.steps_per_epoch):
+                env.step(action)
+            epoch += config["interval"]
+        adopted_final = False
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"env": plain(env.get_state()), "epoch": epoch}, Path(folder) / MEMBER_FILE)
             metrics = {"val": env.evaluate("val"), "epoch": epoch, "restored": restored}

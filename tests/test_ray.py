@@ -219,10 +219,8 @@ def test_pbt_two_members_two_intervals_exploit_exactly_and_resume(tmp_path):
     with harness.ray_pool(None, workers=2, threads=1):
         results = pbt.run_population("digits", config, 2, tmp_path)
         assert len(results) == 2 and not results.errors
-        epochs = [sorted(r.metrics_dataframe["epoch"]) for r in results]
-        assert all(e[-1] == 2 for e in epochs)
-        restored = [bool(r.metrics_dataframe["restored"].iloc[-1]) for r in results]
-        assert any(restored)  # the last interval of at least one member ran from a checkpoint
+        assert all(r.metrics["epoch"] == 2 for r in results)  # every member ends on a result of its own
+        assert any(r.metrics["restored"] for r in results)  # at least one ended from a checkpoint
         exploits = (tmp_path / "digits" / "pbt_global.txt").read_text().splitlines()
         assert exploits  # Tune's record: a member took another's checkpoint and explored from it
         val, test, knobs = pbt.test_accuracy_of_best(results, config)
