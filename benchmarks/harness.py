@@ -111,7 +111,7 @@ def local_pool(workers: int, threads: int) -> Iterator[futures.Executor]:
         yield pool
 
 
-def _with_threads(threads: int, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+def with_threads(threads: int, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     """A job in a Ray worker: Ray reuses its worker processes, so the thread count is set per job."""
     _init_worker(threads)
     return fn(*args)
@@ -126,7 +126,7 @@ class RayPool(futures.Executor):
         import ray
 
         self.threads = threads
-        self._task = ray.remote(_with_threads).options(
+        self._task = ray.remote(with_threads).options(
             num_cpus=threads, num_gpus=gpus, max_retries=max_retries, retry_exceptions=False
         )
 

@@ -38,7 +38,7 @@ def trial(config: dict[str, Any], runner: Runner = study.run_one, threads: int =
     setting, method = config["setting"], config["method"]
     params = {k: config[k] for k in study.distributions()}
     folder = study.RUNS_DIR / setting / "tune" / tune.get_context().get_trial_id()
-    run = ray.remote(harness._with_threads).options(num_cpus=threads)
+    run = ray.remote(harness.with_threads).options(num_cpus=threads)
     refs = {
         seed: run.remote(threads, runner, setting, method, params, seed, str(folder / f"s{seed}"))
         for seed in study.SEARCH_SEEDS
