@@ -19,7 +19,6 @@ import contextlib
 import importlib.util
 import json
 import multiprocessing
-import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -145,19 +144,14 @@ def ray_pool(
     same path (its workers import the benchmarks from it) and the data where the cells read it."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        # Ray starts its workers at niceness 15, under anything else the machine runs: a benchmark's
-        # jobs would crawl beside another job (5% of a core each, measured) where the process pool's
-        # run at full speed. A cluster's nodes take it from their own environment (README).
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(
-            address=address or "local",  # "local": a new Ray even where ray start runs one here
-            num_cpus=None if address else workers * threads,
-            include_dashboard=False,
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-            logging_level="WARNING",
-        )
+    from finetune_gym.agents.ray_vec_env import connect
+
+    started = connect(
+        address,
+        workers * threads,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        logging_level="WARNING",
+    )
     try:
         yield RayPool(threads, gpus)
     finally:
@@ -168,18 +162,19 @@ def ray_pool(
 def pool(
     executor: str, workers: int, threads: int, address: str | None = None
 ) -> contextlib.AbstractContextManager[futures.Executor]:
-    """The benchmarks' ``--executor``: ``"ray"`` (local, or the cluster at ``--address``) or
-    ``"processes"`` (spawned processes on this machine, without Ray)."""
+    """The benchmarks' ``--executor``: ``"ray"`` (local, or the cluster at ``--address``),
+    ``"processes"`` (spawned processes on this machine, without Ray), or ``"auto"``: Ray where it
+    is installed, as fast as the process pool on this machine's cells or faster
+    (results/executors_cpu.md), and the same command then reaches a cluster."""
+    installed = importlib.util.find_spec("ray") is not None
+    if executor == "auto":
+        executor = "ray" if installed or address else "processes"
     if executor == "processes":
         if address:
             raise SystemExit("--address needs --executor ray: a cluster is reached through Ray")
         return local_pool(workers, threads)
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise SystemExit(
-            "--executor ray needs Ray: pip install -e '.[ray]' (or pass --executor processes)"
-        ) from None
+    if not installed:
+        raise SystemExit("--executor ray needs Ray: pip install -e '.[ray]' (or pass --executor processes)")
     return ray_pool(address, workers, threads)
 
 
@@ -207,14 +202,9 @@ def add_pool_options(parser: Any, workers: int = 1, threads: int | None = None) 
 
 
 def pool_from_args(args: Any) -> contextlib.AbstractContextManager[futures.Executor]:
-    """The pool ``add_pool_options`` describes. ``auto`` is Ray where it is installed: as fast as the
-    process pool on this machine's cells or faster (results/executors_cpu.md), and the same command
-    then reaches a cluster; the process pool remains for a machine without the [ray] extra."""
+    """The pool ``add_pool_options`` describes (``--address`` implies Ray)."""
     executor = "ray" if args.address else args.executor
-    if executor == "auto":
-        executor = "ray" if importlib.util.find_spec("ray") is not None else "processes"
-    threads = args.threads or default_threads(args.workers)
-    return pool(executor, args.workers, threads, args.address)
+    return pool(executor, args.workers, args.threads or default_threads(args.workers), args.address)
 
 
 def default_threads(workers: int) -> int:

@@ -129,6 +129,6 @@ def test_the_default_executor_is_ray_where_it_is_installed(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "ray" else real(name))
     assert harness.pool_from_args(args).func.__name__ == "ray_pool"
+    assert harness.pool_from_args(parser.parse_args(["--address", "auto"])).func.__name__ == "ray_pool"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ray" else real(name))
     assert harness.pool_from_args(args).func.__name__ == "local_pool"
-    assert harness.pool_from_args(parser.parse_args(["--address", "auto"])).func.__name__ == "ray_pool"
