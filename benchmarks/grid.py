@@ -5,8 +5,9 @@ their baselines and run on its configuration."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from benchmarks import harness
@@ -250,17 +251,26 @@ def run_config(method: str, rate: float, seed: int, done: dict[str, dict[str, An
     )
 
 
-def run_cell(
-    method: str, rate: float, seed: int, dataset: str, done: dict[str, dict[str, Any]]
+def cell_line(
+    runs_dir: Path, method: str, rate: float, seed: int, dataset: str, make_config: Callable[[], Any]
 ) -> dict[str, Any]:
-    """Run (or resume) one cell in this process; returns its results line."""
-    run_dir = RUNS_DIR / cell_id(method, rate, seed, dataset)
-    results = harness.run_or_load(run_dir, lambda: run_config(method, rate, seed, done, dataset))
+    """Run (or resume, or read) the cell's run under ``runs_dir``; its results line in the format
+    of every cell benchmark (this grid's, transfer's)."""
+    cell = cell_id(method, rate, seed, dataset)
     return {
-        "cell": cell_id(method, rate, seed, dataset),
+        "cell": cell,
         "method": method,
         "sampling_rate": rate,
         "seed": seed,
         "dataset": dataset,
-        "results": results,
+        "results": harness.run_or_load(runs_dir / cell, make_config),
     }
+
+
+def run_cell(
+    method: str, rate: float, seed: int, dataset: str, done: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Run (or resume) one cell in this process; returns its results line."""
+    return cell_line(
+        RUNS_DIR, method, rate, seed, dataset, lambda: run_config(method, rate, seed, done, dataset)
+    )

@@ -98,13 +98,5 @@ def best_baseline(rate: float, dataset: str = "gtsrb") -> str | None:
 def run_cell(method: str, rate: float, seed: int, dataset: str, policy: str) -> dict[str, Any]:
     """One deployment cell, run or resumed in a worker; its results line (the caller adds the code
     version)."""
-    cell = grid.cell_id(method, rate, seed, dataset)
     make = lambda: run_config(method, rate, seed, dataset, Path(policy))  # noqa: E731
-    return {
-        "cell": cell,
-        "method": method,
-        "sampling_rate": rate,
-        "seed": seed,
-        "dataset": dataset,
-        "results": harness.run_or_load(RUNS_DIR / cell, make),
-    }
+    return grid.cell_line(RUNS_DIR, method, rate, seed, dataset, make)

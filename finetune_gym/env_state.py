@@ -34,7 +34,8 @@ class EnvState:
 
     # Provided by the environment.
     model: nn.Module
-    source_model: nn.Module
+    source_state_dict: Callable[[], dict[str, torch.Tensor]]
+    load_source_state_dict: Callable[[dict[str, torch.Tensor]], None]
     optimizer: torch.optim.Optimizer | None
     stream: TrainingStream
     signals: TrainingSignals
@@ -62,7 +63,7 @@ class EnvState:
             "layer_names": list(self.layer_names),
             "n_train": len(self.train_indices),
             "model": cpu_copy(self.model.state_dict()),
-            "source": cpu_copy(self.source_model.state_dict()),
+            "source": self.source_state_dict(),
             "optimizer": None if self.optimizer is None else cpu_copy(self.optimizer.state_dict()),
             "stream": self.stream.get_state(),
             "counters": {k: getattr(self, k) for k in ("_epoch", "_step", "_epoch_correct", "_epoch_seen")},
@@ -81,7 +82,7 @@ class EnvState:
         if state["layer_names"] != self.layer_names or state["n_train"] != len(self.train_indices):
             raise ValueError("the saved state comes from an environment with other layers or training data")
         self.model.load_state_dict(state["model"])
-        self.source_model.load_state_dict(state["source"])
+        self.load_source_state_dict(state["source"])
         self.optimizer = self._make_optimizer()
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
