@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import json
 import multiprocessing
+import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -205,6 +206,37 @@ def pool_from_args(args: Any) -> contextlib.AbstractContextManager[futures.Execu
     """The pool ``add_pool_options`` describes (``--address`` implies Ray)."""
     executor = "ray" if args.address else args.executor
     return pool(executor, args.workers, args.threads or default_threads(args.workers), args.address)
+
+
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+def add_tune_logging_options(parser: Any) -> None:
+    """The options a Ray Tune benchmark (a search, a PBT population) takes to log its trials.
+
+    Tune writes each trial's TensorBoard events beside its results (``tensorboard --logdir`` on
+    the experiment folder) whatever these say; W&B is opt-in, as for ``train.py``."""
+    parser.add_argument(
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        default="disabled",
+        help="log every trial to Weights & Biases (offline: into the trial's folder, for `wandb sync`)",
+    )
+    parser.add_argument("--wandb-project", default="finetune-gym", help="W&B project (default %(default)s)")
+
+
+def tune_callbacks(mode: str, project: str, group: str) -> list[Any]:
+    """Tune's own W&B logger (``WandbLoggerCallback``: one W&B run per trial, grouped by experiment)
+    where ``mode`` asks for it; nothing for ``disabled``. The mode goes to the environment as well:
+    Tune's logger looks for an API key unless ``WANDB_MODE`` says offline."""
+    if mode not in WANDB_MODES:
+        raise ValueError(f"W&B mode {mode!r}: choose one of {', '.join(WANDB_MODES)}")
+    if mode == "disabled":
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    os.environ["WANDB_MODE"] = mode
+    return [WandbLoggerCallback(project=project, group=group, mode=mode, log_config=True)]
 
 
 def default_threads(workers: int) -> int:

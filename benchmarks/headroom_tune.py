@@ -76,10 +76,16 @@ class Record(tune.Callback):
 
 
 def search(
-    setting: str, n_trials: int, storage: Path, runner: Runner = study.run_one, threads: int = 1
+    setting: str,
+    n_trials: int,
+    storage: Path,
+    runner: Runner = study.run_one,
+    threads: int = 1,
+    loggers: list[Any] | None = None,
 ) -> Any:
     """Tune's search of ``setting`` up to ``n_trials`` finished trials (trial 0, the base, counts),
-    resumed from ``storage`` when an experiment is there; the result grid."""
+    resumed from ``storage`` when an experiment is there (with the loggers it started with);
+    ``loggers``: Tune callbacks such as :func:`harness.tune_callbacks`'s; the result grid."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -104,7 +110,7 @@ def search(
         tune.with_parameters(trial, runner=runner, threads=threads),
         tune.PlacementGroupFactory([{"CPU": 0.01}] + [{"CPU": threads}] * len(study.SEARCH_SEEDS)),
     )
-    callbacks = [Record(setting, method, harness.code_version())]
+    callbacks = [Record(setting, method, harness.code_version()), *(loggers or [])]
     path = storage / name
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True).fit()
@@ -139,11 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=study.N_TRIALS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--address", help="a running Ray cluster ('auto' or HOST:PORT)")
+    harness.add_tune_logging_options(parser)
     args = parser.parse_args(argv)
     # A trial holds a sliver of a CPU while its seeds run on theirs: room for both.
     with harness.ray_pool(args.address, len(study.SEARCH_SEEDS) + 1, args.threads):
         for setting in args.settings:
-            search(setting, args.trials, study.RUNS_DIR / "tune", threads=args.threads)
+            loggers = harness.tune_callbacks(args.wandb_mode, args.wandb_project, "headroom")
+            search(setting, args.trials, study.RUNS_DIR / "tune", threads=args.threads, loggers=loggers)
 
 
 if __name__ == "__main__":

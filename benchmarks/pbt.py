@@ -93,9 +93,17 @@ def member(config: dict[str, Any]) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def run_population(name: str, config: dict[str, Any], population: int, storage: Path, threads: int = 1):
+def run_population(
+    name: str,
+    config: dict[str, Any],
+    population: int,
+    storage: Path,
+    threads: int = 1,
+    callbacks: list[Any] | None = None,
+):
     """Tune's PBT over ``population`` members (resumed when ``storage / name`` holds the
-    experiment); returns the result grid."""
+    experiment; ``callbacks``: Tune's loggers, e.g. :func:`harness.tune_callbacks`); returns the
+    result grid."""
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
 
@@ -111,6 +119,7 @@ def run_population(name: str, config: dict[str, Any], population: int, storage: 
     trainable = tune.with_resources(member, {"cpu": threads})
     path = storage / name
     if tune.Tuner.can_restore(path):
+        # A restored experiment keeps the run configuration it started with (its loggers too).
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
@@ -123,7 +132,9 @@ def run_population(name: str, config: dict[str, Any], population: int, storage: 
                 num_samples=population,
                 search_alg=tune.search.BasicVariantGenerator(random_state=config["seed"]),
             ),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), callbacks=callbacks or [], verbose=0
+            ),
         )
     return tuner.fit()
 
@@ -142,7 +153,7 @@ def test_accuracy_of_best(results, config: dict[str, Any]) -> tuple[float, float
     return float(best.metrics["val"]), env.evaluate("test"), knobs
 
 
-def run_cell(setting: str, seed: int, threads: int) -> dict[str, Any]:
+def run_cell(setting: str, seed: int, threads: int, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """One setting and seed: the population (resumed if it was stopped), then its best member's
     test accuracy; the results line."""
     import time
@@ -154,7 +165,8 @@ def run_cell(setting: str, seed: int, threads: int) -> dict[str, Any]:
     config = {**setting_env(setting, seed), "seed": seed, "optimizer": optimizer, "lr": lr}
     config |= {"epochs": EPOCHS, "interval": INTERVAL}
     started = time.time()
-    results = run_population(f"{setting.replace('/', '-')}-s{seed}", config, POPULATION, RUNS_DIR, threads)
+    name = f"{setting.replace('/', '-')}-s{seed}"
+    results = run_population(name, config, POPULATION, RUNS_DIR, threads, callbacks)
     val, test, knobs = test_accuracy_of_best(results, config)
     return {
         "cell": f"{setting}/s{seed}",
@@ -179,13 +191,15 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--workers", type=int, default=2, help="members fine-tuning at once")
     run.add_argument("--threads", type=int, default=1, help="torch threads per member")
     run.add_argument("--address", help="a running Ray cluster ('auto' or HOST:PORT)")
+    harness.add_tune_logging_options(run)
     args = parser.parse_args(argv)
     done = RESULTS.by("cell")
     with harness.ray_pool(args.address, args.workers, args.threads):
         for setting in args.settings:
             for seed in args.seeds:
                 if f"{setting}/s{seed}" not in done:
-                    line = run_cell(setting, seed, args.threads)
+                    loggers = harness.tune_callbacks(args.wandb_mode, args.wandb_project, "pbt")
+                    line = run_cell(setting, seed, args.threads, loggers)
                     RESULTS.append(line)
                     r = line["results"]
                     print(

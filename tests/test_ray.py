@@ -15,6 +15,7 @@ ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 from conftest import limit  # noqa: E402
 from ray import cloudpickle  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
+from wandb_files import offline_run  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
 
@@ -251,9 +252,20 @@ def test_headroom_search_through_tune_records_each_trial_and_resumes(tmp_path, m
     monkeypatch.setattr(study, "RESULTS", harness.ResultsFile(tmp_path / "headroom.jsonl"))
     monkeypatch.setattr(grid, "load_done", lambda: done)
     monkeypatch.setattr(harness, "code_version", lambda: "test")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # restored after the test (tune_callbacks sets it)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    loggers = harness.tune_callbacks("offline", "finetune-gym-test", "headroom")
     with harness.ray_pool(None, workers=3, threads=1):
-        results = headroom_tune.search(setting, 3, tmp_path / "tune", runner=fake_profile_run)
+        results = headroom_tune.search(
+            setting, 3, tmp_path / "tune", runner=fake_profile_run, loggers=loggers
+        )
         assert len(results) == 2 and not results.errors
+        for result in results:  # each trial: TensorBoard events, and an offline W&B run with its score
+            folder = Path(result.path)
+            assert list(folder.glob("events.out.tfevents.*"))
+            run = offline_run(folder)
+            assert run["project"] == "finetune-gym-test" and run["group"] == "headroom"
+            assert [row["val"] for row in run["history"]] == [pytest.approx(result.metrics["val"])]
         lines = study.load_lines()
         trials = study.trials_of(setting, lines)
         assert sorted(trials) == [0, 1, 2] and all(study.score(t) is not None for t in trials.values())
