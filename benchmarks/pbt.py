@@ -9,6 +9,7 @@ final validation accuracy is the result and the only one that reads the test set
 method of 8 runs.
 
     python benchmarks/pbt.py run --settings gtsrb/r0.15 --seeds 0 1 2   # resumable (Tune's restore)
+    python benchmarks/pbt.py report                                     # results/pbt.md
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 if not __package__:  # run as a file (python benchmarks/pbt.py): the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import grid, harness  # noqa: E402
+from benchmarks import grid, harness, pbt_report  # noqa: E402
 from benchmarks import headroom_study as study  # noqa: E402
 
 RESULTS = harness.ResultsFile(grid.RESULTS_DIR / "pbt.jsonl")
@@ -153,7 +154,9 @@ def test_accuracy_of_best(results, config: dict[str, Any]) -> tuple[float, float
     return float(best.metrics["val"]), env.evaluate("test"), knobs
 
 
-def run_cell(setting: str, seed: int, threads: int, callbacks: list[Any] | None = None) -> dict[str, Any]:
+def run_cell(
+    setting: str, seed: int, threads: int, cores: int | None, callbacks: list[Any] | None = None
+) -> dict[str, Any]:
     """One setting and seed: the population (resumed if it was stopped), then its best member's
     test accuracy; the results line."""
     import time
@@ -176,6 +179,7 @@ def run_cell(setting: str, seed: int, threads: int, callbacks: list[Any] | None 
         "runs": POPULATION,
         "results": {"final_val_accuracy": val, "final_test_accuracy": test, "multipliers": knobs},
         "wall_s": time.time() - started,
+        "cores": cores,  # the CPUs the population ran on (wall_s x cores: its core-seconds)
         "code": harness.code_version(),
     }
 
@@ -192,14 +196,21 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--threads", type=int, default=1, help="torch threads per member")
     run.add_argument("--address", help="a running Ray cluster ('auto' or HOST:PORT)")
     harness.add_tune_logging_options(run)
+    sub.add_parser("report", help="write results/pbt.md from results/pbt.jsonl and the grid's results")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        pbt_report.write_report(RESULTS.lines(), SETTINGS, SEEDS)
+        print(f"wrote {pbt_report.REPORT_FILE}")
+        return
     done = RESULTS.by("cell")
+    # The CPUs the populations run on, for their cost (unknown on a cluster shared with others).
+    cores = None if args.address else args.workers * args.threads
     with harness.ray_pool(args.address, args.workers, args.threads):
         for setting in args.settings:
             for seed in args.seeds:
                 if f"{setting}/s{seed}" not in done:
                     loggers = harness.tune_callbacks(args.wandb_mode, args.wandb_project, "pbt")
-                    line = run_cell(setting, seed, args.threads, loggers)
+                    line = run_cell(setting, seed, args.threads, cores, loggers)
                     RESULTS.append(line)
                     r = line["results"]
                     print(
@@ -207,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"{100 * r['final_val_accuracy']:.2f}%, {line['wall_s']:.0f} s",
                         flush=True,
                     )
+                    pbt_report.write_report(RESULTS.lines(), SETTINGS, SEEDS)
 
 
 if __name__ == "__main__":

@@ -417,3 +417,41 @@ def test_transfer_runs_its_missing_deployment_cells_as_harness_jobs(tmp_path, mo
     assert len(store.by("cell")) == len(ran) and all(line["code"] for line in store.lines())
     transfer.main(["run", "--datasets", "sign_digits"])
     assert len(ran) == len(rates) * len(grid.SEEDS) * len(transfer_setup.METHODS)  # nothing twice
+
+
+def test_pbt_report_sets_pbt_beside_the_one_run_base_paired_by_seed_with_its_runs(tmp_path, monkeypatch):
+    """pbt.py report: per setting, the val-chosen base, the val-chosen cosine and PBT, each with
+    the number of runs it took and its per-seed difference to the base; a missing seed is named."""
+    from benchmarks import grid, pbt_report
+    from benchmarks import headroom_study as study
+
+    def line(method, seed, val, test):
+        cell = grid.cell_id(method, 0.15, seed, "gtsrb")
+        return cell, {"cell": cell, "results": {"final_val_accuracy": val, "final_test_accuracy": test}}
+
+    done = dict(
+        [line(m, s, 0.5, 0.5) for m in study.POOL if m != "prodigy" for s in grid.seeds_on("gtsrb", 0.15)]
+        + [line("prodigy", s, 0.9, 0.70 + 0.01 * s) for s in grid.seeds_on("gtsrb", 0.15)]
+        + [line(f"cosine_{lr:g}", s, 0.3 + (lr == 1e-3), 0.60) for lr in grid.UNIFORM_RATES for s in range(5)]
+    )
+    monkeypatch.setattr(grid, "load_done", lambda: done)
+    monkeypatch.setattr(study, "load_lines", lambda: [])  # no headroom search: no row for it
+    monkeypatch.setattr(pbt_report, "REPORT_FILE", tmp_path / "pbt.md")
+    multipliers = {"base": 2.0, "head": 0.5}
+    pbt_lines = [
+        {"setting": "gtsrb/r0.15", "seed": s, "runs": 8, "wall_s": 1800, "cores": 2,
+         "results": {"final_val_accuracy": 0.9, "final_test_accuracy": t, "multipliers": multipliers}}
+        for s, t in ((0, 0.75), (2, 0.69))
+    ]  # fmt: skip
+    pbt_report.write_report(pbt_lines, ["gtsrb/r0.15", "clothing10/r0.15"], [0, 1, 2])
+    text = (tmp_path / "pbt.md").read_text()
+    rows = {
+        r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
+        for r in text.splitlines()
+        if r.startswith("| ")
+    }
+    assert rows["base: prodigy (no tuning, chosen on val)"][1:3] == ["1", "71.0 ± 1.4"]  # seeds 0 and 2
+    assert rows["tuned cosine (lr 0.001, chosen on val)"][1:] == ["5", "60.0 ± 0.0", "-10.0, -12.0", "-11.0"]
+    assert rows["PBT (best member on val)"][1:] == ["8", "72.0 ± 4.2", "+5.0, -3.0", "+1.0"]
+    assert "Seeds [0, 2]; missing [1]." in text and "2.00 core-hours in all" in text
+    assert "## clothing10 0.15\n\nNot run yet (seeds [0, 1, 2])." in text
