@@ -92,14 +92,12 @@ def setting_report(
         per_seed = ", ".join(f"{d:+.1f}" for d in diffs) if tests is not base else ""
         mean = f"{statistics.mean(diffs):+.1f}" if tests is not base and diffs else ""
         out.append(f"| {name} | {runs} | {_stats(values)} | {per_seed} | {mean} |")
-    cost = sum(line["wall_s"] * line.get("cores", 0) for line in pbt_lines.values()) / 3600
     walls = ", ".join(f"{line['wall_s'] / 60:.0f}" for _, line in sorted(pbt_lines.items()))
-    cores = {line.get("cores") for line in pbt_lines.values()}
-    on = (
-        f" on {cores.pop()} cores each, {cost:.2f} core-hours in all"
-        if len(cores) == 1 and None not in cores
-        else ""
-    )
+    known = [line for line in pbt_lines.values() if line.get("cores")]
+    cost = sum(line["wall_s"] * line["cores"] for line in known) / 3600
+    on = f"; {cost:.2f} core-hours (wall-clock x cores)" if known else ""
+    if known and len(known) < len(pbt_lines):
+        on += f" for the {len(known)} that recorded their cores"
     out += [
         "",
         f"PBT's cost: {len(pbt_lines)} population(s) of {rows[-1][1]} members, wall-clock {walls} min{on}.",
