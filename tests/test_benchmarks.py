@@ -454,5 +454,8 @@ def test_pbt_report_sets_pbt_beside_the_one_run_base_paired_by_seed_with_its_run
     assert rows["base: prodigy (no tuning, chosen on val)"][1:3] == ["1", "71.0 ± 1.4"]  # seeds 0 and 2
     assert rows["tuned cosine (lr 0.001, chosen on val)"][1:] == ["5", "60.0 ± 0.0", "-10.0, -12.0", "-11.0"]
     assert rows["PBT (best member on val)"][1:] == ["8", "72.0 ± 4.2", "+5.0, -3.0", "+1.0"]
-    assert "Seeds [0, 2]; missing [1]." in text and "1.00 core-hours (wall-clock x cores) for the 1 that recorded" in text
+    assert (
+        "Seeds [0, 2]; missing [1]." in text
+        and "1.00 core-hours (wall-clock x cores) for the 1 that recorded" in text
+    )
     assert "## clothing10 0.15\n\nNot run yet (seeds [0, 1, 2])." in text
