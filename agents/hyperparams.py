@@ -70,4 +70,7 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     # A policy pretrained over many runs (train.py --pretrain): frozen, or learning online with PPO
     # (the pretraining's settings; one update per epoch).
     "rl_tune_pretrained": {"policy": None, "learn": False, **PPO_SETTINGS},
+    # The residual controller (issue 28): per-layer multipliers of a base optimizer from 8 weights
+    # (theta, or a controller file; neither: the base run itself).
+    "residual_controller": {"theta": None, "policy": None, "optimizer": "prodigy", "lr": None},
 }

@@ -21,6 +21,7 @@ from .hyperparams import HYPERPARAMS
 from .layerwise_policy import LayerwisePolicy
 from .policies import LinearFeatures, LstmPolicy, MlpPolicy
 from .pretrained import PretrainedPolicyAgent
+from .residual_controller import ResidualController
 from .safe_state import load_normalisation_state, normalisation_state
 
 Agent = BaseAlgorithm | Baseline
@@ -33,7 +34,11 @@ ALIASES = {
 }  # ppo_lstm: RL Zoo's name
 # Agents that act without learning (the baselines, a frozen pretrained policy): built from their
 # parameters, saved as agent.json alone.
-FIXED: dict[str, type[Baseline]] = {**BASELINES, "rl_tune_pretrained": PretrainedPolicyAgent}
+FIXED: dict[str, type[Baseline]] = {
+    **BASELINES,
+    "rl_tune_pretrained": PretrainedPolicyAgent,
+    "residual_controller": ResidualController,
+}
 AGENT_NAMES: list[str] = [*LEARNERS, *FIXED]
 # SB3's Adam settings for its policies (eps 1e-5) in PyTorch's fused form (fewer, larger kernels
 # than a loop of small ops per parameter: cheaper for these small policies, on the CPU too).

@@ -24,6 +24,7 @@ import numpy as np
 from . import presets
 from .datasets.sampling import check_sampling_rate
 from .env import FineTuneEnv
+from .instances import Instance, InstanceSet
 from .layerwise import DEFAULT_MAX_LAYERS, LayerwiseView
 from .rendering import RENDER_FPS, RENDER_MODES, check_render_mode
 
@@ -60,9 +61,39 @@ class FineTuneTasksEnv(gym.Env):
         env_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
         render_mode: str | None = None,
+        instance_set: str | None = None,
+        split: str = "1",
+        part: str = "train",
+        data_root: str | None = None,
     ) -> None:
+        """``instance_set`` (a shipped set's name or a file, :mod:`finetune_gym.instances`): each
+        reset draws one of the instances of ``part`` (train or test) of ``split`` instead, each a
+        fixed dataset, source, sampling rate, data seed and length (data under ``data_root``,
+        default :func:`~finetune_gym.presets.data_root`); ``tasks``, ``sampling_rates``,
+        ``data_seeds`` and ``epochs_per_episode`` then stay unset."""
         super().__init__()
         self.render_mode = check_render_mode(render_mode, "FineTuneTasksEnv")
+        self.instances: list[Instance] | None = None
+        if instance_set is not None:
+            given = [
+                name
+                for name, value, default in (
+                    ("tasks", tasks, None),
+                    ("sampling_rates", tuple(sampling_rates), DEFAULT_SAMPLING_RATES),
+                    ("data_seeds", data_seeds, 1000),
+                    ("epochs_per_episode", epochs_per_episode, DEFAULT_EPOCHS),
+                )
+                if value != default
+            ]
+            if given:
+                raise ValueError(
+                    f"instance_set={instance_set!r} fixes each run's task, rate, seed and length; do not also "
+                    f"give {', '.join(given)}"
+                )
+            self.instances = InstanceSet.load(instance_set).split(split, part)
+            if not self.instances:
+                raise ValueError(f"instance set {instance_set!r} split {split!r} has no {part} instances")
+            tasks = [self._instance_task(i, data_root) for i in self.instances]
         self.tasks = [dict(task) for task in (DEFAULT_TASKS if tasks is None else tasks)]
         if not self.tasks:
             raise ValueError("tasks is empty: give at least one task (a dict of FineTuneEnv arguments)")
@@ -89,17 +120,30 @@ class FineTuneTasksEnv(gym.Env):
         self.seed_offset = int(seed)
         self._rng = np.random.default_rng(seed)
         self.current: dict[str, Any] = {}
-        self.view = self._build(0, self.sampling_rates[0], 0)  # fixes the spaces; checks the first task
+        first = (0, self.sampling_rates[0], 0) if self.instances is None else self._instance_draw(0)
+        self.view = self._build(*first)  # fixes the spaces; checks the first task
         self.observation_space, self.action_space = self.view.observation_space, self.view.action_space
+
+    @staticmethod
+    def _instance_task(instance: Instance, data_root: str | None) -> dict[str, Any]:
+        """An instance as a task: its environment arguments but those the distribution draws, and
+        but the device (the environment's default, or ``env_kwargs``'s)."""
+        kwargs = instance.env_kwargs(data_root)
+        return {**{k: v for k, v in kwargs.items() if k not in (*DRAWN, "device")}, LABEL: instance.id}
+
+    def _instance_draw(self, index: int) -> tuple[int, float, int]:
+        assert self.instances is not None
+        return index, self.instances[index].sampling_rate, self.instances[index].seed
 
     def _build(self, task: int, rate: float, data_seed: int) -> LayerwiseView:
         spec = {k: v for k, v in self.tasks[task].items() if k != LABEL}
+        epochs = self.epochs_per_episode if self.instances is None else self.instances[task].epochs
         kwargs = {
             **copy.deepcopy(self.shared),
             **copy.deepcopy(spec),
             "sampling_rate": rate,
             "seed": data_seed,
-            "epochs_per_episode": self.epochs_per_episode,
+            "epochs_per_episode": epochs,
             "render_mode": self.render_mode,  # the current run's environment renders it
         }
         view = LayerwiseView(FineTuneEnv(**kwargs), self.max_layers)
@@ -115,6 +159,8 @@ class FineTuneTasksEnv(gym.Env):
 
     def draw(self) -> tuple[int, float, int]:
         """The next task index, sampling rate and data seed (from the environment's own RNG)."""
+        if self.instances is not None:
+            return self._instance_draw(int(self._rng.integers(len(self.instances))))
         return (
             int(self._rng.integers(len(self.tasks))),
             float(self._rng.choice(self.sampling_rates)),

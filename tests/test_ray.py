@@ -4,6 +4,7 @@ middle of a job loses no finished result while the job resumes from its checkpoi
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -230,6 +231,58 @@ def test_pbt_two_members_two_intervals_exploit_exactly_and_resume(tmp_path):
         assert again.get_best_result(metric="val", mode="max", scope="last").metrics["val"] == val
 
 
+PBT_SCRIPT = """
+import sys
+from benchmarks import harness, pbt
+config = {"env_id": "FineTune-Digits-v0", "env_kwargs": {"batch_size": 64, "sampling_rate": 0.3}}
+config |= {"seed": 0, "optimizer": "prodigy", "lr": 1.0, "epochs": 4, "interval": 1}
+with harness.ray_pool(None, workers=2, threads=1):
+    results = pbt.run_population("digits", config, 3, __import__("pathlib").Path(sys.argv[1]))
+    print("EPOCHS", sorted(r.metrics["epoch"] for r in results), "ERRORS", len(results.errors), flush=True)
+"""
+
+
+def _member_epochs(folder: Path) -> list[int]:
+    epochs = []
+    for result in folder.glob("digits/member_*/result.json"):
+        lines = result.read_text().splitlines()
+        if lines:
+            epochs.append(json.loads(lines[-1])["epoch"])
+    return epochs
+
+
+@pytest.mark.slow
+def test_pbt_population_killed_mid_run_resumes_to_the_end(tmp_path):
+    """A population SIGKILLed once its members are past the first sync point is restored by the
+    next call and runs to its last epoch."""
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "population.py"
+    script.write_text(PBT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(harness.ROOT)}
+    first = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "pbt")], env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + limit(300)
+    while time.monotonic() < deadline and not (
+        len(_member_epochs(tmp_path / "pbt")) == 3 and min(_member_epochs(tmp_path / "pbt")) >= 2
+    ):
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert 2 <= min(_member_epochs(tmp_path / "pbt")) < 4, _member_epochs(tmp_path / "pbt")
+    # The Ray the killed driver started (its session folder is named after the driver's pid).
+    subprocess.run(["pkill", "-9", "-f", f"session_[0-9_-]*_{first.pid}"], capture_output=True)
+    second = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "pbt")], env=env, capture_output=True, text=True,
+        timeout=limit(300),
+    )  # fmt: skip
+    assert "EPOCHS [4, 4, 4] ERRORS 0" in second.stdout, second.stdout[-3000:] + second.stderr[-3000:]
+
+
 def fake_profile_run(setting: str, method: str, params: dict, seed: int, run_dir: str) -> dict:
     """A stand-in for a profile's fine-tuning run: the head's multiplier is all that matters."""
     value = 0.6 + 0.01 * params["head_log2"]
@@ -276,3 +329,26 @@ def test_headroom_search_through_tune_records_each_trial_and_resumes(tmp_path, m
 
     headroom.run_setting(setting, None, workers=2, n_trials=4)  # leaves it to Tune: no pool needed
     assert study.load_lines() == lines
+
+
+def test_meta_training_candidates_run_as_ray_tasks_and_resume(tmp_path):
+    """benchmarks/controller.py: one CMA-ES generation on the built-in digits, its candidates and
+    base runs as Ray tasks; run again, it evaluates nothing (every result is in its folder)."""
+    from benchmarks import controller
+    from finetune_gym.instances import Instance, InstanceSet
+
+    train = [Instance("digits", "digits_resnet8", 0.3, s, 1) for s in range(2)]
+    test = [Instance("digits", "digits_resnet8", 0.5, 9, 1)]
+    splits = {"1": {"train": [i.id for i in train], "test": [i.id for i in test]}}
+    InstanceSet("ray-test", [*train, *test], splits).save(tmp_path / "set.json")
+    argv = ["run", "--instance-set", str(tmp_path / "set.json"), "--generations", "1", "--batch", "2"]
+    argv += ["--popsize", "2", "--folder", str(tmp_path / "runs"), "--executor", "ray", "--workers", "2"]
+    argv += ["--tensorboard", str(tmp_path / "tb")]
+    controller.main(argv)
+    folder = tmp_path / "runs" / "set-split1-s0"
+    lines = (folder / "evaluations.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 + 2  # 2 candidates x 2 instances, and the 2 base runs
+    assert (folder / "controller.pt").is_file() and list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    controller.main(argv)
+    assert (folder / "evaluations.jsonl").read_text().splitlines() == lines
+    assert "set-split1-s0: 6 runs" in controller.status(tmp_path / "runs")[0]

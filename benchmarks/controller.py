@@ -1,0 +1,169 @@
+"""Meta-training the residual controller (issue 28) on an instance set's training part, by CMA-ES,
+its candidates run as jobs of the benchmarks' harness (Ray tasks, or processes without Ray).
+
+Protocol (declared in benchmarks/README.md, "Controller protocol", before any result): instance
+set v1, split 1 (GTSRB held out) or 2 (clothing10 held out); base Prodigy at its published
+setting; 8 weights from 0 (the base), CMA-ES sigma0 0.5, population 8, a batch of 4 training
+instances per generation (15 epochs each), fitness the mean paired validation gain over the base
+on the batch. Nothing here reads a test set or a held-out instance.
+
+The run's folder is kept in the repository (benchmarks/results/controller/<name>/: its settings,
+every evaluation, the generations' summaries and the controller), so a stopped search continues
+where it stopped, in any session, from the same files.
+
+    python benchmarks/controller.py run --split 1 --generations 20 --workers 2 --threads 1
+    python benchmarks/controller.py run --split 1 --address auto --workers 16    # a Ray cluster
+    python benchmarks/controller.py status
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if not __package__:  # run as a file (python benchmarks/controller.py): the repository's packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness  # noqa: E402
+
+RUNS = harness.RESULTS_DIR / "controller"
+
+
+def run_name(instance_set: str, split: str, seed: int) -> str:
+    return f"{Path(instance_set).stem}-split{split}-s{seed}"
+
+
+class Loggers:
+    """TensorBoard (``--tensorboard DIR``) and W&B (``--wandb-mode``) for a search's generations."""
+
+    def __init__(
+        self, name: str, tensorboard: str | None, wandb_mode: str, project: str, config: dict
+    ) -> None:
+        self.writer = self.run = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(tensorboard) / name))
+        if wandb_mode != "disabled":
+            import wandb
+
+            self.run = wandb.init(
+                project=project,
+                group="controller",
+                name=name,
+                mode=wandb_mode,
+                config=config,
+                dir=str(harness.RUNS_DIR),
+                settings=wandb.Settings(silent=True, console="off"),
+            )
+
+    def __call__(self, generation: int, scalars: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(f"meta/{key}", value, generation)
+            self.writer.flush()
+        if self.run is not None:
+            self.run.log({f"meta/{k}": v for k, v in scalars.items()}, step=generation)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.run is not None:
+            self.run.finish()
+
+
+def status(folder: Path) -> list[str]:
+    """One line per search: its generations done, runs, hours and last gains."""
+    out = []
+    for run in sorted(p for p in folder.glob("*") if (p / "meta_config.json").is_file()):
+        config = json.loads((run / "meta_config.json").read_text())
+        lines = (
+            (run / "evaluations.jsonl").read_text().splitlines()
+            if (run / "evaluations.jsonl").is_file()
+            else []
+        )
+        hours = sum(json.loads(line)["wall_s"] for line in lines if line.strip()) / 3600
+        summary = ""
+        if (run / "generations.jsonl").is_file():
+            generations = [
+                json.loads(g) for g in (run / "generations.jsonl").read_text().splitlines() if g.strip()
+            ]
+            if generations:
+                last = generations[-1]
+                summary = (
+                    f"; generation {last['generation']}: mean gain {100 * last['mean_gain']:+.2f}, best "
+                    f"{100 * last['best_gain']:+.2f} points, sigma {last['sigma']:.3f}"
+                )
+        out.append(
+            f"{run.name}: {len(lines)} runs ({hours:.2f} h of runs) of {config['generations']} generations x "
+            f"{config['batch']} instances{summary}"
+        )
+    return out or ["no meta-training run yet"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from finetune_gym.agents.meta_train import MetaTrainConfig, MetaTrainer
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or continue) a search")
+    defaults = MetaTrainConfig()
+    run.add_argument("--instance-set", default=defaults.instance_set, help="a shipped set's name or a file")
+    run.add_argument("--split", default=defaults.split)
+    run.add_argument("--generations", type=int, default=defaults.generations)
+    run.add_argument("--batch", type=int, default=defaults.batch, help="training instances per generation")
+    run.add_argument("--popsize", type=int, default=defaults.popsize, help="CMA-ES population")
+    run.add_argument("--sigma0", type=float, default=defaults.sigma0)
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument(
+        "--optimizer", default=defaults.optimizer, help="the base optimizer the controller modulates"
+    )
+    run.add_argument("--data-root", default=defaults.data_root)
+    run.add_argument("--folder", type=Path, default=RUNS, help="where the searches' folders are")
+    run.add_argument("--tensorboard", help="write the generations' scalars as TensorBoard events here")
+    run.add_argument("--wandb-mode", choices=harness.WANDB_MODES, default="disabled")
+    run.add_argument("--wandb-project", default="finetune-gym")
+    harness.add_pool_options(run, workers=2, threads=1)
+    show = sub.add_parser("status", help="each search's progress")
+    show.add_argument("--folder", type=Path, default=RUNS)
+    args = parser.parse_args(argv)
+    if args.command == "status":
+        print("\n".join(status(args.folder)))
+        return
+    config = MetaTrainConfig(
+        instance_set=args.instance_set,
+        split=args.split,
+        optimizer=args.optimizer,
+        generations=args.generations,
+        batch=args.batch,
+        popsize=args.popsize,
+        sigma0=args.sigma0,
+        seed=args.seed,
+        data_root=args.data_root,
+    )
+    name = run_name(args.instance_set, args.split, args.seed)
+    loggers = Loggers(name, args.tensorboard, args.wandb_mode, args.wandb_project, config.__dict__)
+
+    def log(generation: int, scalars: dict[str, Any]) -> None:
+        loggers(generation, scalars)
+        print(
+            f"{name} generation {generation}: mean gain {100 * scalars['mean_gain']:+.2f}, best "
+            f"{100 * scalars['best_gain']:+.2f} points, sigma {scalars['sigma']:.3f}, {scalars['runs']:.0f} runs",
+            flush=True,
+        )
+
+    try:
+        with harness.pool_from_args(args) as executor:
+            theta = MetaTrainer(config, args.folder / name, executor, log=log).run()
+    finally:
+        loggers.close()
+    print(f"{name}: controller {[round(v, 3) for v in theta]} in {args.folder / name / 'controller.pt'}")
+
+
+if __name__ == "__main__":
+    main()

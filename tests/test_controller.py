@@ -1,0 +1,249 @@
+"""Issue 28: instance sets, the residual controller, and its meta-training by CMA-ES."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import CIFAR_CHECKPOINT, SHARED_DATA, needs_shared
+
+import finetune_gym  # noqa: F401
+from finetune_gym.agents import residual_controller as rc
+from finetune_gym.agents.meta_train import EVALUATIONS, MetaTrainConfig, MetaTrainer, run_instance
+from finetune_gym.agents.registry import baseline_env_overrides, load_agent, make_agent, save_agent
+from finetune_gym.instances import DECLARED, Instance, InstanceSet
+
+# -- instance sets -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(DECLARED))
+def test_shipped_instance_sets_are_their_declaration(name):
+    """The JSON file is the versioned record of the code's declaration: changing one without the
+    other (or without a new version) fails here."""
+    assert InstanceSet.load(name).to_json() == DECLARED[name]().to_json()
+
+
+def test_v1_keeps_test_domains_out_of_training():
+    v1 = InstanceSet.load("v1")
+    train1, test1 = v1.split("1", "train"), v1.split("1", "test")
+    train2, test2 = v1.split("2", "train"), v1.split("2", "test")
+    assert {i.dataset for i in test1} == {"gtsrb"} and "gtsrb" not in {i.dataset for i in train1 + train2}
+    assert {i.dataset for i in test2} == {"clothing10"} and "clothing10" not in {i.dataset for i in train2}
+    assert len(train1) == 102 and {i.source for i in train1} >= {f"cifar_resnet{d}" for d in (20, 32, 44, 56)}
+    # Held-out GTSRB instances are the grid's cells: same seeds, rates and budget.
+    assert {(i.sampling_rate, i.seed, i.epochs) for i in test1} == {
+        (r, s, 50) for r in (0.15, 0.3, 0.5, 1.0) for s in range(5)
+    }
+
+
+@needs_shared(CIFAR_CHECKPOINT)
+def test_a_test_instance_is_the_grid_cell_it_names():
+    """gtsrb at 15%, seed 0: the same environment arguments as the grid's cell of that name."""
+    from benchmarks import grid
+
+    instance = Instance("gtsrb", "cifar_resnet20", 0.15, 0, 50)
+    config = grid.run_config("prodigy", 0.15, 0, grid.load_done())
+    cell = {
+        **gym.spec(config.env_id).kwargs,
+        **config.env_kwargs,
+        "seed": config.seed,
+        "epochs_per_episode": config.epochs_per_episode,
+    }
+    mine = instance.env_kwargs(SHARED_DATA)
+    differing = {k for k in mine if k not in ("lr_steps", "optimizer") and mine[k] != cell.get(k)}
+    assert differing == set(), {k: (mine[k], cell.get(k)) for k in differing}
+
+
+def test_instance_sets_refuse_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="dataset 'mnist' is unknown"):
+        Instance("mnist", "cifar_resnet20", 0.15, 0, 10)
+    with pytest.raises(ValueError, match="built-in digits go with their own"):
+        Instance("digits", "cifar_resnet20", 0.15, 0, 10)
+    with pytest.raises(ValueError, match="sampling"):
+        Instance("gtsrb", "cifar_resnet20", 1.5, 0, 10)
+    a, b = Instance("digits", "digits_resnet8", 0.3, 0, 1), Instance("digits", "digits_resnet8", 0.3, 1, 1)
+    with pytest.raises(ValueError, match="in train and test"):
+        InstanceSet("x", [a, b], {"1": {"train": [a.id, b.id], "test": [a.id]}})
+    with pytest.raises(ValueError, match="does not hold"):
+        InstanceSet("x", [a], {"1": {"train": [a.id], "test": [b.id]}})
+    with pytest.raises(ValueError, match="no shipped instance set 'v0'"):
+        InstanceSet.load("v0")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="is not an instance set"):
+        InstanceSet.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="has no split '3'"):
+        InstanceSet.load("v1").split("3", "train")
+    with pytest.raises(ValueError, match="do not also give sampling_rates"):
+        gym.make("FineTune-Tasks-v0", instance_set="v1", sampling_rates=[0.5])
+
+
+def _digits_set(tmp_path, epochs: int = 2) -> str:
+    train = [Instance("digits", "digits_resnet8", 0.3, s, epochs) for s in range(3)]
+    test = [Instance("digits", "digits_resnet8", 0.5, 7, epochs)]
+    splits = {"1": {"train": [i.id for i in train], "test": [i.id for i in test]}}
+    InstanceSet("digits-test", [*train, *test], splits).save(tmp_path / "set.json")
+    return str(tmp_path / "set.json")
+
+
+def test_task_env_draws_from_an_instance_split(tmp_path):
+    path = _digits_set(tmp_path)
+    env = gym.make("FineTune-Tasks-v0", instance_set=path, split="1", part="train")
+    seen = {env.reset(seed=s)[1]["task"]["name"] for s in range(6)}
+    assert seen <= {f"digits/digits_resnet8/r0.3/s{s}/e2" for s in range(3)} and len(seen) > 1
+    test = gym.make("FineTune-Tasks-v0", instance_set=path, split="1", part="test")
+    _, info = test.reset(seed=0)
+    assert (info["task"]["sampling_rate"], info["task"]["data_seed"]) == (0.5, 7)
+    assert test.unwrapped.view.env.unwrapped.config["epochs_per_episode"] == 2
+
+
+# -- the controller ------------------------------------------------------------------------
+
+
+def test_grid_holds_exact_powers_of_two_and_rounds_to_quarter_octaves():
+    grid = rc.multiplier_grid()
+    assert grid[0] == 0.0 and grid[len(grid) // 2] == 1.0 and grid[1] == 1 / 8 and grid[-1] == 8
+    index = rc.action_indices(np.array([0.0, 0.1, 0.13, -1.0, 5.0, -3.1, -3.2, -9.0]))
+    assert grid[index].tolist() == [1.0, 1.0, 2**0.25, 0.5, 8.0, 1 / 8, 0.0, 0.0]
+
+
+def _run(name: str, **kwargs):
+    env = gym.make(
+        "FineTune-Digits-v0",
+        epochs_per_episode=2,
+        sampling_rate=0.3,
+        **baseline_env_overrides(name, **kwargs),
+    ).unwrapped
+    agent = make_agent(name, env, **kwargs)
+    observation, _ = env.reset(seed=0)
+    actions, done = [], False
+    while not done:
+        action, _ = agent.predict(observation[None])
+        actions.append(action[0])
+        observation, _, terminated, truncated, _ = env.step(action[0])
+        done = terminated or truncated
+    return env, agent, np.array(actions), observation
+
+
+def test_zero_weights_reproduce_the_base_run_bit_for_bit():
+    base, *_ = _run("prodigy")
+    mine, _, actions, _ = _run("residual_controller")
+    assert np.all(mine.lr_map.rates[actions] == 1.0)
+    theirs, ours = base.fine_tuned_state_dict(), mine.fine_tuned_state_dict()
+    assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+
+
+def test_controller_reads_features_and_sets_multipliers_per_layer():
+    theta = np.zeros(len(rc.FEATURES))
+    theta[rc.FEATURES.index("head")] = 1.0  # the head at 2x, every other layer at 1x
+    theta[rc.FEATURES.index("depth")] = -0.5
+    env, agent, actions, last = _run("residual_controller", theta=theta.tolist())
+    multipliers = env.lr_map.rates[actions[-1]]
+    depth = np.arange(env.n_layers) / (env.n_layers - 1)
+    wanted = 2.0 ** (np.rint(4 * (-0.5 * depth + (depth == 1.0))) / 4)
+    assert multipliers.tolist() == wanted.tolist()
+    phi = rc.features(last, env.n_layers)
+    assert phi.shape == (env.n_layers, len(rc.FEATURES))
+    assert phi[:, rc.FEATURES.index("depth")].tolist() == pytest.approx(depth.tolist())
+    assert phi[:, rc.FEATURES.index("progress")].tolist() == [1.0] * env.n_layers  # the episode's end
+    for name in ("grad_ratio", "drift"):  # centred over the layers, and measured (not the floor)
+        column = phi[:, rc.FEATURES.index(name)]
+        assert abs(column.mean()) < 1e-9 and np.ptp(column) > 0
+    assert np.all(np.abs(phi[:, rc.FEATURES.index("grad_cosine")]) <= 1)
+    with pytest.raises(ValueError, match="is not 5 layers' activations"):
+        rc.features(last[:-1], env.n_layers)
+
+
+def test_controller_files_save_load_safely_and_refuse_others(tmp_path):
+    theta = [0.1 * k for k in range(len(rc.FEATURES))]
+    rc.save_controller(tmp_path / "c.pt", theta, "prodigy", {"trainer": "test"})
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["theta"] == pytest.approx(theta)
+    env, agent, *_ = _run("residual_controller", policy=str(tmp_path / "c.pt"))
+    assert agent.theta.tolist() == pytest.approx(theta)
+    save_agent(agent, tmp_path / "agent", "residual_controller")
+    again, _ = load_agent(tmp_path / "agent", env)
+    assert again.theta.tolist() == pytest.approx(theta)
+    torch.save({"format": "other"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a residual controller file"):
+        rc.ResidualController(policy=str(tmp_path / "other.pt"))
+    with pytest.raises(ValueError, match="theta must be 8 finite numbers"):
+        rc.ResidualController(theta=[1.0, 2.0])
+    with pytest.raises(ValueError, match="is not the weights of"):
+        rc.ResidualController(theta=[0.0] * 8, policy=str(tmp_path / "c.pt"))
+
+
+# -- meta-training -------------------------------------------------------------------------
+
+
+class CountingExecutor(futures.ThreadPoolExecutor):
+    """An in-process executor that counts the runs it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.jobs = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_meta_training_searches_pairs_with_the_base_and_resumes_exactly(tmp_path):
+    """Two generations of CMA-ES (3 candidates, 2 instances each): every candidate is paired with
+    the base on the same instances; a run stopped mid-generation (its last evaluations lost)
+    continues to the same controller, rerunning only what was lost; a longer run extends it."""
+    config = MetaTrainConfig(instance_set=_digits_set(tmp_path), generations=2, batch=2, popsize=3)
+    with CountingExecutor() as executor:
+        logged = []
+        full = MetaTrainer(config, tmp_path / "a", executor, log=lambda g, s: logged.append((g, s))).run()
+        assert executor.jobs == 2 * 3 * 2 + len(
+            {i.id for g in range(2) for i in MetaTrainer(config, tmp_path / "a", executor).batch(g)}
+        )
+    assert [g for g, _ in logged] == [0, 1] and all("mean_gain" in s and "sigma" in s for _, s in logged)
+    records = [json.loads(line) for line in (tmp_path / "a" / EVALUATIONS).read_text().splitlines()]
+    base = {r["instance"]: r["val"] for r in records if r["key"].startswith("base/")}
+    generation = json.loads((tmp_path / "a" / "generations.jsonl").read_text().splitlines()[1])
+    gains = [
+        np.mean([r["val"] - base[r["instance"]] for r in records if r["key"].startswith(f"g1/c{k}/")])
+        for k in range(3)
+    ]
+    assert generation["best_gain"] == pytest.approx(max(gains)) and generation["mean_gain"] == pytest.approx(
+        np.mean(gains)
+    )
+    assert any(abs(g) > 0 for g in gains)  # the multipliers change the runs
+    saved = rc.load_controller(tmp_path / "a" / "controller.pt")
+    assert saved["theta"] == pytest.approx(full.tolist()) and saved["card"]["runs"] == len(records)
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / EVALUATIONS).write_text("\n".join(json.dumps(r) for r in records[:-3]) + "\n")
+    (tmp_path / "b" / "meta_config.json").write_text((tmp_path / "a" / "meta_config.json").read_text())
+    with CountingExecutor() as executor:
+        resumed = MetaTrainer(config, tmp_path / "b", executor).run()
+        assert executor.jobs == 3
+    assert resumed.tolist() == full.tolist()
+
+    with CountingExecutor() as executor:
+        longer = MetaTrainConfig(**{**config.__dict__, "generations": 3})
+        MetaTrainer(longer, tmp_path / "a", executor).run()
+        assert 3 * 2 <= executor.jobs <= 3 * 2 + 2  # only the third generation (and its new bases)
+    with pytest.raises(ValueError, match="other settings \\(sigma0\\)"):
+        MetaTrainer(MetaTrainConfig(**{**config.__dict__, "sigma0": 1.0}), tmp_path / "a", executor)
+
+
+def test_run_instance_is_the_agent_run_of_the_same_instance(tmp_path):
+    """The meta-trainer's evaluation is the same fine-tuning run as the controller deployed through
+    make_agent on that instance's environment."""
+    instance = Instance("digits", "digits_resnet8", 0.3, 0, 2)
+    theta = [0.0, 0.0, 0.0, 0.0, 1.0, 0.5, 0.0, 0.0]
+    result = run_instance(instance.to_json(), theta, "prodigy", None)
+    controller = rc.ResidualController(theta=theta)
+    env = finetune_gym.FineTuneEnv(**instance.env_kwargs(), **controller.env_overrides())
+    agent = make_agent("residual_controller", env, theta=theta)
+    observation, _ = env.reset(seed=0)
+    done = False
+    while not done:
+        observation, _, terminated, truncated, _ = env.step(agent.predict(observation[None])[0][0])
+        done = terminated or truncated
+    assert result["val"] == env.evaluate("val")
