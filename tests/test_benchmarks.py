@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import limit
 
@@ -459,3 +460,28 @@ def test_pbt_report_sets_pbt_beside_the_one_run_base_paired_by_seed_with_its_run
         and "1.00 core-hours (wall-clock x cores) for the 1 that recorded" in text
     )
     assert "## clothing10 0.15\n\nNot run yet (seeds [0, 1, 2])." in text
+
+
+def test_rliable_statistics_follow_their_definitions():
+    """benchmarks/stats.py against scipy and hand-computed cases (rliable itself does not run here)."""
+    from scipy.stats import trim_mean
+
+    from benchmarks import stats
+
+    values = np.array([5.0, -1.0, 3.0, 2.0, 8.0, 0.0, 4.0, 7.0, 1.0])
+    assert stats.iqm(values) == pytest.approx(trim_mean(values, 0.25))
+    # Constant within each task: every replicate is the same, the interval is the point.
+    point, low, high = stats.stratified_bootstrap({"a": [1.0] * 3, "b": [3.0] * 5}, stats.mean, reps=200)
+    assert point == low == high == pytest.approx((3 * 1 + 5 * 3) / 8)
+    # Strata keep their sizes: a task's runs are never replaced by another task's.
+    seen = []
+    stats.stratified_bootstrap(
+        {"a": [0.0, 0.0], "b": [1.0, 1.0, 1.0]}, lambda v: seen.append(v.sum()) or 0.0, reps=50
+    )
+    assert set(seen) == {3.0}
+    point, low, high = stats.stratified_bootstrap({"a": [0.0, 1.0, 2.0, 3.0, 4.0]}, stats.mean, reps=4000)
+    assert point == 2.0 and 0.5 < low < 2.0 < high < 3.5
+    assert stats.probability_of_improvement({"t": [1.0, 3.0]}, {"t": [2.0, 3.0]}) == pytest.approx(
+        (0 + 0 + 1 + 0.5) / 4
+    )
+    assert stats.probability_of_improvement({"t": [2.0], "u": [0.0]}, {"t": [1.0], "u": [1.0]}) == 0.5

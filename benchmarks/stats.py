@@ -1,0 +1,67 @@
+"""The statistics of rliable (Agarwal et al. 2021) the controller's evaluation reports: the mean
+and the interquartile mean (IQM) of paired gains with 95% stratified-bootstrap intervals, and the
+probability of improvement.
+
+Why not ``rliable`` itself: its 1.2.0 release (the latest) runs on ``arch``'s bootstrap, and no
+``arch`` works beside this environment's pandas 3: ``arch`` 7 fails at import (a pandas
+``deprecate_kwarg`` signature), ``arch`` 8 refuses rliable's ``random_state`` keyword. What we need
+of it is a few lines of NumPy, written here to its definitions (tests check them against
+hand-computed cases): tasks are strata (a dataset at a sampling rate); a bootstrap replicate
+resamples each task's runs with replacement, independently; intervals are percentile intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+Scores = Mapping[str, Sequence[float]]  # task -> one score per run (seed)
+
+
+def iqm(values: np.ndarray) -> float:
+    """The interquartile mean: the mean of the middle 50% of the values (rliable's
+    ``aggregate_iqm``: ``scipy.stats.trim_mean(x, 0.25)`` over all runs of all tasks)."""
+    values = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    cut = int(len(values) * 0.25)  # trim_mean's count: the same number from each end
+    return float(values[cut : len(values) - cut].mean())
+
+
+def mean(values: np.ndarray) -> float:
+    return float(np.mean(np.asarray(values, dtype=np.float64)))
+
+
+def stratified_bootstrap(
+    scores: Scores,
+    statistic: Callable[[np.ndarray], float],
+    reps: int = 20000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``statistic`` over all runs of all tasks, and its percentile interval from ``reps``
+    replicates that resample each task's runs with replacement (tasks are strata)."""
+    rng = np.random.default_rng(seed)
+    tasks = [np.asarray(v, dtype=np.float64) for v in scores.values()]
+    if not tasks or any(len(t) == 0 for t in tasks):
+        raise ValueError("every task needs at least one run")
+    point = statistic(np.concatenate(tasks))
+    replicates = np.empty(reps)
+    for r in range(reps):
+        replicates[r] = statistic(np.concatenate([t[rng.integers(0, len(t), len(t))] for t in tasks]))
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(replicates, [tail, 1.0 - tail])
+    return point, float(low), float(high)
+
+
+def probability_of_improvement(x: Scores, y: Scores) -> float:
+    """P(X > Y) averaged over tasks (rliable's ``probability_of_improvement``): per task, the
+    Mann-Whitney statistic over all pairs of X's and Y's runs (a tie counts a half)."""
+    if set(x) != set(y):
+        raise ValueError(f"both need the same tasks: {sorted(set(x) ^ set(y))} differ")
+    per_task = []
+    for task in x:
+        a, b = np.asarray(x[task], dtype=np.float64), np.asarray(y[task], dtype=np.float64)
+        greater = (a[:, None] > b[None, :]).mean()
+        ties = (a[:, None] == b[None, :]).mean()
+        per_task.append(greater + 0.5 * ties)
+    return float(np.mean(per_task))
