@@ -14,6 +14,8 @@ where it stopped, in any session, from the same files.
     python benchmarks/controller.py run --split 1 --generations 20 --workers 2 --threads 1
     python benchmarks/controller.py run --split 1 --address auto --workers 16    # a Ray cluster
     python benchmarks/controller.py status
+    python benchmarks/controller.py evaluate --split 1 --workers 2   # held-out runs (resumable)
+    python benchmarks/controller.py report                           # results/controller_eval.md
 """
 
 from __future__ import annotations
@@ -104,6 +106,28 @@ def status(folder: Path) -> list[str]:
     return out or ["no meta-training run yet"]
 
 
+def evaluate_split(args: argparse.Namespace) -> None:
+    """The held-out runs of ``args.split`` (the controller must have been meta-trained)."""
+    from benchmarks import controller_eval, grid
+
+    if not controller_eval.controller_file(args.split).is_file():
+        raise SystemExit(
+            f"no controller for split {args.split} yet: run `python benchmarks/controller.py run --split "
+            f"{args.split}` first ({controller_eval.controller_file(args.split)} is missing)"
+        )
+    done = grid.load_done()
+
+    def ready():
+        return controller_eval.jobs(args.split, done, controller_eval.RESULTS.by("cell"))
+
+    def finished(job: harness.Job, line: dict[str, Any]) -> None:
+        controller_eval.RESULTS.append(line)
+        print(f"{line['cell']}: test {100 * line['results']['final_test_accuracy']:.2f}%", flush=True)
+
+    with harness.pool_from_args(args) as pool:
+        harness.run_jobs(pool, ready, finished, args.workers)
+
+
 def main(argv: list[str] | None = None) -> None:
     from finetune_gym.agents.meta_train import MetaTrainConfig, MetaTrainer
 
@@ -131,9 +155,22 @@ def main(argv: list[str] | None = None) -> None:
     harness.add_pool_options(run, workers=2, threads=1)
     show = sub.add_parser("status", help="each search's progress")
     show.add_argument("--folder", type=Path, default=RUNS)
+    evaluate = sub.add_parser("evaluate", help="run the controller on its split's held-out instances")
+    evaluate.add_argument("--split", default=defaults.split)
+    harness.add_pool_options(evaluate, workers=2, threads=1)
+    report = sub.add_parser("report", help="write results/controller_eval.md")
+    report.add_argument("--splits", nargs="+", default=["1", "2"])
     args = parser.parse_args(argv)
     if args.command == "status":
         print("\n".join(status(args.folder)))
+        return
+    if args.command in ("evaluate", "report"):
+        from benchmarks import controller_eval
+
+        if args.command == "evaluate":
+            evaluate_split(args)
+        controller_eval.write_report(getattr(args, "splits", None) or [args.split])
+        print(controller_eval.REPORT_FILE.read_text())
         return
     config = MetaTrainConfig(
         instance_set=args.instance_set,

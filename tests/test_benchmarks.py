@@ -485,3 +485,63 @@ def test_rliable_statistics_follow_their_definitions():
         (0 + 0 + 1 + 0.5) / 4
     )
     assert stats.probability_of_improvement({"t": [2.0], "u": [0.0]}, {"t": [1.0], "u": [1.0]}) == 0.5
+
+
+def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_intervals(tmp_path, monkeypatch):
+    """benchmarks/controller_eval.py: the jobs are the controller on every held-out instance and the
+    chosen one-run method on the seeds the grid lacks; the report pairs them seed by seed."""
+    from benchmarks import controller_eval as ce
+    from benchmarks import grid, harness
+
+    def line(method, rate, seed, val, test):
+        cell = grid.cell_id(method, rate, seed, "gtsrb")
+        return cell, {"cell": cell, "results": {"final_val_accuracy": val, "final_test_accuracy": test}}
+
+    done = dict(
+        line(m, r, s, 0.9 if m == "prodigy" else 0.5, 0.70)
+        for m in ce.POOL
+        for r in (0.15, 0.3)
+        for s in range(3)
+        if not (m == "mechanic" and r == 0.3)  # a pool with a hole: chosen among the rest
+    )
+    monkeypatch.setattr(
+        ce,
+        "test_instances",
+        lambda split: [
+            i for i in ce.InstanceSet.load("v1").split("1", "test") if i.sampling_rate in (0.15, 0.3)
+        ],
+    )
+    monkeypatch.setattr(ce, "RESULTS", harness.ResultsFile(tmp_path / "eval.jsonl"))
+    monkeypatch.setattr(ce, "REPORT_FILE", tmp_path / "eval.md")
+    monkeypatch.setattr(grid, "load_done", lambda: done)
+    keys = sorted(job.key for job in ce.jobs("1", done, {}))
+    assert len(keys) == 2 * 5 + 2 * 2  # the controller on 10 instances; prodigy on seeds 3 and 4
+    assert "split1/prodigy/gtsrb/r0.15/s3" in keys and "split1/prodigy/gtsrb/r0.15/s0" not in keys
+    config = ce.run_config("1", ce.CONTROLLER, ce.Instance("gtsrb", "cifar_resnet20", 0.15, 0, 50), done)
+    theirs = grid.run_config("prodigy", 0.15, 0, done, "gtsrb")
+    assert config.env_kwargs == theirs.env_kwargs and config.seed == 0 and config.epochs_per_episode == 50
+    assert config.agent_kwargs == {"policy": str(ce.controller_file("1"))}
+    for rate in (0.15, 0.3):
+        for seed in range(5):
+            gain = 0.03 if seed else -0.01
+            instance = ce.Instance("gtsrb", "cifar_resnet20", rate, seed, 50)
+            ce.RESULTS.append(
+                {
+                    "cell": ce.cell_key("1", ce.CONTROLLER, instance),
+                    "results": {"final_test_accuracy": 0.70 + gain},
+                }
+            )
+            if seed >= 3:
+                ce.RESULTS.append(
+                    {"cell": ce.cell_key("1", "prodigy", instance), "results": {"final_test_accuracy": 0.70}}
+                )
+    ce.write_report(["1"])
+    text = (tmp_path / "eval.md").read_text()
+    assert (
+        "| gtsrb 15% | prodigy | 70.0 ± 0.0 | 72.2 ± 1.8 | -1.0, +3.0, +3.0, +3.0, +3.0 | +2.2 |  |" in text
+    )
+    assert "| gtsrb 30% | prodigy (of the pool without mechanic) |" in text
+    assert (
+        "15% and 30%: mean paired gain +2.20 points [95% CI" in text
+        and "target +2 with the interval above 0: met" in text
+    )

@@ -1,0 +1,215 @@
+"""Held-out evaluation of a meta-trained residual controller (issue 28; protocol in
+benchmarks/README.md, "Controller protocol"): the controller once per test instance of its split,
+paired with the best one-run method chosen on validation on the same seeds (same subset, split and
+head), reported with rliable's statistics (benchmarks/stats.py).
+
+Every run goes through the grid's cell runner (``run_training``, train.py's code path) on the
+grid's environment, so the controller's runs and the grid's baselines differ only in the agent.
+The one-run methods' runs are the grid's where it has them (seeds 0-2); the chosen method's runs on
+the other test seeds are run here, once, into this benchmark's own results file.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks import grid, harness, stats
+from finetune_gym.instances import Instance, InstanceSet
+
+RESULTS = harness.ResultsFile(grid.RESULTS_DIR / "controller_eval.jsonl")
+RUNS_DIR = harness.RUNS_DIR / "controller_eval"
+REPORT_FILE = grid.RESULTS_DIR / "controller_eval.md"
+# The one-run methods the controller is measured against; the best on validation at each task.
+POOL = ("schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog", "mechanic")
+TARGET_POINTS = 2.0
+LOW_RATES = (0.15, 0.3)  # where the target is a gain; above, not being worse
+CONTROLLER = "residual_controller"
+
+
+def controller_file(split: str, seed: int = 0, instance_set: str = "v1") -> Path:
+    """Where benchmarks/controller.py leaves the controller meta-trained for ``split``."""
+    return grid.RESULTS_DIR / "controller" / f"{instance_set}-split{split}-s{seed}" / "controller.pt"
+
+
+def test_instances(split: str, instance_set: str = "v1") -> list[Instance]:
+    return InstanceSet.load(instance_set).split(split, "test")
+
+
+def cell_key(split: str, method: str, instance: Instance) -> str:
+    return f"split{split}/{method}/{instance.dataset}/r{instance.sampling_rate:g}/s{instance.seed}"
+
+
+def best_one_run(done: dict[str, dict[str, Any]], dataset: str, rate: float) -> tuple[str | None, list[str]]:
+    """The pool's method with the best mean validation accuracy over the grid's seeds at (dataset,
+    rate), among the methods whose grid cells are all done; and the methods left out for lack of
+    them."""
+    complete = [
+        m
+        for m in POOL
+        if all(grid.cell_id(m, rate, s, dataset) in done for s in grid.seeds_on(dataset, rate))
+    ]
+    return grid.best_on_val(done, complete, rate, dataset) if complete else None, [
+        m for m in POOL if m not in complete
+    ]
+
+
+def run_config(split: str, method: str, instance: Instance, done: dict[str, dict[str, Any]]):
+    """The controller's run (``method`` = residual_controller) or a one-run method's on ``instance``:
+    the grid's configuration of that cell, with the controller as the agent."""
+    from finetune_gym.agents.config import RunConfig
+
+    if method != CONTROLLER:
+        return grid.run_config(method, instance.sampling_rate, instance.seed, done, instance.dataset)
+    env = {**grid.BASE_ENV, **grid.DATASETS[instance.dataset], "sampling_rate": instance.sampling_rate}
+    return RunConfig(
+        env_id="FineTune-CIFARResNet-v0",
+        algo=CONTROLLER,
+        seed=instance.seed,
+        episodes=1,
+        epochs_per_episode=instance.epochs,
+        ema=None,
+        env_kwargs=env,
+        agent_kwargs={"policy": str(controller_file(split))},
+        label=CONTROLLER,
+    )
+
+
+def run_cell(
+    split: str, method: str, instance: dict[str, Any], done: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """One run (resumed from its checkpoint, or read when finished): its results line."""
+    inst = Instance(**instance)
+    key = cell_key(split, method, inst)
+    results = harness.run_or_load(RUNS_DIR / key, lambda: run_config(split, method, inst, done))
+    return {"cell": key, "split": split, "method": method, "instance": inst.id, "results": results}
+
+
+def jobs(
+    split: str, done: dict[str, dict[str, Any]], finished: dict[str, dict[str, Any]]
+) -> list[harness.Job]:
+    """The runs still missing: the controller on every test instance, and the best one-run method
+    on the test seeds the grid lacks."""
+    out = []
+    for instance in test_instances(split):
+        wanted = [CONTROLLER]
+        best, _ = best_one_run(done, instance.dataset, instance.sampling_rate)
+        if (
+            best is not None
+            and grid.cell_id(best, instance.sampling_rate, instance.seed, instance.dataset) not in done
+        ):
+            wanted.append(best)
+        for method in wanted:
+            key = cell_key(split, method, instance)
+            if key not in finished:
+                out.append(harness.Job(key, run_cell, (split, method, instance.to_json(), done)))
+    return out
+
+
+def test_accuracy(
+    split: str,
+    method: str,
+    instance: Instance,
+    done: dict[str, dict[str, Any]],
+    finished: dict[str, dict[str, Any]],
+) -> float | None:
+    """A run's test accuracy in %: this benchmark's line, else the grid's cell."""
+    line = finished.get(cell_key(split, method, instance))
+    if line is None and method != CONTROLLER:
+        line = done.get(grid.cell_id(method, instance.sampling_rate, instance.seed, instance.dataset))
+    return None if line is None else 100 * line["results"]["final_test_accuracy"]
+
+
+def paired_gains(split: str, done, finished) -> dict[tuple[str, float], dict[str, Any]]:
+    """Per task (dataset, rate): the chosen method, and each seed's (controller, method) accuracies."""
+    tasks: dict[tuple[str, float], dict[str, Any]] = {}
+    for instance in test_instances(split):
+        task = tasks.setdefault((instance.dataset, instance.sampling_rate), {"pairs": {}, "missing": []})
+        best, left_out = best_one_run(done, instance.dataset, instance.sampling_rate)
+        task["best"], task["left_out"] = best, left_out
+        mine = test_accuracy(split, CONTROLLER, instance, done, finished)
+        theirs = None if best is None else test_accuracy(split, best, instance, done, finished)
+        if mine is None or theirs is None:
+            task["missing"].append(instance.seed)
+        else:
+            task["pairs"][instance.seed] = (mine, theirs)
+    return tasks
+
+
+def _pm(values: list[float]) -> str:
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+
+
+def split_report(split: str, done, finished) -> list[str]:
+    tasks = paired_gains(split, done, finished)
+    out = [
+        f"## Split {split}: held-out {', '.join(sorted({d for d, _ in tasks}))}",
+        "",
+        f"Controller: `{controller_file(split).relative_to(harness.ROOT)}`"
+        + ("" if controller_file(split).is_file() else " (not trained yet)")
+        + ". Test accuracy %, mean ± std over seeds; paired gain = controller - the best one-run method "
+        "chosen on validation, seed by seed.",
+        "",
+        "| task | best one-run (val) | its test | controller | paired gains | mean gain | missing seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, rate), task in sorted(tasks.items()):
+        pairs = task["pairs"]
+        gains = [a - b for a, b in pairs.values()]
+        best = task["best"] or "pool incomplete"
+        if task["left_out"] and task["best"]:
+            best += f" (of the pool without {', '.join(task['left_out'])})"
+        out.append(
+            f"| {dataset} {100 * rate:g}% | {best} | {_pm([b for _, b in pairs.values()]) if pairs else ''} | "
+            f"{_pm([a for a, _ in pairs.values()]) if pairs else ''} | {', '.join(f'{g:+.1f}' for g in gains)} | "
+            f"{f'{statistics.mean(gains):+.1f}' if gains else ''} | {task['missing'] or ''} |"
+        )
+    out.append("")
+    for label, rates in (("15% and 30%", LOW_RATES), ("50% and 100%", None)):
+        chosen = {
+            f"{d} {r:g}": [a - b for a, b in t["pairs"].values()]
+            for (d, r), t in tasks.items()
+            if t["pairs"] and ((rates is not None and r in rates) or (rates is None and r not in LOW_RATES))
+        }
+        if not chosen:
+            continue
+        point, low, high = stats.stratified_bootstrap(chosen, stats.mean)
+        iqm, iqm_low, iqm_high = stats.stratified_bootstrap(chosen, stats.iqm)
+        complete = all(not t["missing"] for (d, r), t in tasks.items() if f"{d} {r:g}" in chosen)
+        mine = {k: [a for a, _ in tasks[_task(k)]["pairs"].values()] for k in chosen}
+        theirs = {k: [b for _, b in tasks[_task(k)]["pairs"].values()] for k in chosen}
+        improvement = stats.probability_of_improvement(mine, theirs)
+        if rates is not None:
+            met = point >= TARGET_POINTS and low > 0
+            target = f"target +{TARGET_POINTS:g} with the interval above 0: {'met' if met else 'missed'}"
+        else:
+            target = (
+                f"target: not below (the interval reaching 0 or above): {'met' if high >= 0 else 'missed'}"
+            )
+        out.append(
+            f"- {label}: mean paired gain {point:+.2f} points [95% CI {low:+.2f}, {high:+.2f}], IQM {iqm:+.2f} "
+            f"[{iqm_low:+.2f}, {iqm_high:+.2f}], P(controller > best one-run) {improvement:.2f}; {target}"
+            + ("" if complete else " (seeds missing: not final)")
+        )
+    return [*out, ""]
+
+
+def _task(key: str) -> tuple[str, float]:
+    dataset, rate = key.rsplit(" ", 1)
+    return dataset, float(rate)
+
+
+def write_report(splits: list[str]) -> None:
+    done, finished = grid.load_done(), RESULTS.by("cell")
+    out = [
+        "# The residual controller on held-out instances (issue 28)",
+        "",
+        'Protocol: benchmarks/README.md, "Controller protocol". Reproduce: `python benchmarks/controller.py '
+        "evaluate --split N` then `python benchmarks/controller.py report`. Intervals: stratified bootstrap "
+        "over seeds within tasks (benchmarks/stats.py).",
+        "",
+    ]
+    for split in splits:
+        out += split_report(split, done, finished)
+    REPORT_FILE.write_text("\n".join(out).rstrip() + "\n")
