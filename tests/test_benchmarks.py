@@ -545,3 +545,14 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
         "15% and 30%: mean paired gain +2.20 points [95% CI" in text
         and "target +2 with the interval above 0: met" in text
     )
+
+
+@pytest.mark.slow
+def test_controller_overhead_benchmark_times_both_modes_side_by_side(tmp_path):
+    from benchmarks import controller_overhead
+
+    controller_overhead.main(["--steps", "1", "--rounds", "2", "--out", str(tmp_path / "o.md")])
+    result = json.loads((tmp_path / "o.json").read_text())
+    assert len(result["ratios"]) == 2 and all(r > 0 for r in result["ratios"])
+    assert result["ms_per_step"]["decision"] < result["ms_per_step"]["controller"]
+    assert "Controller / base:" in (tmp_path / "o.md").read_text()

@@ -1,0 +1,135 @@
+"""What a deployed residual controller costs on top of its base optimizer's run (issue 28's target:
+at most 1.10x), measured side by side in one process.
+
+Two modes on the same environment configuration (the grid's: CIFAR ResNet-20 on GTSRB at 32 px,
+batch 32; random images of that shape where ../shared/data is missing): the base, Prodigy at its
+published setting acting "1 everywhere" with no observation extras, and the controller (non-zero
+weights, so that its multipliers vary) reading its extras and choosing every step. Each round
+times ``--steps`` steps of each mode, in an order that rotates; the median round's ratio is the
+result. The controller's own decision (features and one matrix product) is also timed alone.
+
+    python benchmarks/controller_overhead.py --out benchmarks/results/controller_overhead_cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+if not __package__:  # run as a file: the repository's packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import grid, timing  # noqa: E402
+
+THETA = [0.0, -0.5, 0.25, 0.0, 1.0, 0.3, -0.2, 0.1]  # any non-zero weights: the cost does not depend on them
+
+
+def env_kwargs(device: str) -> dict:
+    """The grid's GTSRB 15% cell's environment (or random images of its shape without the data)."""
+    from finetune_gym import presets
+
+    base = {**grid.BASE_ENV, "sampling_rate": 0.15, "seed": 0, "device": device, "epochs_per_episode": 1000}
+    if presets.cifar_checkpoint(grid.SHARED).is_file() and (grid.SHARED / "gtsrb").is_dir():
+        return {
+            **presets.cifar_source(presets.cifar_checkpoint(grid.SHARED)),
+            **presets.gtsrb(grid.SHARED),
+            **base,
+        }
+    folder = timing.synthetic_folder(32)
+    return {
+        **presets.cifar_source(None),
+        **presets.imagefolder(folder),
+        **base,
+        "data_root": folder,
+        "weights": None,
+    }
+
+
+def measure(device: str, steps: int, rounds: int) -> dict:
+    from finetune_gym import FineTuneEnv, presets
+    from finetune_gym.agents.residual_controller import ResidualController
+
+    controller = ResidualController(theta=THETA)
+    envs = {
+        "base": FineTuneEnv(**env_kwargs(device), **presets.published("prodigy")),
+        "controller": FineTuneEnv(**env_kwargs(device), **controller.env_overrides()),
+    }
+    controller.bind(
+        envs["controller"].n_layers, envs["controller"].lr_map.rates, envs["controller"].layer_names
+    )
+    observations = {name: env.reset(seed=0)[0] for name, env in envs.items()}
+    one = np.ones(envs["base"].n_layers, dtype=np.int64)  # index 1 of [0, lr]: the published rate
+
+    def base_step() -> None:
+        envs["base"].step(one)
+
+    def controller_step() -> None:
+        action, _ = controller.predict(observations["controller"])
+        observations["controller"] = envs["controller"].step(action[0])[0]
+
+    def decision_alone() -> None:
+        controller.predict(observations["controller"])
+
+    modes = {"base": base_step, "controller": controller_step, "decision": decision_alone}
+    dev = torch.device(device)
+    for fn in modes.values():  # warm-up
+        timing.time_steps(fn, 3, dev)
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    for r in range(rounds):
+        for name in timing.rotated(list(modes), r):
+            times[name].append(timing.time_steps(modes[name], steps, dev) / steps)
+    ratios = [c / b for c, b in zip(times["controller"], times["base"], strict=True)]
+    return {
+        "device": device,
+        "machine": timing.machine(device),
+        "steps": steps,
+        "rounds": rounds,
+        "ms_per_step": {name: 1000 * statistics.median(values) for name, values in times.items()},
+        "ratio_median": statistics.median(ratios),
+        "ratios": ratios,
+    }
+
+
+def render(result: dict) -> str:
+    ms = result["ms_per_step"]
+    verdict = "met" if result["ratio_median"] <= 1.10 else "missed"
+    return "\n".join(
+        [
+            f"## Residual controller against its base (Prodigy), {result['machine']}",
+            "",
+            f"{result['rounds']} rounds of {result['steps']} steps, median round: base {ms['base']:.1f} ms a step, "
+            f"controller {ms['controller']:.1f} ms (its decision alone {ms['decision']:.3f} ms).",
+            f"**Controller / base: {result['ratio_median']:.3f}x** (rounds: "
+            + ", ".join(f"{r:.3f}" for r in result["ratios"])
+            + f"); target <= 1.10x: {verdict}.",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", type=Path, help="append the report here; JSON beside it")
+    args = parser.parse_args(argv)
+    result = measure(args.device, args.steps, args.rounds)
+    text = render(result)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as out:
+            out.write(text + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
