@@ -144,7 +144,6 @@ class MetaTrainer:
 
         rng = np.random.default_rng(self.config.seed)
         options = {
-            "seed": self.config.seed + 1,
             "verbose": -9,
             # Its own generator instead of NumPy's global one: the search replays exactly whatever
             # else the process draws.

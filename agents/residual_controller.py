@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune_gym.observation import extras_layout
+from finetune_gym.observation import extras_layout, extras_size
 from finetune_gym.storage import UnreadableFile, atomic_torch_save, load_tensors
 
 from .baselines import Baseline, base_rate
@@ -57,8 +57,6 @@ def multiplier_grid() -> np.ndarray:
 def features(observation: np.ndarray, n_layers: int) -> np.ndarray:
     """``phi`` (n_layers, len(FEATURES)) from a FineTuneEnv observation with :data:`OBS_EXTRAS`."""
     observation = np.asarray(observation, dtype=np.float64)
-    from finetune_gym.observation import extras_size
-
     features_per_layer, rest = divmod(len(observation) - extras_size(OBS_EXTRAS, n_layers), n_layers)
     if rest or features_per_layer < 1:
         raise ValueError(
