@@ -133,11 +133,17 @@ class MetaTrainer:
         saved.write_text(json.dumps(mine, indent=2) + "\n")
         self.evaluations: dict[str, dict[str, Any]] = {}
         path = self.run_dir / EVALUATIONS
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    self.evaluations[record["key"]] = record
+        lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if number < len(lines):
+                    raise ValueError(f"{path}, line {number}, is not JSON: the file is damaged") from None
+                # The last line cut short by a kill while it was written: that run is run again.
+                path.write_text("".join(f"{kept}\n" for kept in lines[:-1]))
+                break
+            self.evaluations[record["key"]] = record
 
     def _strategy(self):
         import cma

@@ -217,7 +217,9 @@ def test_meta_training_searches_pairs_with_the_base_and_resumes_exactly(tmp_path
     assert saved["theta"] == pytest.approx(full.tolist()) and saved["card"]["runs"] == len(records)
 
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / EVALUATIONS).write_text("\n".join(json.dumps(r) for r in records[:-3]) + "\n")
+    kept = [json.dumps(r) for r in records[:-3]]
+    cut = json.dumps(records[-3])[:20]  # a line a kill cut short while it was written
+    (tmp_path / "b" / EVALUATIONS).write_text("\n".join(kept) + "\n" + cut)
     (tmp_path / "b" / "meta_config.json").write_text((tmp_path / "a" / "meta_config.json").read_text())
     with CountingExecutor() as executor:
         resumed = MetaTrainer(config, tmp_path / "b", executor).run()
