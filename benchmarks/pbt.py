@@ -32,6 +32,8 @@ RUNS_DIR = harness.RUNS_DIR / "pbt"
 SETTINGS = ("gtsrb/r0.15", "gtsrb/r0.3", "clothing10/r0.15")
 SEEDS = (0, 1, 2)
 POPULATION, INTERVAL, EPOCHS = 8, 5, 50
+# A population with no result for this long is stuck (a restore that hangs): it starts over.
+STALL_S = 900
 KNOBS = ("base", *study.STAGES)  # a multiplier of the base's rate, and one per stage
 MEMBER_FILE = "member.pt"
 
@@ -101,12 +103,20 @@ def run_population(
     storage: Path,
     threads: int = 1,
     callbacks: list[Any] | None = None,
+    stall_s: float = STALL_S,
 ):
     """Tune's PBT over ``population`` members (resumed when ``storage / name`` holds the
     experiment; ``callbacks``: Tune's loggers, e.g. :func:`harness.tune_callbacks`); returns the
-    result grid."""
+    result grid. A restored population that stalls (no result for ``stall_s``: Tune's restore of
+    synchronous PBT can hang, see :mod:`benchmarks.tune_stall`) is moved aside and run again from
+    its start; a fresh one that stalls is an error."""
+    import shutil
+    import time
+
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
+
+    from benchmarks.tune_stall import StallStopper
 
     random.seed(config["seed"])  # PBT's explore draws from Python's random
     space = {**config, **{k: tune.loguniform(1 / 8, 8) for k in KNOBS}}
@@ -119,8 +129,10 @@ def run_population(
     )
     trainable = tune.with_resources(member, {"cpu": threads})
     path = storage / name
-    if tune.Tuner.can_restore(path):
-        # A restored experiment keeps the run configuration it started with (its loggers too).
+    restored = tune.Tuner.can_restore(path)
+    if restored:
+        # A restored experiment keeps the run configuration it started with (its loggers, its
+        # stall stopper).
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
@@ -134,10 +146,24 @@ def run_population(
                 search_alg=tune.search.BasicVariantGenerator(random_state=config["seed"]),
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), callbacks=callbacks or [], verbose=0
+                name=name,
+                storage_path=str(storage),
+                callbacks=callbacks or [],
+                stop=StallStopper(stall_s),
+                verbose=0,
             ),
         )
-    return tuner.fit()
+    results = tuner.fit()
+    if not results.errors and all(r.metrics.get("epoch") == config["epochs"] for r in results):
+        return results
+    if not restored:
+        raise RuntimeError(
+            f"PBT population {name} stopped before its last epoch (no result for {stall_s:.0f} s)"
+        )
+    aside = path.with_name(f"{name}-stalled-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(str(path), aside)  # unread: kept only to look at what hung
+    print(f"{name}: the restored population stalled; moved to {aside.name}, starting it over", flush=True)
+    return run_population(name, config, population, storage, threads, callbacks, stall_s)
 
 
 def test_accuracy_of_best(results, config: dict[str, Any]) -> tuple[float, float, dict[str, float]]:
