@@ -100,6 +100,11 @@ class PretrainConfig:
     # machine; "ray", Ray actors (the [ray] extra), a cluster's when ray_address is given.
     vec_env: str = "subproc"
     ray_address: str | None = None
+    # An instance set (finetune_gym/instances.py) instead of tasks: every run is one of its split's
+    # training instances (each a fixed dataset, source, rate, seed and length), the runs the
+    # residual controller's CMA-ES meta-training draws from (issue 28).
+    instance_set: str | None = None
+    split: str = "1"
 
     def __post_init__(self) -> None:
         if self.vec_env not in VEC_ENVS:
@@ -117,11 +122,33 @@ class PretrainConfig:
         self.sampling_rates = [check_sampling_rate(rate) for rate in self.sampling_rates]
         if not self.devices:
             raise ValueError("devices is empty: give at least one (cpu, cuda, cuda:1, ...)")
+        if self.instance_set is not None:
+            from finetune_gym.instances import InstanceSet
+
+            InstanceSet.load(self.instance_set).split(self.split, "train")  # a clear error early
+            default = PretrainConfig.__dataclass_fields__
+            given = [
+                name
+                for name in ("tasks", "sampling_rates", "epochs_per_episode")
+                if getattr(self, name)
+                != (default[name].default_factory() if name == "sampling_rates" else default[name].default)
+            ]
+            if given:
+                raise ValueError(
+                    f"instance_set={self.instance_set!r} fixes every run's task, rate and length; do not also "
+                    f"give {', '.join(given)}"
+                )
         unknown = sorted(set(self.agent_kwargs) - {*PPO_DEFAULTS, "batch_size", "max_grad_norm", "vf_coef"})
         if unknown:
             raise ValueError(f"agent_kwargs {unknown} are not PPO settings this pretraining takes")
 
     def resolved_tasks(self) -> list[dict[str, Any]]:
+        """The tasks, or with an instance set its training instances' environment arguments."""
+        if self.instance_set is not None:
+            from finetune_gym.instances import InstanceSet
+
+            instances = InstanceSet.load(self.instance_set).split(self.split, "train")
+            return [{"name": i.id, **i.env_kwargs(self.data_root)} for i in instances]
         if isinstance(self.tasks, str):
             return task_set(self.tasks, Path(self.data_root))
         return [dict(task) for task in self.tasks]
@@ -148,6 +175,18 @@ def _make_env(config: PretrainConfig, tasks: list[dict[str, Any]], rank: int, of
     def make():
         if config.n_envs > 1:  # a process of its own (SubprocVecEnv); one env runs in the caller's
             torch.set_num_threads(process_threads(config))
+        seed = config.seed * 100_003 + rank * 10_007 + offset
+        if config.instance_set is not None:
+            env = FineTuneTasksEnv(
+                instance_set=config.instance_set,
+                split=config.split,
+                part="train",
+                data_root=config.data_root,
+                max_layers=config.max_layers,
+                env_kwargs={"device": device, **config.env_kwargs},
+                seed=seed,
+            )
+            return Monitor(env)
         env = FineTuneTasksEnv(
             tasks=[{"device": device, **task} if "device" not in task else task for task in tasks],
             sampling_rates=config.sampling_rates,
@@ -155,7 +194,7 @@ def _make_env(config: PretrainConfig, tasks: list[dict[str, Any]], rank: int, of
             max_layers=config.max_layers,
             env_kwargs=config.env_kwargs,
             # Distinct draws per process, and new ones after a resume (``offset``: steps done).
-            seed=config.seed * 100_003 + rank * 10_007 + offset,
+            seed=seed,
         )
         return Monitor(env)
 
@@ -288,6 +327,8 @@ def card(config: PretrainConfig, state: dict[str, Any], model: PPO, command: str
     return {
         "what": "finetune-gym learning-rate policy (LayerwisePolicy, PPO over FineTune-Tasks-v0)",
         "tasks": config.tasks,  # a task set's name, or the tasks as given
+        "instance_set": config.instance_set,  # or the instance set whose training part it ran
+        "split": config.split,
         "task_details": config.resolved_tasks(),
         "sampling_rates": config.sampling_rates,
         "epochs_per_episode": config.epochs_per_episode,

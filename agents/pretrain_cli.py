@@ -8,6 +8,7 @@ Examples:
   python train.py --pretrain --tasks no-gtsrb --n-envs 2 --runs 200  # leave GTSRB out (../shared/data)
   python train.py --pretrain --tasks tasks.json --devices cuda:0 cuda:1 --n-envs 2
   python train.py --pretrain --tasks no-gtsrb --n-envs 16 --address auto      # Ray actors on a cluster
+  python train.py --pretrain --instance-set v1 --split 1 --runs 102           # a declared instance set
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-root", default=d.data_root, help="where the task sets' data are (default %(default)s)"
     )
+    parser.add_argument(
+        "--instance-set",
+        help="an instance set (a shipped name such as v1, or a file) instead of --tasks: every run is one "
+        "of its --split's training instances, whose rate and length are its own",
+    )
+    parser.add_argument("--split", default=d.split, help="the instance set's split (default %(default)s)")
     parser.add_argument(
         "--sampling-rates",
         type=float,
@@ -119,6 +126,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         agent_kwargs=parse_kwargs(args.agent_kwargs),
         vec_env="ray" if args.address else args.vec_env,
         ray_address=args.address,
+        instance_set=args.instance_set,
+        split=args.split,
     )
 
 
@@ -133,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     name = args.tasks if isinstance(config.tasks, str) else Path(args.tasks).stem
+    if config.instance_set is not None:
+        name = f"{Path(config.instance_set).stem}-split{config.split}"
     run_dir = args.run_dir or Path("runs") / f"pretrain-{name}-s{config.seed}"
     try:
         pretrain(

@@ -280,3 +280,27 @@ def test_wheel_ships_the_default_policy(tmp_path):
         assert inside + ".json" in archive.namelist()
         payload = torch.load(io.BytesIO(archive.read(inside)), weights_only=True)
     assert payload["card"] == load_policy(SHIPPED_POLICY)[1]
+
+
+def test_pretraining_over_an_instance_set_runs_its_training_part(tmp_path):
+    """train.py --pretrain --instance-set: every run is one of the split's training instances (its
+    own rate and length), never a test instance; tasks and rates given beside it are refused."""
+    from finetune_gym.instances import Instance, InstanceSet
+
+    train_part = [Instance("digits", "digits_resnet8", 0.3, s, 1) for s in (0, 1)]
+    test_part = [Instance("digits", "digits_resnet8", 0.5, 5, 1)]
+    splits = {"1": {"train": [i.id for i in train_part], "test": [i.id for i in test_part]}}
+    InstanceSet("pretrain-test", [*train_part, *test_part], splits).save(tmp_path / "set.json")
+    argv = ["--pretrain", "--instance-set", str(tmp_path / "set.json"), "--runs", "3", "--n-steps", "8"]
+    argv += ["--max-layers", "16", "--run-dir", str(tmp_path / "run"), "--quiet"]
+    assert train.main(argv) == 0
+    runs = [json.loads(line) for line in (tmp_path / "run" / "runs.jsonl").read_text().splitlines()]
+    assert len(runs) >= 3
+    assert {r["task"]["name"] for r in runs} <= {i.id for i in train_part}
+    assert all(r["task"]["sampling_rate"] == 0.3 and r["task"]["data_seed"] in (0, 1) for r in runs)
+    _, card = load_policy(tmp_path / "run" / "policy.pt")
+    assert card["instance_set"] == str(tmp_path / "set.json") and card["split"] == "1"
+    with pytest.raises(ValueError, match="do not also give sampling_rates"):
+        PretrainConfig(instance_set=str(tmp_path / "set.json"), sampling_rates=[0.5])
+    with pytest.raises(ValueError, match="has no split '2'"):
+        PretrainConfig(instance_set=str(tmp_path / "set.json"), split="2")
