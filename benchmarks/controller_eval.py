@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import grid, harness, stats
+from benchmarks import headroom_study as study
 from finetune_gym.instances import Instance, InstanceSet
 
 RESULTS = harness.ResultsFile(grid.RESULTS_DIR / "controller_eval.jsonl")
@@ -25,6 +26,7 @@ REPORT_FILE = grid.RESULTS_DIR / "controller_eval.md"
 POOL = ("schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog", "mechanic")
 TARGET_POINTS = 2.0
 LOW_RATES = (0.15, 0.3)  # where the target is a gain; above, not being worse
+HEADROOM_POINTS, CAPTURE = 1.0, 0.75  # where the headroom exceeds 1 point, capture 75% of it
 CONTROLLER = "residual_controller"
 
 
@@ -192,7 +194,44 @@ def split_report(split: str, done, finished) -> list[str]:
             f"[{iqm_low:+.2f}, {iqm_high:+.2f}], P(controller > best one-run) {improvement:.2f}; {target}"
             + ("" if complete else " (seeds missing: not final)")
         )
+    captured = headroom_lines(split, done, finished)
+    if captured:
+        out += ["", "Headroom captured (benchmarks/results/headroom.md):", *captured]
     return [*out, ""]
+
+
+def headroom_lines(split: str, done, finished) -> list[str]:
+    """Where the headroom study found more than 1 point over its base, how much of it the
+    controller captures: its mean test gain over that base on the study's confirmation seeds."""
+    out, lines = [], study.load_lines()
+    instances = {(i.dataset, i.sampling_rate, i.seed): i for i in test_instances(split)}
+    for setting, (dataset, rate) in study.SETTINGS.items():
+        answer = study.confirmation(setting, done, lines)
+        if answer is None:
+            continue
+        method, trial, pairs = answer
+        room = statistics.mean(100 * (a - b) for _, a, b in pairs)
+        if room <= HEADROOM_POINTS or not any((dataset, rate, s) in instances for s, _, _ in pairs):
+            continue
+        gains = []
+        for seed, _, base in pairs:
+            instance = instances.get((dataset, rate, seed))
+            mine = None if instance is None else test_accuracy(split, CONTROLLER, instance, done, finished)
+            if mine is not None:
+                gains.append(mine - 100 * base)
+        if not gains:
+            out.append(
+                f"- {dataset} {100 * rate:g}%: headroom {room:+.1f} over {method}; the controller not run yet"
+            )
+            continue
+        share = statistics.mean(gains) / room
+        verdict = "met" if share >= CAPTURE and len(gains) == len(pairs) else "missed"
+        out.append(
+            f"- {dataset} {100 * rate:g}%: headroom {room:+.1f} points over {method} (profile trial {trial}); the "
+            f"controller {statistics.mean(gains):+.1f} on the same {len(gains)} seeds: {100 * share:.0f}% captured "
+            f"(target >= {100 * CAPTURE:.0f}%: {verdict})"
+        )
+    return out
 
 
 def _task(key: str) -> tuple[str, float]:

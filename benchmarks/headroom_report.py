@@ -13,7 +13,7 @@ from benchmarks.headroom_study import (
     SETTINGS,
     VERDICT_POINTS,
     base_method,
-    base_results,
+    confirmation_pairs,
     describe,
     importances,
     load_lines,
@@ -64,12 +64,7 @@ def setting_report(setting: str, done, lines) -> list[str]:
             + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()),
         ]
     best = ranked[0]
-    pairs = []
-    for seed in CONFIRM_SEEDS:
-        mine = trials[best]["runs"].get(seed)
-        base = base_results(setting, method, seed, done, lines)
-        if mine is not None and base is not None:
-            pairs.append((seed, mine["final_test_accuracy"], base["final_test_accuracy"]))
+    pairs = confirmation_pairs(setting, method, trials[best], done, lines)
     out.append("")
     if len(finished) < N_TRIALS:
         out.append(f"Confirmation waits for the {N_TRIALS} trials (the best so far is trial {best}).")

@@ -201,6 +201,30 @@ def study_of(setting: str, method: str, lines, done):
     return study, trials, finished
 
 
+def confirmation(setting: str, done, lines) -> tuple[str, int, list[tuple[int, float, float]]] | None:
+    """The study's answer once its trials are done: the base method, the best trial on validation,
+    and per confirmation seed (seed, the profile's test accuracy, the base's); None before."""
+    method = base_method(setting, done)
+    if method is None:
+        return None
+    _, trials, finished = study_of(setting, method, lines, done)
+    if len(finished) < N_TRIALS:
+        return None
+    best = sorted(finished, key=lambda n: (-score(finished[n]), n))[0]
+    return method, best, confirmation_pairs(setting, method, trials[best], done, lines)
+
+
+def confirmation_pairs(setting: str, method: str, trial, done, lines) -> list[tuple[int, float, float]]:
+    """Per confirmation seed run so far: (seed, ``trial``'s test accuracy, the base's)."""
+    pairs = []
+    for seed in CONFIRM_SEEDS:
+        mine = trial["runs"].get(seed)
+        base = base_results(setting, method, seed, done, lines)
+        if mine is not None and base is not None:
+            pairs.append((seed, mine["final_test_accuracy"], base["final_test_accuracy"]))
+    return pairs
+
+
 def next_trial(study, trials, finished) -> tuple[int, dict[str, Any], bool]:
     """The trial to run next: one asked before a stop and not finished (the same parameters, its
     runs resume from their checkpoints), else a new one from the sampler (``True``)."""

@@ -535,8 +535,18 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
                 ce.RESULTS.append(
                     {"cell": ce.cell_key("1", "prodigy", instance), "results": {"final_test_accuracy": 0.70}}
                 )
+    pairs = [(s, 0.72, 0.70) for s in range(5)]  # a headroom of +2 over prodigy at 15%
+    monkeypatch.setattr(
+        ce.study,
+        "confirmation",
+        lambda setting, done, lines: ("prodigy", 7, pairs) if setting == "gtsrb/r0.15" else None,
+    )
     ce.write_report(["1"])
     text = (tmp_path / "eval.md").read_text()
+    assert (
+        "- gtsrb 15%: headroom +2.0 points over prodigy (profile trial 7); the controller +2.2 on the same 5 seeds: 110% captured (target >= 75%: met)"
+        in text
+    )
     assert (
         "| gtsrb 15% | prodigy | 70.0 ± 0.0 | 72.2 ± 1.8 | -1.0, +3.0, +3.0, +3.0, +3.0 | +2.2 |  |" in text
     )
