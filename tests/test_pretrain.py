@@ -279,7 +279,9 @@ def test_wheel_ships_the_default_policy(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         assert inside + ".json" in archive.namelist()
         payload = torch.load(io.BytesIO(archive.read(inside)), weights_only=True)
+        instances = json.loads(archive.read("finetune_gym/instance_sets/v1.json"))  # the declared sets too
     assert payload["card"] == load_policy(SHIPPED_POLICY)[1]
+    assert instances == json.loads((ROOT / "finetune_gym" / "instance_sets" / "v1.json").read_text())
 
 
 def test_pretraining_over_an_instance_set_runs_its_training_part(tmp_path):
