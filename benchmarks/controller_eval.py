@@ -239,6 +239,34 @@ def _task(key: str) -> tuple[str, float]:
     return dataset, float(rate)
 
 
+def search_report(split: str, folder: Path | None = None) -> list[str]:
+    """The meta-training's generations for ``split`` (training fitness only: nothing held out)."""
+    import json
+
+    run = (folder or controller_file(split).parent.parent) / controller_file(split).parent.name
+    path = run / "generations.jsonl"
+    if not path.is_file():
+        return [
+            f"Meta-training of split {split}: not started (`python benchmarks/controller.py run --split {split}`).",
+            "",
+        ]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = [
+        f"Meta-training of split {split} (`{run.relative_to(harness.ROOT) if run.is_relative_to(harness.ROOT) else run}`): "
+        f"{len(rows)} generations, {rows[-1]['runs']} runs, {rows[-1]['run_s'] / 3600:.1f} h of runs "
+        "(one thread each). Fitness: mean paired validation gain over Prodigy on the generation's 4 training "
+        "instances, in points.",
+        "",
+        "| generation | mean gain | best gain | sigma | runs so far |",
+        "|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r['generation']} | {100 * r['mean_gain']:+.2f} | {100 * r['best_gain']:+.2f} | {r['sigma']:.3f} | {r['runs']} |"
+        for r in rows
+    ]
+    return [*out, ""]
+
+
 def write_report(splits: list[str]) -> None:
     done, finished = grid.load_done(), RESULTS.by("cell")
     out = [
@@ -251,4 +279,5 @@ def write_report(splits: list[str]) -> None:
     ]
     for split in splits:
         out += split_report(split, done, finished)
+        out += search_report(split)
     REPORT_FILE.write_text("\n".join(out).rstrip() + "\n")
