@@ -67,7 +67,7 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "auto_rgn": {"optimizer": "prodigy", "lr": None},
     # Only the head learns.
     "linear_probe": {"lr": 1e-3},
-    # A policy pretrained over many runs (train.py --pretrain): frozen, or learning online with PPO
+    # A policy pretrained over many runs (train.py pretrain): frozen, or learning online with PPO
     # (the pretraining's settings; one update per epoch).
     "rl_tune_pretrained": {"policy": None, "learn": False, **PPO_SETTINGS},
     # The residual controller (issue 28): per-layer multipliers of a base optimizer from 8 weights

@@ -1,4 +1,4 @@
-"""Pretraining one learning-rate policy over many fine-tuning runs (``train.py --pretrain``).
+"""Pretraining one learning-rate policy over many fine-tuning runs (``train.py pretrain``).
 
 PPO with :class:`~.layerwise_policy.LayerwisePolicy` on ``FineTune-Tasks-v0``: each of ``n_envs``
 processes (SB3's ``SubprocVecEnv``; one device each, so N GPUs run N tasks) fine-tunes a freshly

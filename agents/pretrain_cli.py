@@ -1,14 +1,15 @@
-"""The pretraining command line: ``train.py --pretrain [options]`` (one entry point for training).
+"""The pretraining command line: ``train.py pretrain [options]`` (``--pretrain`` also works; one
+entry point for training).
 
 Pretrains one learning-rate policy over many fine-tuning runs (see :mod:`.pretrain`) and writes
 ``<run-dir>/policy.pt`` with its card, for ``train.py --algo rl_tune_pretrained``.
 
 Examples:
-  python train.py --pretrain --runs 40                               # built-in digits, offline
-  python train.py --pretrain --tasks no-gtsrb --n-envs 2 --runs 200  # leave GTSRB out (../shared/data)
-  python train.py --pretrain --tasks tasks.json --devices cuda:0 cuda:1 --n-envs 2
-  python train.py --pretrain --tasks no-gtsrb --n-envs 16 --address auto      # Ray actors on a cluster
-  python train.py --pretrain --instance-set v1 --split 1 --runs 102           # a declared instance set
+  python train.py pretrain --runs 40                               # built-in digits, offline
+  python train.py pretrain --tasks no-gtsrb --n-envs 2 --runs 200  # leave GTSRB out (../shared/data)
+  python train.py pretrain --tasks tasks.json --devices cuda:0 cuda:1 --n-envs 2
+  python train.py pretrain --tasks no-gtsrb --n-envs 16 --address auto      # Ray actors on a cluster
+  python train.py pretrain --instance-set v1 --split 1 --runs 102           # a declared instance set
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .rundir import RunDirectoryError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="train.py --pretrain",
+        prog="train.py pretrain",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,

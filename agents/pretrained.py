@@ -99,7 +99,7 @@ def load_policy(path: str | Path) -> tuple[LayerwisePolicy, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise PolicyFileError(
-            f"no pretrained policy at {str(path)!r}: give the file written by train.py --pretrain"
+            f"no pretrained policy at {str(path)!r}: give the file written by train.py pretrain"
         )
     try:
         payload = load_tensors(path)

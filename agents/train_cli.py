@@ -11,7 +11,7 @@ Examples:
   python train.py --env FineTune-CIFARResNet-v0 --data-root ../shared/data \\
       --env-kwargs weights=../shared/data/resnet_cifar10/resnet20-12fca82f.th --sampling-rate 0.15
   python train.py --env FineTune-ResNet50-v0 --dataset cub --data-root data --env-kwargs download=True
-  python train.py --pretrain --help    # pretrain one learning-rate policy over many fine-tuning runs
+  python train.py pretrain --help      # pretrain one learning-rate policy over many fine-tuning runs
 """
 
 from __future__ import annotations
@@ -200,7 +200,9 @@ def config_from_args(
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "--pretrain":  # one entry point: pretraining has its own options
+    # One entry point: pretraining is a subcommand with its own options (``train.py pretrain``;
+    # ``--pretrain``, its first spelling, stays).
+    if argv and argv[0] in ("pretrain", "--pretrain"):
         from .pretrain_cli import main as pretrain_main
 
         return pretrain_main(argv[1:])

@@ -69,9 +69,10 @@ def test_pretraining_refuses_bad_configurations(tmp_path):
         PretrainConfig(tasks="gtsrb").resolved_tasks()
     with pytest.raises(ValueError, match="not PPO settings"):
         PretrainConfig(agent_kwargs={"lr": 1})
-    with pytest.raises(SystemExit) as error:
-        train.main(["--pretrain", "--runs", "1", "--tasks", str(tmp_path / "missing.json")])
-    assert error.value.code == 2
+    for command in ("--pretrain", "pretrain"):  # the subcommand and its first spelling
+        with pytest.raises(SystemExit) as error:
+            train.main([command, "--runs", "1", "--tasks", str(tmp_path / "missing.json")])
+        assert error.value.code == 2
 
 
 def test_pretraining_in_subprocesses_and_resuming_after_a_kill(tmp_path):
