@@ -1,8 +1,9 @@
 """What a deployed residual controller costs on top of its base optimizer's run (issue 28's target:
 at most 1.10x), measured side by side in one process.
 
-Two modes on the same environment configuration (the grid's: CIFAR ResNet-20 on GTSRB at 32 px,
-batch 32; random images of that shape where ../shared/data is missing): the base, Prodigy at its
+Two modes on the same environment configuration (step_overhead.py's for the grid's network:
+CIFAR ResNet-20 on GTSRB at 32 px, batch 32, random initial weights; random images of that shape
+where ../shared/data is missing): the base, Prodigy at its
 published setting acting "1 everywhere" with no observation extras, and the controller (non-zero
 weights, so that its multipliers vary) reading its extras and choosing every step. Each round
 times ``--steps`` steps of each mode, in an order that rotates; the median round's ratio is the
@@ -25,30 +26,13 @@ import torch
 if not __package__:  # run as a file: the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import grid, timing  # noqa: E402
+from benchmarks import timing  # noqa: E402
+from benchmarks.overhead_setup import CPU_CONFIGS, env_kwargs  # noqa: E402
 
 THETA = [0.0, -0.5, 0.25, 0.0, 1.0, 0.3, -0.2, 0.1]  # any non-zero weights: the cost does not depend on them
-
-
-def env_kwargs(device: str) -> dict:
-    """The grid's GTSRB 15% cell's environment (or random images of its shape without the data)."""
-    from finetune_gym import presets
-
-    base = {**grid.BASE_ENV, "sampling_rate": 0.15, "seed": 0, "device": device, "epochs_per_episode": 1000}
-    if presets.cifar_checkpoint(grid.SHARED).is_file() and (grid.SHARED / "gtsrb").is_dir():
-        return {
-            **presets.cifar_source(presets.cifar_checkpoint(grid.SHARED)),
-            **presets.gtsrb(grid.SHARED),
-            **base,
-        }
-    folder = timing.synthetic_folder(32)
-    return {
-        **presets.cifar_source(None),
-        **presets.imagefolder(folder),
-        **base,
-        "data_root": folder,
-        "weights": None,
-    }
+CONFIG = next(
+    c for c in CPU_CONFIGS if c["name"] == "cifar_resnet20-32px-b32"
+)  # the grid's network and batch
 
 
 def measure(device: str, steps: int, rounds: int) -> dict:
@@ -56,9 +40,10 @@ def measure(device: str, steps: int, rounds: int) -> dict:
     from finetune_gym.agents.residual_controller import ResidualController
 
     controller = ResidualController(theta=THETA)
+    kwargs = env_kwargs(CONFIG, device, "batch")
     envs = {
-        "base": FineTuneEnv(**env_kwargs(device), **presets.published("prodigy")),
-        "controller": FineTuneEnv(**env_kwargs(device), **controller.env_overrides()),
+        "base": FineTuneEnv(**{**kwargs, **presets.published("prodigy")}),
+        "controller": FineTuneEnv(**{**kwargs, **controller.env_overrides()}),
     }
     controller.bind(
         envs["controller"].n_layers, envs["controller"].lr_map.rates, envs["controller"].layer_names
