@@ -79,28 +79,23 @@ class Loggers:
 
 def status(folder: Path) -> list[str]:
     """One line per search: its generations done, runs, hours and last gains."""
+    from finetune_gym.agents.meta_train import CONFIG, EVALUATIONS, GENERATIONS
+
     out = []
-    for run in sorted(p for p in folder.glob("*") if (p / "meta_config.json").is_file()):
-        config = json.loads((run / "meta_config.json").read_text())
-        lines = (
-            (run / "evaluations.jsonl").read_text().splitlines()
-            if (run / "evaluations.jsonl").is_file()
-            else []
-        )
-        hours = sum(json.loads(line)["wall_s"] for line in lines if line.strip()) / 3600
+    for run in sorted(p for p in folder.glob("*") if (p / CONFIG).is_file()):
+        config = json.loads((run / CONFIG).read_text())
+        evaluations = harness.ResultsFile(run / EVALUATIONS).lines()
+        hours = sum(line["wall_s"] for line in evaluations) / 3600
+        generations = harness.ResultsFile(run / GENERATIONS).lines()
         summary = ""
-        if (run / "generations.jsonl").is_file():
-            generations = [
-                json.loads(g) for g in (run / "generations.jsonl").read_text().splitlines() if g.strip()
-            ]
-            if generations:
-                last = generations[-1]
-                summary = (
-                    f"; generation {last['generation']}: mean gain {100 * last['mean_gain']:+.2f}, best "
-                    f"{100 * last['best_gain']:+.2f} points, sigma {last['sigma']:.3f}"
-                )
+        if generations:
+            last = generations[-1]
+            summary = (
+                f"; generation {last['generation']}: mean gain {100 * last['mean_gain']:+.2f}, best "
+                f"{100 * last['best_gain']:+.2f} points, sigma {last['sigma']:.3f}"
+            )
         out.append(
-            f"{run.name}: {len(lines)} runs ({hours:.2f} h of runs) of {config['generations']} generations x "
+            f"{run.name}: {len(evaluations)} runs ({hours:.2f} h of runs) of {config['generations']} generations x "
             f"{config['batch']} instances{summary}"
         )
     return out or ["no meta-training run yet"]
@@ -129,7 +124,7 @@ def evaluate_split(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from finetune_gym.agents.meta_train import MetaTrainConfig, MetaTrainer
+    from finetune_gym.agents.meta_train import CONTROLLER, MetaTrainConfig, MetaTrainer
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -199,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             theta = MetaTrainer(config, args.folder / name, executor, log=log).run()
     finally:
         loggers.close()
-    print(f"{name}: controller {[round(v, 3) for v in theta]} in {args.folder / name / 'controller.pt'}")
+    print(f"{name}: controller {[round(v, 3) for v in theta]} in {args.folder / name / CONTROLLER}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,10 @@ CONTROLLER = "residual_controller"
 
 def controller_file(split: str, seed: int = 0, instance_set: str = "v1") -> Path:
     """Where benchmarks/controller.py leaves the controller meta-trained for ``split``."""
-    return grid.RESULTS_DIR / "controller" / f"{instance_set}-split{split}-s{seed}" / "controller.pt"
+    from benchmarks.controller import RUNS, run_name
+    from finetune_gym.agents.meta_train import CONTROLLER as CONTROLLER_FILE
+
+    return RUNS / run_name(instance_set, split, seed) / CONTROLLER_FILE
 
 
 def test_instances(split: str, instance_set: str = "v1") -> list[Instance]:
@@ -168,21 +171,21 @@ def split_report(split: str, done, finished) -> list[str]:
             f"{f'{statistics.mean(gains):+.1f}' if gains else ''} | {task['missing'] or ''} |"
         )
     out.append("")
-    for label, rates in (("15% and 30%", LOW_RATES), ("50% and 100%", None)):
+    for label, low_data in (("15% and 30%", True), ("50% and 100%", False)):
         chosen = {
-            f"{d} {r:g}": [a - b for a, b in t["pairs"].values()]
-            for (d, r), t in tasks.items()
-            if t["pairs"] and ((rates is not None and r in rates) or (rates is None and r not in LOW_RATES))
+            task: [a - b for a, b in t["pairs"].values()]
+            for task, t in tasks.items()
+            if t["pairs"] and (task[1] in LOW_RATES) == low_data
         }
         if not chosen:
             continue
         point, low, high = stats.stratified_bootstrap(chosen, stats.mean)
         iqm, iqm_low, iqm_high = stats.stratified_bootstrap(chosen, stats.iqm)
-        complete = all(not t["missing"] for (d, r), t in tasks.items() if f"{d} {r:g}" in chosen)
-        mine = {k: [a for a, _ in tasks[_task(k)]["pairs"].values()] for k in chosen}
-        theirs = {k: [b for _, b in tasks[_task(k)]["pairs"].values()] for k in chosen}
+        complete = all(not tasks[task]["missing"] for task in chosen)
+        mine = {task: [a for a, _ in tasks[task]["pairs"].values()] for task in chosen}
+        theirs = {task: [b for _, b in tasks[task]["pairs"].values()] for task in chosen}
         improvement = stats.probability_of_improvement(mine, theirs)
-        if rates is not None:
+        if low_data:
             met = point >= TARGET_POINTS and low > 0
             target = f"target +{TARGET_POINTS:g} with the interval above 0: {'met' if met else 'missed'}"
         else:
@@ -234,25 +237,19 @@ def headroom_lines(split: str, done, finished) -> list[str]:
     return out
 
 
-def _task(key: str) -> tuple[str, float]:
-    dataset, rate = key.rsplit(" ", 1)
-    return dataset, float(rate)
-
-
-def search_report(split: str, folder: Path | None = None) -> list[str]:
+def search_report(split: str) -> list[str]:
     """The meta-training's generations for ``split`` (training fitness only: nothing held out)."""
-    import json
+    from finetune_gym.agents.meta_train import GENERATIONS
 
-    run = (folder or controller_file(split).parent.parent) / controller_file(split).parent.name
-    path = run / "generations.jsonl"
-    if not path.is_file():
+    run = controller_file(split).parent
+    rows = harness.ResultsFile(run / GENERATIONS).lines()
+    if not rows:
         return [
             f"Meta-training of split {split}: not started (`python benchmarks/controller.py run --split {split}`).",
             "",
         ]
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     out = [
-        f"Meta-training of split {split} (`{run.relative_to(harness.ROOT) if run.is_relative_to(harness.ROOT) else run}`): "
+        f"Meta-training of split {split} (`{run.relative_to(harness.ROOT)}`): "
         f"{len(rows)} generations, {rows[-1]['runs']} runs, {rows[-1]['run_s'] / 3600:.1f} h of runs "
         "(one thread each). Fitness: mean paired validation gain over Prodigy on the generation's 4 training "
         "instances, in points.",

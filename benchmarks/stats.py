@@ -12,11 +12,11 @@ resamples each task's runs with replacement, independently; intervals are percen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-Scores = Mapping[str, Sequence[float]]  # task -> one score per run (seed)
+Scores = Mapping[Hashable, Sequence[float]]  # task -> one score per run (seed)
 
 
 def iqm(values: np.ndarray) -> float:
