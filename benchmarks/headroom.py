@@ -76,7 +76,7 @@ def run_setting(setting: str, pool: Any, workers: int, n_trials: int) -> None:
         lines = study.load_lines()
         search, trials, finished = study.study_of(setting, method, lines, done)
         if len(finished) >= n_trials:  # the confirmation
-            best = max(finished, key=lambda n: (study.score(finished[n]), -n))
+            best = study.ranked(finished)[0]
             for seed in study.CONFIRM_SEEDS:
                 if seed not in trials[best]["runs"]:
                     yield job("run", seed, best, trials[best]["params"])

@@ -17,6 +17,7 @@ from benchmarks.headroom_study import (
     describe,
     importances,
     load_lines,
+    ranked,
     score,
     study_of,
     unfrozen_importances,
@@ -37,13 +38,13 @@ def setting_report(setting: str, done, lines) -> list[str]:
     )
     if not finished:
         return [*out, ""]
-    ranked = sorted(finished, key=lambda n: (-score(finished[n]), n))
+    order = ranked(finished)
     out += [
         "",
         "| trial | val (seeds 0, 1) | profile (stage multipliers of the base; time) |",
         "|---|---|---|",
     ]
-    for number in ranked[:8]:
+    for number in order[:8]:
         out.append(
             f"| {number} | {100 * score(finished[number]):.2f} | {describe(finished[number]['params'])} |"
         )
@@ -63,7 +64,7 @@ def setting_report(setting: str, done, lines) -> list[str]:
             "fANOVA importances (share of the validation score's variance over the trials): "
             + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()),
         ]
-    best = ranked[0]
+    best = order[0]
     pairs = confirmation_pairs(setting, method, trials[best], done, lines)
     out.append("")
     if len(finished) < N_TRIALS:

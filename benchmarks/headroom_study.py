@@ -201,6 +201,11 @@ def study_of(setting: str, method: str, lines, done):
     return study, trials, finished
 
 
+def ranked(finished: dict[int, dict[str, Any]]) -> list[int]:
+    """Finished trials, best validation score first (the earlier trial first on a tie)."""
+    return sorted(finished, key=lambda n: (-score(finished[n]), n))
+
+
 def confirmation(setting: str, done, lines) -> tuple[str, int, list[tuple[int, float, float]]] | None:
     """The study's answer once its trials are done: the base method, the best trial on validation,
     and per confirmation seed (seed, the profile's test accuracy, the base's); None before."""
@@ -210,7 +215,7 @@ def confirmation(setting: str, done, lines) -> tuple[str, int, list[tuple[int, f
     _, trials, finished = study_of(setting, method, lines, done)
     if len(finished) < N_TRIALS:
         return None
-    best = sorted(finished, key=lambda n: (-score(finished[n]), n))[0]
+    best = ranked(finished)[0]
     return method, best, confirmation_pairs(setting, method, trials[best], done, lines)
 
 

@@ -46,7 +46,7 @@ def method_rows(
         rows.append((f"tuned cosine (lr {lr:g}, chosen on val)", str(COSINE_RUNS), cosine))
     _, trials, finished = study.study_of(setting, method, lines, done)
     if len(finished) >= study.N_TRIALS:
-        best = max(finished, key=lambda n: (study.score(finished[n]), -n))
+        best = study.ranked(finished)[0]
         searched = {s: _test(trials[best]["runs"].get(s)) for s in seeds}
         runs = f"{len(study.SEARCH_SEEDS) * len(finished)} + 1 ({len(finished)} trials x {len(study.SEARCH_SEEDS)} seeds, then the run)"
         rows.append((f"headroom profile (trial {best}, {len(finished)} trials on val)", runs, searched))
