@@ -35,7 +35,13 @@ from finetune_gym import FineTuneEnv, presets
 from finetune_gym.datasets.sampling import check_sampling_rate
 from finetune_gym.layerwise import DEFAULT_MAX_LAYERS
 from finetune_gym.storage import UnreadableFile, atomic_torch_save, load_tensors
-from finetune_gym.tasks import DEFAULT_SAMPLING_RATES, DEFAULT_TASKS, SHARED_DEFAULTS, FineTuneTasksEnv
+from finetune_gym.tasks import (
+    DEFAULT_SAMPLING_RATES,
+    DEFAULT_TASKS,
+    SHARED_DEFAULTS,
+    FineTuneTasksEnv,
+    instance_task,
+)
 
 from .hyperparams import PPO_SETTINGS
 from .layerwise_policy import LayerwisePolicy
@@ -126,12 +132,11 @@ class PretrainConfig:
             from finetune_gym.instances import InstanceSet
 
             InstanceSet.load(self.instance_set).split(self.split, "train")  # a clear error early
-            default = PretrainConfig.__dataclass_fields__
+            defaults = PretrainConfig()
             given = [
                 name
                 for name in ("tasks", "sampling_rates", "epochs_per_episode")
-                if getattr(self, name)
-                != (default[name].default_factory() if name == "sampling_rates" else default[name].default)
+                if getattr(self, name) != getattr(defaults, name)
             ]
             if given:
                 raise ValueError(
@@ -148,7 +153,7 @@ class PretrainConfig:
             from finetune_gym.instances import InstanceSet
 
             instances = InstanceSet.load(self.instance_set).split(self.split, "train")
-            return [{"name": i.id, **i.env_kwargs(self.data_root)} for i in instances]
+            return [instance_task(i, self.data_root) for i in instances]  # as FineTuneTasksEnv runs them
         if isinstance(self.tasks, str):
             return task_set(self.tasks, Path(self.data_root))
         return [dict(task) for task in self.tasks]

@@ -46,6 +46,14 @@ DRAWN = ("sampling_rate", "seed", "epochs_per_episode")
 LABEL = "name"  # a task's optional label in logs (default: its dataset); not an environment argument
 
 
+def instance_task(instance: Instance, data_root: str | None = None) -> dict[str, Any]:
+    """An instance as a task: its environment arguments but those the distribution draws (its rate,
+    seed and length go with the draw) and but the device (the environment's default, or
+    ``env_kwargs``'s), labelled with the instance's id."""
+    kwargs = instance.env_kwargs(data_root)
+    return {**{k: v for k, v in kwargs.items() if k not in (*DRAWN, "device")}, LABEL: instance.id}
+
+
 class FineTuneTasksEnv(gym.Env):
     """Each reset draws a task, a sampling rate and a data seed and starts that fine-tuning run."""
 
@@ -93,7 +101,7 @@ class FineTuneTasksEnv(gym.Env):
             self.instances = InstanceSet.load(instance_set).split(split, part)
             if not self.instances:
                 raise ValueError(f"instance set {instance_set!r} split {split!r} has no {part} instances")
-            tasks = [self._instance_task(i, data_root) for i in self.instances]
+            tasks = [instance_task(i, data_root) for i in self.instances]
         self.tasks = [dict(task) for task in (DEFAULT_TASKS if tasks is None else tasks)]
         if not self.tasks:
             raise ValueError("tasks is empty: give at least one task (a dict of FineTuneEnv arguments)")
@@ -123,13 +131,6 @@ class FineTuneTasksEnv(gym.Env):
         first = (0, self.sampling_rates[0], 0) if self.instances is None else self._instance_draw(0)
         self.view = self._build(*first)  # fixes the spaces; checks the first task
         self.observation_space, self.action_space = self.view.observation_space, self.view.action_space
-
-    @staticmethod
-    def _instance_task(instance: Instance, data_root: str | None) -> dict[str, Any]:
-        """An instance as a task: its environment arguments but those the distribution draws, and
-        but the device (the environment's default, or ``env_kwargs``'s)."""
-        kwargs = instance.env_kwargs(data_root)
-        return {**{k: v for k, v in kwargs.items() if k not in (*DRAWN, "device")}, LABEL: instance.id}
 
     def _instance_draw(self, index: int) -> tuple[int, float, int]:
         assert self.instances is not None
