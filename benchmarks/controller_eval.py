@@ -67,7 +67,7 @@ def run_config(split: str, method: str, instance: Instance, done: dict[str, dict
 
     if method != CONTROLLER:
         return grid.run_config(method, instance.sampling_rate, instance.seed, done, instance.dataset)
-    env = {**grid.BASE_ENV, **grid.DATASETS[instance.dataset], "sampling_rate": instance.sampling_rate}
+    env = grid.cell_env(instance.dataset, instance.sampling_rate)
     return RunConfig(
         env_id="FineTune-CIFARResNet-v0",
         algo=CONTROLLER,

@@ -229,11 +229,17 @@ def best_on_val(
     return max(scores, key=scores.get)
 
 
+def cell_env(dataset: str, rate: float) -> dict[str, Any]:
+    """A cell's environment arguments on ``dataset`` at sampling ``rate``, before any method's own:
+    what every benchmark built on this grid's protocol fine-tunes on."""
+    return {**BASE_ENV, **DATASETS[dataset], "sampling_rate": rate}
+
+
 def run_config(method: str, rate: float, seed: int, done: dict[str, dict[str, Any]], dataset: str = "gtsrb"):
     from finetune_gym.agents.config import RunConfig
 
     spec = METHODS[method]
-    agent, env = dict(spec.agent), {**BASE_ENV, **DATASETS[dataset], "sampling_rate": rate, **spec.env}
+    agent, env = dict(spec.agent), {**cell_env(dataset, rate), **spec.env}
     if spec.depends_on == "uniform":
         agent["lr"] = best_lr(done, "uniform", rate, dataset)
     elif spec.depends_on == "cosine":

@@ -97,7 +97,7 @@ def trial_config(setting: str, method: str, params: dict[str, Any], seed: int):
         episodes=1,
         epochs_per_episode=50,
         ema=None,
-        env_kwargs={**grid.BASE_ENV, **grid.DATASETS[dataset], "sampling_rate": rate},
+        env_kwargs=grid.cell_env(dataset, rate),
         agent_kwargs={"optimizer": optimizer, "lr": lr, "multipliers": multipliers, "schedule": schedule},
         label=f"headroom {setting}",
     )

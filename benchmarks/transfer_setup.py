@@ -71,7 +71,7 @@ def run_config(method: str, rate: float, seed: int, dataset: str, policy: Path):
         episodes=1,
         epochs_per_episode=50,
         ema=None,
-        env_kwargs={**grid.BASE_ENV, **grid.DATASETS[dataset], "sampling_rate": rate},
+        env_kwargs=grid.cell_env(dataset, rate),
         agent_kwargs={"policy": str(policy), "learn": METHODS[method]},
         label=method,
     )
