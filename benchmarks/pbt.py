@@ -41,7 +41,7 @@ MEMBER_FILE = "member.pt"
 def setting_env(setting: str, seed: int) -> dict[str, Any]:
     """The grid's environment for ``setting`` and ``seed`` (its sample, split and head)."""
     dataset, rate = study.SETTINGS[setting]
-    env = {**grid.BASE_ENV, **grid.DATASETS[dataset], "sampling_rate": rate, "seed": seed}
+    env = {**grid.cell_env(dataset, rate), "seed": seed}
     return {"env_id": "FineTune-CIFARResNet-v0", "env_kwargs": env}
 
 
@@ -150,12 +150,17 @@ def run_population(
                 storage_path=str(storage),
                 callbacks=callbacks or [],
                 stop=StallStopper(stall_s),
+                # A member that errors would hold the synchronous population at its next
+                # perturbation for ever: stop the population at once with its error.
+                failure_config=tune.FailureConfig(fail_fast=True),
                 verbose=0,
             ),
         )
     results = tuner.fit()
     if not results.errors and all(r.metrics.get("epoch") == config["epochs"] for r in results):
         return results
+    if results.errors:
+        raise RuntimeError(f"PBT population {name}: a member failed: {results.errors[0]}")
     if not restored:
         raise RuntimeError(
             f"PBT population {name} stopped before its last epoch (no result for {stall_s:.0f} s)"

@@ -295,8 +295,10 @@ class FineTuneEnv(EnvState, gym.Env[np.ndarray, np.ndarray]):
         self.signals.rates = learning_rates
         pending = self._pending
         assert pending is not None and self.optimizer is not None
-        skipped = not math.isfinite(pending.loss_value)
-        if not skipped:  # the gradients of a non-finite loss are dropped unused
+        # An update on a non-finite loss, or on gradients that overflowed from a finite one, is
+        # skipped and its gradients dropped (GradScaler's rule; DoG would stop on an assertion).
+        skipped = not math.isfinite(pending.loss_value) or not training.gradients_finite(self.optimizer)
+        if not skipped:
             for group, lr in zip(self.optimizer.param_groups, learning_rates, strict=True):
                 group["lr"] = float(lr)
             if self.statistics.active:

@@ -98,6 +98,17 @@ def read_back(
     return packed[:n].astype(np.float32), float(packed[n])
 
 
+def gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the gradients ``optimizer`` would apply are all finite (their total norm too).
+
+    A finite loss can backpropagate to inf/NaN gradients (an overflow at a large learning rate);
+    one step on them ruins the weights and the optimizer's state. One fused norm over all
+    gradients (``get_total_norm``, as gradient clipping computes it) and one read back.
+    """
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+
 def batch_correct(
     model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None
 ) -> torch.Tensor:

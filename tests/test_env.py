@@ -273,6 +273,49 @@ def test_non_finite_loss_skips_the_update():
     assert not info["skipped_update"] and math.isfinite(info["loss"])
 
 
+class NaNGradient(nn.Module):
+    """Passes its input on unchanged but, while ``active``, backpropagates NaN: a finite loss with
+    non-finite gradients (what an overflow at a large learning rate gives)."""
+
+    def __init__(self):
+        super().__init__()
+        self.active = False
+
+    def forward(self, x):
+        if self.active and x.requires_grad:
+            x.register_hook(lambda grad: grad * float("nan"))
+        return x
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "ldog"])
+def test_non_finite_gradients_of_a_finite_loss_skip_the_update(optimizer):
+    """At clothing10 15% a PBT member on L-DoG at head x7 got NaN gradients from a finite loss; DoG
+    stopped the member with an assertion and the synchronous population waited for it forever."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        NaNGradient(),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        nn.Linear(8, 5),
+    )
+    env = digits_env(model=model, weights=None, epochs_per_episode=3, optimizer=optimizer)
+    gate = env.model[3]
+    env.reset(seed=0)
+    env.step(np.full(env.n_layers, 5))
+    gate.active = True
+    _, _, _, _, info = env.step(np.full(env.n_layers, 5))  # trains; the next batch's gradients are NaN
+    assert not info["skipped_update"]
+    params = [p.detach().clone() for p in env.model.parameters()]
+    gate.active = False
+    _, reward, _, _, info = env.step(np.full(env.n_layers, 5))
+    assert info["skipped_update"] and math.isfinite(info["loss"]) and reward == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(params, env.model.parameters(), strict=True))
+    _, _, _, _, info = env.step(np.full(env.n_layers, 5))
+    assert not info["skipped_update"]
+    assert all(torch.isfinite(p).all() for p in env.model.parameters())
+
+
 def test_evaluate_and_state_dict(env):
     env.reset(seed=0)
     assert 0.0 <= env.evaluate("test") <= 1.0
