@@ -14,6 +14,7 @@ where it stopped, in any session, from the same files.
     python benchmarks/controller.py run --split 1 --generations 20 --workers 2 --threads 1
     python benchmarks/controller.py run --split 1 --address auto --workers 16    # a Ray cluster
     python benchmarks/controller.py status
+    python benchmarks/controller.py ppo --split 1 --runs 540 --workers 2   # PPO, same budget of runs
     python benchmarks/controller.py evaluate --split 1 --workers 2   # held-out runs (resumable)
     python benchmarks/controller.py report                           # results/controller_eval.md
 """
@@ -101,6 +102,65 @@ def status(folder: Path) -> list[str]:
     return out or ["no meta-training run yet"]
 
 
+def ppo_status(folder: Path) -> list[str]:
+    """One line per PPO training of the controller: its runs and the mean paired gain of its last
+    32 runs (a noisy training signal: each run is one instance under a sampled policy)."""
+    from finetune_gym.agents.controller_ppo import CONFIG, EPISODES, STATE
+
+    out = []
+    for run in sorted(p for p in folder.glob("*") if (p / CONFIG).is_file()):
+        config = json.loads((run / CONFIG).read_text())
+        state = json.loads((run / STATE).read_text()) if (run / STATE).is_file() else {"runs": 0}
+        episodes = harness.ResultsFile(run / EPISODES).lines()
+        hours = sum(line["wall_s"] for line in episodes) / 3600
+        gain = (
+            f"; last {min(32, len(episodes))} runs' mean gain "
+            f"{100 * sum(e['paired_gain'] for e in episodes[-32:]) / len(episodes[-32:]):+.2f} points"
+            if episodes
+            else ""
+        )
+        out.append(
+            f"{run.name}: {state['runs']} of {config['runs']} runs (bases included; "
+            f"{hours:.2f} h of runs without the bases){gain}"
+        )
+    return out
+
+
+def train_ppo(args: argparse.Namespace) -> None:
+    """PPO as the controller's second trainer, at a budget of runs (compare: ``status``)."""
+    from finetune_gym.agents.controller_ppo import CONTROLLER, ControllerPPOConfig, train_controller_ppo
+
+    config = ControllerPPOConfig(
+        instance_set=args.instance_set,
+        split=args.split,
+        optimizer=args.optimizer,
+        runs=args.runs,
+        seed=args.seed,
+        data_root=args.data_root,
+    )
+    name = f"{run_name(args.instance_set, args.split, args.seed)}-ppo"
+    run = None
+    if args.wandb_mode != "disabled":  # SB3's TensorBoard scalars, synced (wandb's SB3 integration)
+        import wandb
+
+        run = wandb.init(
+            project=args.wandb_project,
+            group="controller-ppo",
+            name=name,
+            mode=args.wandb_mode,
+            config=config.__dict__,
+            sync_tensorboard=True,
+            dir=str(harness.RUNS_DIR),
+        )
+    tensorboard = args.tensorboard or (str(harness.RUNS_DIR / "controller-ppo") if run else None)
+    try:
+        theta = train_controller_ppo(config, args.folder / name, args.workers, args.threads, tensorboard)
+    finally:
+        if run is not None:
+            run.finish()
+    print(f"{name}: controller {[round(v, 3) for v in theta]} in {args.folder / name / CONTROLLER}")
+
+
 def evaluate_split(args: argparse.Namespace) -> None:
     """The held-out runs of ``args.split`` (the controller must have been meta-trained)."""
     from benchmarks import controller_eval, grid
@@ -148,6 +208,24 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--wandb-mode", choices=harness.WANDB_MODES, default="disabled")
     run.add_argument("--wandb-project", default="finetune-gym")
     harness.add_pool_options(run, workers=2, threads=1)
+    ppo = sub.add_parser("ppo", help="train the same controller with PPO at a budget of runs")
+    ppo.add_argument("--instance-set", default=defaults.instance_set)
+    ppo.add_argument("--split", default=defaults.split)
+    ppo.add_argument(
+        "--runs",
+        type=int,
+        default=540,
+        help="fine-tuning runs in all, base runs included (CMA-ES's 15 generations: 540)",
+    )
+    ppo.add_argument("--seed", type=int, default=defaults.seed)
+    ppo.add_argument("--optimizer", default=defaults.optimizer)
+    ppo.add_argument("--data-root", default=defaults.data_root)
+    ppo.add_argument("--folder", type=Path, default=RUNS)
+    ppo.add_argument("--tensorboard", help="SB3's TensorBoard folder")
+    ppo.add_argument("--wandb-mode", choices=harness.WANDB_MODES, default="disabled")
+    ppo.add_argument("--wandb-project", default="finetune-gym")
+    ppo.add_argument("--workers", type=int, default=2, help="fine-tuning runs at once (PPO's environments)")
+    ppo.add_argument("--threads", type=int, default=1, help="torch threads per environment")
     show = sub.add_parser("status", help="each search's progress")
     show.add_argument("--folder", type=Path, default=RUNS)
     evaluate = sub.add_parser("evaluate", help="run the controller on its split's held-out instances")
@@ -157,7 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--splits", nargs="+", default=["1", "2"])
     args = parser.parse_args(argv)
     if args.command == "status":
-        print("\n".join(status(args.folder)))
+        print("\n".join(status(args.folder) + ppo_status(args.folder)))
+        return
+    if args.command == "ppo":
+        train_ppo(args)
         return
     if args.command in ("evaluate", "report"):
         from benchmarks import controller_eval

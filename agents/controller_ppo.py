@@ -1,0 +1,371 @@
+"""A second trainer of the residual controller: PPO over the same policy class, the same training
+instances and the same objective as the CMA-ES search (:mod:`.meta_train`), so that the two can be
+compared at the same number of fine-tuning runs (issue 28).
+
+The policy: each layer's log2 multiplier is drawn from a Gaussian whose mean is the controller's
+rule, ``theta . phi_l`` (the same 8 weights for every layer, :mod:`.residual_controller`), with a
+learned standard deviation; the critic is an MLP over the features. Deployed deterministically the
+policy is its mean, which is the controller itself: the trained ``theta`` is saved as a controller
+file that ``--algo residual_controller policy=...`` runs exactly as it runs a CMA-ES one. ``theta``
+starts at 0, the base run, as the search's does.
+
+An episode is one whole fine-tuning run of a training instance (drawn in a seeded order). Its
+reward is 0 at every step and, at the end, the run's paired validation gain over the base run on
+the same instance (what CMA-ES scores a candidate by, for one instance); base runs are computed once
+per instance, cached in the run's folder and counted in the budget as the search counts its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from torch import nn
+
+from finetune_gym.instances import Instance, InstanceSet
+
+from .residual_controller import (
+    CENTRED_LIMIT,
+    FEATURES,
+    OCTAVES,
+    ResidualController,
+    action_indices,
+    features,
+    save_controller,
+)
+
+CONFIG = "ppo_config.json"
+EPISODES = "episodes.jsonl"  # one line per finished run: instance, paired gain, wall time
+BASES = "bases.jsonl"  # the base runs' validation accuracies, one line per instance
+MODEL = "ppo.zip"
+STATE = "ppo_state.json"
+CONTROLLER = "controller.pt"
+MAX_LAYERS = 32  # the deepest source in the instance sets (CIFAR ResNet-56) has 29
+
+
+@dataclass(frozen=True)
+class ControllerPPOConfig:
+    """A PPO training run of the controller: which instances, which base, how many runs."""
+
+    instance_set: str = "v1"
+    split: str = "1"
+    optimizer: str = "prodigy"
+    runs: int = 540  # fine-tuning runs in all, base runs included (CMA-ES's 15 generations: <= 540)
+    n_steps: int = 256  # steps per environment between updates (a run at 15% is ~120-200 steps)
+    batch_size: int = 128
+    n_epochs: int = 4
+    learning_rate: float = 3e-3
+    gamma: float = 1.0  # the only reward comes at the run's end
+    gae_lambda: float = 0.95
+    clip_range: float = 0.1  # the paper's
+    log_std_init: float = -1.0  # a std of ~0.37 octaves around the rule at the start
+    seed: int = 0
+    data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("runs", "n_steps", "batch_size", "n_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"controller PPO {name} must be a positive integer, got {value!r}")
+        for name in ("learning_rate", "clip_range"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"controller PPO {name} must be > 0, got {getattr(self, name)!r}")
+
+    def training_instances(self) -> list[Instance]:
+        return InstanceSet.load(self.instance_set).split(self.split, "train")
+
+
+class BaseScores:
+    """The base run's final validation accuracy per instance, computed on first need and kept in a
+    JSON-lines file that every environment process appends to (a base run is the controller with
+    ``theta = 0``, :func:`.meta_train.run_instance`)."""
+
+    def __init__(self, path: Path, optimizer: str, data_root: str | None) -> None:
+        self.path, self.optimizer, self.data_root = Path(path), optimizer, data_root
+
+    def _read(self) -> dict[str, float]:
+        if not self.path.is_file():
+            return {}
+        scores = {}
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a kill: that base runs again
+                continue
+            scores[record["instance"]] = record["val"]
+        return scores
+
+    def get(self, instance: Instance) -> tuple[float, bool]:
+        """(the base's validation accuracy on ``instance``, whether it was run now)."""
+        known = self._read().get(instance.id)
+        if known is not None:
+            return known, False
+        from .meta_train import run_instance
+
+        result = run_instance(instance.to_json(), [0.0] * len(FEATURES), self.optimizer, self.data_root)
+        with open(self.path, "a") as out:
+            out.write(json.dumps({"instance": instance.id, **result}) + "\n")
+        return result["val"], True
+
+
+class ControllerTasksEnv(gym.Env):
+    """One episode = one fine-tuning run of a training instance under per-layer log2 multipliers
+    (the action, a Box; rounded and clipped as the controller rounds its own); the observation is
+    the controller's features of each layer, zero below the network's last layer."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        instances: list[Instance],
+        bases: BaseScores,
+        optimizer: str = "prodigy",
+        data_root: str | None = None,
+        seed: int = 0,
+        draws_done: int = 0,
+        max_layers: int = MAX_LAYERS,
+    ) -> None:
+        if not instances:
+            raise ValueError("ControllerTasksEnv needs at least one training instance")
+        self.instances, self.bases, self.data_root = instances, bases, data_root
+        self.controller = ResidualController(optimizer=optimizer)
+        self.max_layers = max_layers
+        self.observation_space = spaces.Box(
+            -CENTRED_LIMIT, CENTRED_LIMIT, (max_layers, len(FEATURES)), dtype=np.float32
+        )
+        # Down to half a quarter-octave under 1/8 freezes a layer (action_indices), so the low end
+        # reaches past it.
+        self.action_space = spaces.Box(-(OCTAVES + 1.0), float(OCTAVES), (max_layers,), dtype=np.float32)
+        self._rng = np.random.default_rng(seed)
+        for _ in range(draws_done):  # a resumed trainer goes on with the order it had
+            self._draw()
+        self.draws = draws_done
+        self.env = None
+        self.instance: Instance | None = None
+
+    def _draw(self) -> Instance:
+        return self.instances[int(self._rng.integers(len(self.instances)))]
+
+    def _observe(self, observation: np.ndarray) -> np.ndarray:
+        assert self.env is not None
+        phi = np.zeros((self.max_layers, len(FEATURES)), dtype=np.float32)
+        phi[: self.env.n_layers] = features(observation, self.env.n_layers)
+        return phi
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        from finetune_gym.env import FineTuneEnv
+
+        if self.env is not None:
+            self.env.close()
+        self.instance = self._draw()
+        self.draws += 1
+        env = FineTuneEnv(**self.instance.env_kwargs(self.data_root), **self.controller.env_overrides())
+        if env.n_layers > self.max_layers:
+            raise ValueError(
+                f"instance {self.instance.id} has {env.n_layers} layers; ControllerTasksEnv was built "
+                f"for at most {self.max_layers}: pass a larger max_layers"
+            )
+        self.env = env
+        self.controller.bind(env.n_layers, env.lr_map.rates, env.layer_names)
+        self._started = time.perf_counter()
+        observation, info = env.reset(seed=self.instance.seed)
+        return self._observe(observation), {"instance": self.instance.id}
+
+    def step(self, action: np.ndarray):
+        assert self.env is not None and self.instance is not None
+        log2 = np.asarray(action, dtype=np.float64)[: self.env.n_layers]
+        observation, _, terminated, truncated, info = self.env.step(action_indices(log2))
+        reward = 0.0
+        if terminated or truncated:
+            val = self.env.evaluate("val")
+            base, base_ran = self.bases.get(self.instance)
+            reward = val - base
+            info = {
+                **info,
+                "instance": self.instance.id,
+                "val": val,
+                "paired_gain": reward,
+                "base_ran": base_ran,
+                "wall_s": time.perf_counter() - self._started,
+            }
+        return self._observe(observation), reward, terminated, truncated, info
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+
+class SharedRule(nn.Module):
+    """The controller's rule as the policy's mean: ``theta . phi_l`` for each layer, one ``theta``
+    for all (no bias: the feature "bias" is the constant 1). Starts at 0: the base run."""
+
+    def __init__(self, n_features: int = len(FEATURES)) -> None:
+        super().__init__()
+        self.n_features = n_features
+        self.theta = nn.Parameter(torch.zeros(n_features))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent.view(latent.shape[0], -1, self.n_features) @ self.theta
+
+
+class SharedRulePolicy(ActorCriticPolicy):
+    """SB3's actor-critic with the controller as its actor: the flattened features pass to the
+    actor unchanged (``net_arch`` pi=[]) and its action head is :class:`SharedRule` instead of a
+    dense layer over all layers' features (SB3's action head has no weight sharing across action
+    dimensions, hence this subclass); the critic is SB3's MLP. The log standard deviation is SB3's
+    one per action dimension (a padded layer's has no effect on anything)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("net_arch", {"pi": [], "vf": [64, 64]})
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule) -> None:
+        super()._build(lr_schedule)
+        self.action_net = SharedRule(self.observation_space.shape[-1])
+        # The optimizer SB3 made holds the dense head it replaced: make it again over these.
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def theta(self) -> np.ndarray:
+        return self.action_net.theta.detach().cpu().double().numpy()
+
+
+class RunBudget(BaseCallback):
+    """Counts finished fine-tuning runs (episodes, and the base runs they needed), logs each run,
+    saves the trainer at each rollout's end, and stops at the budget."""
+
+    def __init__(self, run_dir: Path, runs: int, state: dict[str, Any]) -> None:
+        super().__init__()
+        self.run_dir, self.runs, self.state = run_dir, runs, state
+
+    def _on_step(self) -> bool:
+        for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
+            if done and "paired_gain" in info:
+                self.state["runs"] += 1 + int(info["base_ran"])
+                self.state["episodes"] += 1
+                record = {k: info[k] for k in ("instance", "val", "paired_gain", "base_ran", "wall_s")}
+                with open(self.run_dir / EPISODES, "a") as out:
+                    out.write(json.dumps({"episode": self.state["episodes"], **record}) + "\n")
+                self.logger.record("controller/paired_gain", info["paired_gain"])
+        return self.state["runs"] < self.runs
+
+    def _on_rollout_end(self) -> None:
+        self.state["draws"] = [int(d) for d in self.training_env.get_attr("draws")]
+        self.model.save(self.run_dir / MODEL)
+        (self.run_dir / STATE).write_text(json.dumps(self.state) + "\n")
+        theta = self.model.policy.theta()
+        for i, name in enumerate(FEATURES):
+            self.logger.record(f"controller/theta_{name}", float(theta[i]))
+
+
+def _make_env(config: ControllerPPOConfig, run_dir: Path, rank: int, draws: int, threads: int):
+    def make() -> ControllerTasksEnv:
+        torch.set_num_threads(threads)
+        bases = BaseScores(run_dir / BASES, config.optimizer, config.data_root)
+        return ControllerTasksEnv(
+            config.training_instances(),
+            bases,
+            config.optimizer,
+            config.data_root,
+            seed=config.seed * 1000 + rank,
+            draws_done=draws,
+        )
+
+    return make
+
+
+def train_controller_ppo(
+    config: ControllerPPOConfig,
+    run_dir: str | Path,
+    n_envs: int = 1,
+    threads: int = 1,
+    tensorboard_log: str | None = None,
+) -> np.ndarray:
+    """PPO to ``config.runs`` fine-tuning runs, continuing from whatever ``run_dir`` holds (the
+    trainer as saved at its last update; runs in progress at a kill are lost and not counted);
+    the trained ``theta``, also saved as ``run_dir/controller.pt``. ``tensorboard_log``: SB3's
+    TensorBoard folder (the runs' paired gains, theta, PPO's losses)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mine = asdict(config)
+    saved = run_dir / CONFIG
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        changed = sorted(k for k in mine if k != "runs" and before.get(k) != mine[k])
+        if changed:
+            raise ValueError(
+                f"{str(run_dir)!r} holds a controller PPO run with other settings ({', '.join(changed)}): "
+                "continue it with its own, or give another folder"
+            )
+    saved.write_text(json.dumps(mine, indent=2) + "\n")
+    state = {"runs": 0, "episodes": 0, "draws": [0] * n_envs}
+    resumed = (run_dir / STATE).is_file() and (run_dir / MODEL).is_file()
+    if resumed:
+        state = json.loads((run_dir / STATE).read_text())
+        if len(state["draws"]) != n_envs:
+            raise ValueError(
+                f"{str(run_dir)!r} was trained with {len(state['draws'])} environments: pass n_envs={len(state['draws'])}"
+            )
+        # Runs logged after the last save are run again: the log keeps what the state counts.
+        lines = (run_dir / EPISODES).read_text().splitlines() if (run_dir / EPISODES).is_file() else []
+        (run_dir / EPISODES).write_text("".join(f"{line}\n" for line in lines[: state["episodes"]]))
+    makers = [_make_env(config, run_dir, rank, state["draws"][rank], threads) for rank in range(n_envs)]
+    venv: VecEnv = DummyVecEnv(makers) if n_envs == 1 else SubprocVecEnv(makers, start_method="spawn")
+    try:
+        if resumed:
+            model = PPO.load(run_dir / MODEL, env=venv, device="cpu", tensorboard_log=tensorboard_log)
+        else:
+            model = PPO(
+                SharedRulePolicy,
+                venv,
+                n_steps=config.n_steps,
+                batch_size=config.batch_size,
+                n_epochs=config.n_epochs,
+                learning_rate=config.learning_rate,
+                gamma=config.gamma,
+                gae_lambda=config.gae_lambda,
+                clip_range=config.clip_range,
+                policy_kwargs={"log_std_init": config.log_std_init},
+                seed=config.seed,
+                device="cpu",
+                tensorboard_log=tensorboard_log,
+                verbose=0,
+            )
+        if state["runs"] < config.runs:
+            model.learn(
+                total_timesteps=10**12,  # the budget of runs stops it (RunBudget)
+                callback=RunBudget(run_dir, config.runs, state),
+                reset_num_timesteps=not resumed,
+                tb_log_name=run_dir.name,
+            )
+            model.save(run_dir / MODEL)
+            state["draws"] = [int(d) for d in venv.get_attr("draws")]
+            (run_dir / STATE).write_text(json.dumps(state) + "\n")
+    finally:
+        venv.close()
+    theta = model.policy.theta()
+    gains = [json.loads(line)["paired_gain"] for line in (run_dir / EPISODES).read_text().splitlines()]
+    card = {
+        "trainer": "ppo",
+        "instance_set": config.instance_set,
+        "split": config.split,
+        "runs": state["runs"],
+        "episodes": state["episodes"],
+        "last_mean_gain": float(np.mean(gains[-32:])) if gains else None,
+    }
+    save_controller(run_dir / CONTROLLER, theta.tolist(), config.optimizer, card)
+    return theta

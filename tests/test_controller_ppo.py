@@ -1,0 +1,140 @@
+"""Issue 28: PPO as a second trainer of the residual controller (same policy class, instances and
+objective as the CMA-ES search)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import finetune_gym
+from finetune_gym.agents import controller_ppo as cp
+from finetune_gym.agents import residual_controller as rc
+from finetune_gym.agents.registry import make_agent
+from finetune_gym.instances import Instance, InstanceSet
+
+
+def _digits_set(tmp_path, epochs: int = 2) -> str:
+    train = [Instance("digits", "digits_resnet8", 0.3, s, epochs) for s in range(3)]
+    test = [Instance("digits", "digits_resnet8", 0.5, 7, epochs)]
+    splits = {"1": {"train": [i.id for i in train], "test": [i.id for i in test]}}
+    InstanceSet("digits-test", [*train, *test], splits).save(tmp_path / "set.json")
+    return str(tmp_path / "set.json")
+
+
+def _env(tmp_path, **kwargs) -> cp.ControllerTasksEnv:
+    config = cp.ControllerPPOConfig(instance_set=_digits_set(tmp_path))
+    bases = cp.BaseScores(tmp_path / cp.BASES, "prodigy", None)
+    return cp.ControllerTasksEnv(config.training_instances(), bases, **kwargs)
+
+
+def test_the_training_environment_passes_both_checkers(tmp_path):
+    env = _env(tmp_path)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(_env(tmp_path), warn=True)
+
+
+def test_at_its_start_the_policy_is_the_base_run_and_scores_a_gain_of_exactly_zero(tmp_path):
+    """theta = 0 and a deterministic action (the mean): every multiplier 1, the base run bit for
+    bit, so the paired gain of the run is 0.0 exactly; the base was run once and cached."""
+    from stable_baselines3 import PPO
+
+    env = _env(tmp_path)
+    model = PPO(cp.SharedRulePolicy, env, n_steps=8, batch_size=8, seed=0, device="cpu")
+    assert np.all(model.policy.theta() == 0.0)
+    observation, info = env.reset(seed=0)
+    done = False
+    while not done:
+        action, _ = model.predict(observation, deterministic=True)
+        assert np.all(rc.action_indices(action[: env.env.n_layers]) == rc.action_indices(np.zeros(1))[0])
+        observation, reward, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+    assert info["paired_gain"] == 0.0 and reward == 0.0 and info["base_ran"]
+    lines = (tmp_path / cp.BASES).read_text().splitlines()
+    assert [json.loads(line)["instance"] for line in lines] == [info["instance"]]
+    assert env.bases.get(next(i for i in env.instances if i.id == info["instance"])) == (info["val"], False)
+
+
+def test_the_rule_is_shared_by_every_layer_and_reads_padded_layers_as_zero(tmp_path):
+    import torch
+
+    rule = cp.SharedRule(len(rc.FEATURES))
+    with torch.no_grad():
+        rule.theta.copy_(torch.arange(len(rc.FEATURES), dtype=torch.float32))
+    phi = torch.randn(2, cp.MAX_LAYERS, len(rc.FEATURES))
+    phi[:, 5:] = 0.0
+    mean = rule(phi.flatten(1))
+    assert torch.allclose(mean, phi @ rule.theta) and torch.all(mean[:, 5:] == 0.0)
+    env = _env(tmp_path)
+    observation, _ = env.reset(seed=0)
+    assert np.all(observation[env.env.n_layers :] == 0.0) and np.all(
+        observation[: env.env.n_layers, 0] == 1.0
+    )
+
+
+def test_training_counts_runs_saves_a_deployable_controller_and_resumes(tmp_path):
+    """A budget of runs (base runs counted), every run logged with its paired gain, the trained
+    theta saved as a controller file the agent registry deploys; a second call with a larger budget
+    goes on from the saved trainer; other settings in the same folder are refused."""
+    config = cp.ControllerPPOConfig(
+        instance_set=_digits_set(tmp_path), runs=5, n_steps=16, batch_size=16, n_epochs=2
+    )
+    theta = cp.train_controller_ppo(config, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / cp.STATE).read_text())
+    episodes = [json.loads(line) for line in (tmp_path / "run" / cp.EPISODES).read_text().splitlines()]
+    bases = (tmp_path / "run" / cp.BASES).read_text().splitlines()
+    assert state["runs"] >= 5 and state["runs"] == len(episodes) + len(bases)
+    assert len(bases) == len({e["instance"] for e in episodes}) == sum(e["base_ran"] for e in episodes)
+    assert not np.all(theta == 0.0)  # PPO moved the rule
+    card = rc.load_controller(tmp_path / "run" / cp.CONTROLLER)
+    assert card["theta"] == pytest.approx(theta.tolist()) and card["card"]["trainer"] == "ppo"
+
+    instance = Instance("digits", "digits_resnet8", 0.5, 7, 2)
+    env = finetune_gym.FineTuneEnv(
+        **instance.env_kwargs(), **rc.ResidualController(theta=card["theta"]).env_overrides()
+    )
+    agent = make_agent("residual_controller", env, policy=str(tmp_path / "run" / cp.CONTROLLER))
+    observation, _ = env.reset(seed=0)
+    action, _ = agent.predict(observation[None])
+    assert action.shape == (1, env.n_layers)
+
+    with open(tmp_path / "run" / cp.EPISODES, "a") as out:  # a run logged after the last save, then a kill
+        out.write(json.dumps({"episode": state["episodes"] + 1, "paired_gain": 1.0}) + "\n")
+    longer = cp.ControllerPPOConfig(**{**config.__dict__, "runs": state["runs"] + 3})
+    cp.train_controller_ppo(longer, tmp_path / "run")
+    after = json.loads((tmp_path / "run" / cp.STATE).read_text())
+    assert after["runs"] >= state["runs"] + 3 and after["episodes"] > state["episodes"]
+    logged = (tmp_path / "run" / cp.EPISODES).read_text().splitlines()
+    assert [json.loads(line)["episode"] for line in logged] == list(range(1, after["episodes"] + 1))
+    with pytest.raises(ValueError, match="other settings \\(clip_range\\)"):
+        cp.train_controller_ppo(
+            cp.ControllerPPOConfig(**{**config.__dict__, "clip_range": 0.2}), tmp_path / "run"
+        )
+
+
+def test_bad_settings_are_refused_with_the_setting_named():
+    with pytest.raises(ValueError, match="runs must be a positive integer"):
+        cp.ControllerPPOConfig(runs=0)
+    with pytest.raises(ValueError, match="clip_range must be > 0"):
+        cp.ControllerPPOConfig(clip_range=0.0)
+
+
+def test_the_benchmark_command_trains_with_ppo_and_reports_it_beside_the_searches(tmp_path, capsys):
+    """`controller.py ppo` at a budget of 3 runs, TensorBoard events from SB3, then `status`."""
+    from benchmarks import controller
+
+    path = _digits_set(tmp_path)
+    controller.main(
+        ["ppo", "--instance-set", path, "--runs", "3", "--folder", str(tmp_path / "runs"), "--workers", "1",
+         "--tensorboard", str(tmp_path / "tb")]
+    )  # fmt: skip
+    name = f"{controller.run_name(path, '1', 0)}-ppo"
+    assert f"{name}: controller" in capsys.readouterr().out
+    assert rc.load_controller(tmp_path / "runs" / name / cp.CONTROLLER)["card"]["runs"] >= 3
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    controller.main(["status", "--folder", str(tmp_path / "runs")])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"{name}: ") and "of 3 runs" in line and "mean gain" in line
