@@ -35,8 +35,9 @@ from benchmarks import harness  # noqa: E402
 RUNS = harness.RESULTS_DIR / "controller"
 
 
-def run_name(instance_set: str, split: str, seed: int) -> str:
-    return f"{Path(instance_set).stem}-split{split}-s{seed}"
+def run_name(instance_set: str, split: str, seed: int, trainer: str = "cma") -> str:
+    """A training run's folder name: the search's, or with ``-ppo`` for PPO's."""
+    return f"{Path(instance_set).stem}-split{split}-s{seed}" + ("" if trainer == "cma" else f"-{trainer}")
 
 
 class Loggers:
@@ -138,7 +139,7 @@ def train_ppo(args: argparse.Namespace) -> None:
         seed=args.seed,
         data_root=args.data_root,
     )
-    name = f"{run_name(args.instance_set, args.split, args.seed)}-ppo"
+    name = run_name(args.instance_set, args.split, args.seed, "ppo")
     run = None
     if args.wandb_mode != "disabled":  # SB3's TensorBoard scalars, synced (wandb's SB3 integration)
         import wandb

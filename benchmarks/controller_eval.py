@@ -28,14 +28,17 @@ TARGET_POINTS = 2.0
 LOW_RATES = (0.15, 0.3)  # where the target is a gain; above, not being worse
 HEADROOM_POINTS, CAPTURE = 1.0, 0.75  # where the headroom exceeds 1 point, capture 75% of it
 CONTROLLER = "residual_controller"
+# The controllers judged here, by trainer: CMA-ES (the protocol's), and PPO at the same budget of runs.
+CONTROLLERS = {CONTROLLER: "cma", f"{CONTROLLER}_ppo": "ppo"}
 
 
-def controller_file(split: str, seed: int = 0, instance_set: str = "v1") -> Path:
-    """Where benchmarks/controller.py leaves the controller meta-trained for ``split``."""
+def controller_file(split: str, seed: int = 0, instance_set: str = "v1", method: str = CONTROLLER) -> Path:
+    """Where benchmarks/controller.py leaves the controller trained for ``split`` (by CMA-ES, or by
+    PPO for ``method`` residual_controller_ppo)."""
     from benchmarks.controller import RUNS, run_name
     from finetune_gym.agents.meta_train import CONTROLLER as CONTROLLER_FILE
 
-    return RUNS / run_name(instance_set, split, seed) / CONTROLLER_FILE
+    return RUNS / run_name(instance_set, split, seed, CONTROLLERS[method]) / CONTROLLER_FILE
 
 
 def test_instances(split: str, instance_set: str = "v1") -> list[Instance]:
@@ -61,11 +64,11 @@ def best_one_run(done: dict[str, dict[str, Any]], dataset: str, rate: float) -> 
 
 
 def run_config(split: str, method: str, instance: Instance, done: dict[str, dict[str, Any]]):
-    """The controller's run (``method`` = residual_controller) or a one-run method's on ``instance``:
+    """A controller's run (``method`` in :data:`CONTROLLERS`) or a one-run method's on ``instance``:
     the grid's configuration of that cell, with the controller as the agent."""
     from finetune_gym.agents.config import RunConfig
 
-    if method != CONTROLLER:
+    if method not in CONTROLLERS:
         return grid.run_config(method, instance.sampling_rate, instance.seed, done, instance.dataset)
     env = grid.cell_env(instance.dataset, instance.sampling_rate)
     return RunConfig(
@@ -76,8 +79,8 @@ def run_config(split: str, method: str, instance: Instance, done: dict[str, dict
         epochs_per_episode=instance.epochs,
         ema=None,
         env_kwargs=env,
-        agent_kwargs={"policy": str(controller_file(split))},
-        label=CONTROLLER,
+        agent_kwargs={"policy": str(controller_file(split, method=method))},
+        label=method,
     )
 
 
@@ -94,11 +97,12 @@ def run_cell(
 def jobs(
     split: str, done: dict[str, dict[str, Any]], finished: dict[str, dict[str, Any]]
 ) -> list[harness.Job]:
-    """The runs still missing: the controller on every test instance, and the best one-run method
-    on the test seeds the grid lacks."""
+    """The runs still missing: the controller (and the PPO-trained one, once it exists) on every test
+    instance, and the best one-run method on the test seeds the grid lacks."""
     out = []
+    trained = [m for m in CONTROLLERS if m == CONTROLLER or controller_file(split, method=m).is_file()]
     for instance in test_instances(split):
-        wanted = [CONTROLLER]
+        wanted = list(trained)
         best, _ = best_one_run(done, instance.dataset, instance.sampling_rate)
         if (
             best is not None
@@ -121,19 +125,21 @@ def test_accuracy(
 ) -> float | None:
     """A run's test accuracy in %: this benchmark's line, else the grid's cell."""
     line = finished.get(cell_key(split, method, instance))
-    if line is None and method != CONTROLLER:
+    if line is None and method not in CONTROLLERS:
         line = done.get(grid.cell_id(method, instance.sampling_rate, instance.seed, instance.dataset))
     return None if line is None else 100 * line["results"]["final_test_accuracy"]
 
 
-def paired_gains(split: str, done, finished) -> dict[tuple[str, float], dict[str, Any]]:
+def paired_gains(
+    split: str, done, finished, controller: str = CONTROLLER
+) -> dict[tuple[str, float], dict[str, Any]]:
     """Per task (dataset, rate): the chosen method, and each seed's (controller, method) accuracies."""
     tasks: dict[tuple[str, float], dict[str, Any]] = {}
     for instance in test_instances(split):
         task = tasks.setdefault((instance.dataset, instance.sampling_rate), {"pairs": {}, "missing": []})
         best, left_out = best_one_run(done, instance.dataset, instance.sampling_rate)
         task["best"], task["left_out"] = best, left_out
-        mine = test_accuracy(split, CONTROLLER, instance, done, finished)
+        mine = test_accuracy(split, controller, instance, done, finished)
         theirs = None if best is None else test_accuracy(split, best, instance, done, finished)
         if mine is None or theirs is None:
             task["missing"].append(instance.seed)
@@ -142,17 +148,32 @@ def paired_gains(split: str, done, finished) -> dict[tuple[str, float], dict[str
     return tasks
 
 
+def _shown(path: Path) -> Path:
+    """``path`` as the report shows it: from the repository's root where it lies inside it."""
+    return path.relative_to(harness.ROOT) if path.is_relative_to(harness.ROOT) else path
+
+
 def _pm(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
 
 
 def split_report(split: str, done, finished) -> list[str]:
+    """The split's section: the CMA-ES controller's held-out table, and the PPO one's once trained."""
     tasks = paired_gains(split, done, finished)
+    out = [f"## Split {split}: held-out {', '.join(sorted({d for d, _ in tasks}))}", ""]
+    for controller in CONTROLLERS:
+        if controller == CONTROLLER or controller_file(split, method=controller).is_file():
+            out += controller_report(split, controller, done, finished)
+    return out
+
+
+def controller_report(split: str, controller: str, done, finished) -> list[str]:
+    tasks = paired_gains(split, done, finished, controller)
+    path = controller_file(split, method=controller)
     out = [
-        f"## Split {split}: held-out {', '.join(sorted({d for d, _ in tasks}))}",
-        "",
-        f"Controller: `{controller_file(split).relative_to(harness.ROOT)}`"
-        + ("" if controller_file(split).is_file() else " (not trained yet)")
+        f"{'Controller' if controller == CONTROLLER else 'Controller trained by PPO'}: "
+        f"`{_shown(path)}`"
+        + ("" if path.is_file() else " (not trained yet)")
         + ". Test accuracy %, mean ± std over seeds; paired gain = controller - the best one-run method "
         "chosen on validation, seed by seed.",
         "",
@@ -197,13 +218,13 @@ def split_report(split: str, done, finished) -> list[str]:
             f"[{iqm_low:+.2f}, {iqm_high:+.2f}], P(controller > best one-run) {improvement:.2f}; {target}"
             + ("" if complete else " (seeds missing: not final)")
         )
-    captured = headroom_lines(split, done, finished)
+    captured = headroom_lines(split, done, finished, controller)
     if captured:
         out += ["", "Headroom captured (benchmarks/results/headroom.md):", *captured]
     return [*out, ""]
 
 
-def headroom_lines(split: str, done, finished) -> list[str]:
+def headroom_lines(split: str, done, finished, controller: str = CONTROLLER) -> list[str]:
     """Where the headroom study found more than 1 point over its base, how much of it the
     controller captures: its mean test gain over that base on the study's confirmation seeds."""
     out, lines = [], study.load_lines()
@@ -219,7 +240,7 @@ def headroom_lines(split: str, done, finished) -> list[str]:
         gains = []
         for seed, _, base in pairs:
             instance = instances.get((dataset, rate, seed))
-            mine = None if instance is None else test_accuracy(split, CONTROLLER, instance, done, finished)
+            mine = None if instance is None else test_accuracy(split, controller, instance, done, finished)
             if mine is not None:
                 gains.append(mine - 100 * base)
         if not gains:
@@ -249,7 +270,7 @@ def search_report(split: str) -> list[str]:
             "",
         ]
     out = [
-        f"Meta-training of split {split} (`{run.relative_to(harness.ROOT)}`): "
+        f"Meta-training of split {split} (`{_shown(run)}`): "
         f"{len(rows)} generations, {rows[-1]['runs']} runs, {rows[-1]['run_s'] / 3600:.1f} h of runs "
         "(one thread each). Fitness: mean paired validation gain over Prodigy on the generation's 4 training "
         "instances, in points.",

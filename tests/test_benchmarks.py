@@ -514,6 +514,9 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     monkeypatch.setattr(ce, "RESULTS", harness.ResultsFile(tmp_path / "eval.jsonl"))
     monkeypatch.setattr(ce, "REPORT_FILE", tmp_path / "eval.md")
     monkeypatch.setattr(grid, "load_done", lambda: done)
+    from benchmarks import controller
+
+    monkeypatch.setattr(controller, "RUNS", tmp_path / "controllers")
     keys = sorted(job.key for job in ce.jobs("1", done, {}))
     assert len(keys) == 2 * 5 + 2 * 2  # the controller on 10 instances; prodigy on seeds 3 and 4
     assert "split1/prodigy/gtsrb/r0.15/s3" in keys and "split1/prodigy/gtsrb/r0.15/s0" not in keys
@@ -556,6 +559,39 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     assert (
         "15% and 30%: mean paired gain +2.20 points [95% CI" in text
         and "target +2 with the interval above 0: met" in text
+    )
+    assert "trained by PPO" not in text
+
+    # Once PPO has trained the same controller, it is a second method on the same instances.
+    ppo = ce.controller_file("1", method="residual_controller_ppo")
+    assert ppo.parent.name == "v1-split1-s0-ppo"
+    ppo.parent.mkdir(parents=True)
+    from finetune_gym.agents.residual_controller import save_controller
+
+    save_controller(ppo, [0.0] * 8, "prodigy", {"trainer": "ppo"})
+    finished = ce.RESULTS.by("cell")
+    keys = sorted(job.key for job in ce.jobs("1", done, finished))
+    assert keys == sorted(
+        f"split1/residual_controller_ppo/gtsrb/r{r:g}/s{s}" for r in (0.15, 0.3) for s in range(5)
+    )
+    config = ce.run_config(
+        "1", "residual_controller_ppo", ce.Instance("gtsrb", "cifar_resnet20", 0.15, 0, 50), done
+    )
+    assert config.algo == "residual_controller" and config.agent_kwargs == {"policy": str(ppo)}
+    for rate in (0.15, 0.3):
+        for seed in range(5):
+            instance = ce.Instance("gtsrb", "cifar_resnet20", rate, seed, 50)
+            key = ce.cell_key("1", "residual_controller_ppo", instance)
+            ce.RESULTS.append({"cell": key, "results": {"final_test_accuracy": 0.69}})
+    ce.write_report(["1"])
+    text = (tmp_path / "eval.md").read_text()
+    ppo_part = text[text.index("Controller trained by PPO") :]
+    assert (
+        "| gtsrb 15% | prodigy | 70.0 ± 0.0 | 69.0 ± 0.0 | -1.0, -1.0, -1.0, -1.0, -1.0 | -1.0 |  |"
+        in ppo_part
+    )
+    assert (
+        "| gtsrb 15% | prodigy | 70.0 ± 0.0 | 72.2 ± 1.8 |" in text[: text.index("Controller trained by PPO")]
     )
 
 

@@ -131,7 +131,8 @@ def test_the_benchmark_command_trains_with_ppo_and_reports_it_beside_the_searche
         ["ppo", "--instance-set", path, "--runs", "3", "--folder", str(tmp_path / "runs"), "--workers", "1",
          "--tensorboard", str(tmp_path / "tb")]
     )  # fmt: skip
-    name = f"{controller.run_name(path, '1', 0)}-ppo"
+    name = controller.run_name(path, "1", 0, "ppo")
+    assert name.endswith("-ppo")
     assert f"{name}: controller" in capsys.readouterr().out
     assert rc.load_controller(tmp_path / "runs" / name / cp.CONTROLLER)["card"]["runs"] >= 3
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
