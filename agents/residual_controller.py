@@ -45,6 +45,27 @@ STEPS_PER_OCTAVE = 4
 OCTAVES = 3
 CENTRED_LIMIT = 3.0
 FORMAT = "finetune-gym-controller-1"
+# The controller shipped inside the package (``policy="default"``): meta-trained on split 1 of
+# instance set v1, GTSRB held out, so that its held-out result (benchmarks/results/controller_eval.md)
+# is the evidence for it. None ships until a meta-training has finished and been evaluated.
+DEFAULT_POLICY = "default"
+SHIPPED_CONTROLLER = (
+    Path(__file__).resolve().parent / "pretrained_policies" / "residual_controller_v1_split1.pt"
+)
+
+
+def resolve_controller(policy: str) -> Path:
+    """The file ``policy`` names (``"default"``: the shipped controller), with a clear error where
+    the default is asked for and this version ships none."""
+    if policy != DEFAULT_POLICY:
+        return Path(policy).expanduser()
+    if not SHIPPED_CONTROLLER.is_file():
+        raise ValueError(
+            "residual_controller: this version ships no meta-trained controller yet (its meta-training "
+            "runs: `python benchmarks/controller.py status`); pass policy=PATH to a controller file "
+            "(benchmarks/results/controller/<run>/controller.pt), theta=..., or nothing for the base run"
+        )
+    return SHIPPED_CONTROLLER
 
 
 def multiplier_grid() -> np.ndarray:
@@ -109,8 +130,8 @@ def check_theta(theta: Sequence[float] | np.ndarray) -> np.ndarray:
 
 class ResidualController(Baseline):
     """The controller as an agent (``--algo residual_controller``): ``theta`` given, or read from
-    a controller file (``policy=``, written by :func:`save_controller`); neither: all zeros, the
-    base run."""
+    a controller file (``policy=``, written by :func:`save_controller`; ``policy=default``: the one
+    shipped in the package); neither: all zeros, the base run."""
 
     name = "residual_controller"
     raw_observations = True  # the rule reads the environment's own extras
@@ -124,7 +145,7 @@ class ResidualController(Baseline):
         lr: float | None = None,
     ) -> None:
         if policy is not None:
-            card = load_controller(policy)
+            card = load_controller(resolve_controller(policy))
             # A saved agent records both (the file, and the weights read from it): they must agree.
             if theta is not None and not np.array_equal(check_theta(theta), np.asarray(card["theta"])):
                 raise ValueError(f"residual_controller: theta {list(theta)} is not the weights of {policy!r}")

@@ -175,6 +175,18 @@ def test_controller_files_save_load_safely_and_refuse_others(tmp_path):
         rc.ResidualController(theta=[0.0] * 8, policy=str(tmp_path / "c.pt"))
 
 
+def test_the_default_controller_is_the_shipped_one_or_a_clear_error(tmp_path, monkeypatch):
+    if rc.SHIPPED_CONTROLLER.is_file():  # once one ships: it is the default, and it loads safely
+        assert rc.ResidualController(policy="default").theta.tolist() == pytest.approx(
+            torch.load(rc.SHIPPED_CONTROLLER, weights_only=True)["theta"]
+        )
+    monkeypatch.setattr(rc, "SHIPPED_CONTROLLER", tmp_path / "none.pt")
+    with pytest.raises(ValueError, match="ships no meta-trained controller yet.*policy=PATH"):
+        rc.ResidualController(policy="default")
+    rc.save_controller(tmp_path / "none.pt", [0.5] * 8, "prodigy", {"trainer": "test"})
+    assert rc.ResidualController(policy="default").theta.tolist() == [0.5] * 8
+
+
 # -- meta-training -------------------------------------------------------------------------
 
 

@@ -283,6 +283,12 @@ def test_wheel_ships_the_default_policy(tmp_path):
         instances = json.loads(archive.read("finetune_gym/instance_sets/v1.json"))  # the declared sets too
     assert payload["card"] == load_policy(SHIPPED_POLICY)[1]
     assert instances == json.loads((ROOT / "finetune_gym" / "instance_sets" / "v1.json").read_text())
+    from finetune_gym.agents.residual_controller import SHIPPED_CONTROLLER, load_controller
+
+    if SHIPPED_CONTROLLER.is_file():  # the meta-trained controller, once one ships
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read("finetune_gym/agents/pretrained_policies/" + SHIPPED_CONTROLLER.name)
+        assert torch.load(io.BytesIO(data), weights_only=True) == load_controller(SHIPPED_CONTROLLER)
 
 
 def test_pretraining_over_an_instance_set_runs_its_training_part(tmp_path):
