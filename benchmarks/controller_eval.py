@@ -164,6 +164,9 @@ def split_report(split: str, done, finished) -> list[str]:
     for controller in CONTROLLERS:
         if controller == CONTROLLER or controller_file(split, method=controller).is_file():
             out += controller_report(split, controller, done, finished)
+    plot = plot_profile(split, done, finished, REPORT_FILE.parent / f"controller_profile_split{split}.png")
+    if plot is not None:
+        out += [f"![performance profile, split {split}]({plot.name})", ""]
     return out
 
 
@@ -222,6 +225,53 @@ def controller_report(split: str, controller: str, done, finished) -> list[str]:
     if captured:
         out += ["", "Headroom captured (benchmarks/results/headroom.md):", *captured]
     return [*out, ""]
+
+
+def profile_scores(split: str, done, finished) -> dict[str, dict[tuple[str, float], list[float]]]:
+    """Per method (each trained controller with runs, and "best one-run (val)"), per task, each
+    run's test accuracy minus the mean test accuracy of the task's best one-run method on the
+    same seeds: the normalised score of the performance profile, in points."""
+    out: dict[str, dict[tuple[str, float], list[float]]] = {}
+    for controller in CONTROLLERS:
+        for task, t in paired_gains(split, done, finished, controller).items():
+            if not t["pairs"]:
+                continue
+            reference = statistics.mean(b for _, b in t["pairs"].values())
+            out.setdefault(controller, {})[task] = [a - reference for a, _ in t["pairs"].values()]
+            if controller == CONTROLLER:
+                out.setdefault("best one-run (val)", {})[task] = [
+                    b - reference for _, b in t["pairs"].values()
+                ]
+    return out
+
+
+def plot_profile(split: str, done, finished, path: Path) -> Path | None:
+    """rliable's performance profile of the held-out runs (benchmarks/stats.py), with its 95% band;
+    None before any pair exists."""
+    scores = profile_scores(split, done, finished)
+    if not scores:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = [v for by_task in scores.values() for runs in by_task.values() for v in runs]
+    taus = np.linspace(min(values) - 0.5, max(values) + 0.5, 201)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, by_task in scores.items():
+        fraction, low, high = stats.performance_profile(by_task, taus)
+        ax.plot(taus, fraction, label=method)
+        ax.fill_between(taus, low, high, alpha=0.2)
+    ax.set_xlabel("test accuracy - the best one-run method's mean on the task (points)")
+    ax.set_ylabel("fraction of runs above")
+    ax.set_title(f"Split {split}: held-out runs (each task weighs the same)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def headroom_lines(split: str, done, finished, controller: str = CONTROLLER) -> list[str]:

@@ -65,3 +65,25 @@ def probability_of_improvement(x: Scores, y: Scores) -> float:
         ties = (a[:, None] == b[None, :]).mean()
         per_task.append(greater + 0.5 * ties)
     return float(np.mean(per_task))
+
+
+def performance_profile(
+    scores: Scores, taus: Sequence[float], reps: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """rliable's performance profile (its run-score distribution): for each threshold ``tau``, the
+    fraction of runs scoring above it, each task weighing the same (the mean of the per-task
+    fractions); with a percentile band from replicates that resample each task's runs (strata).
+    Returns (fractions, low, high), one value per ``tau``."""
+    rng = np.random.default_rng(seed)
+    tasks = [np.asarray(v, dtype=np.float64) for v in scores.values()]
+    if not tasks or any(len(t) == 0 for t in tasks):
+        raise ValueError("every task needs at least one run")
+    thresholds = np.asarray(taus, dtype=np.float64)
+
+    def profile(samples: list[np.ndarray]) -> np.ndarray:
+        return np.mean([(t[:, None] > thresholds[None, :]).mean(axis=0) for t in samples], axis=0)
+
+    replicates = np.stack([profile([t[rng.integers(0, len(t), len(t))] for t in tasks]) for _ in range(reps)])
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(replicates, [tail, 1.0 - tail], axis=0)
+    return profile(tasks), low, high

@@ -485,6 +485,13 @@ def test_rliable_statistics_follow_their_definitions():
         (0 + 0 + 1 + 0.5) / 4
     )
     assert stats.probability_of_improvement({"t": [2.0], "u": [0.0]}, {"t": [1.0], "u": [1.0]}) == 0.5
+    # The profile: per task the fraction of runs above tau, then the mean over tasks (t: 2 of 4
+    # runs above 1.5; u: 1 of 1), whatever the tasks' sizes.
+    fraction, low, high = stats.performance_profile(
+        {"t": [1.0, 2.0, 1.0, 3.0], "u": [5.0]}, [1.5, 10.0], reps=300
+    )
+    assert fraction.tolist() == [(0.5 + 1.0) / 2, 0.0]
+    assert low[0] <= fraction[0] <= high[0] and low[1] == high[1] == 0.0
 
 
 def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_intervals(tmp_path, monkeypatch):
@@ -561,6 +568,11 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
         and "target +2 with the interval above 0: met" in text
     )
     assert "trained by PPO" not in text
+    assert "![performance profile, split 1](controller_profile_split1.png)" in text
+    assert (tmp_path / "controller_profile_split1.png").read_bytes()[:4] == b"\x89PNG"
+    scores = ce.profile_scores("1", done, ce.RESULTS.by("cell"))
+    assert sorted(scores) == ["best one-run (val)", "residual_controller"]
+    assert scores["residual_controller"][("gtsrb", 0.15)] == pytest.approx([-1.0, 3.0, 3.0, 3.0, 3.0])
 
     # Once PPO has trained the same controller, it is a second method on the same instances.
     ppo = ce.controller_file("1", method="residual_controller_ppo")
