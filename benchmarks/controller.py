@@ -242,12 +242,12 @@ def main(argv: list[str] | None = None) -> None:
         train_ppo(args)
         return
     if args.command in ("evaluate", "report"):
-        from benchmarks import controller_eval
+        from benchmarks import controller_report
 
         if args.command == "evaluate":
             evaluate_split(args)
-        controller_eval.write_report(getattr(args, "splits", None) or [args.split])
-        print(controller_eval.REPORT_FILE.read_text())
+        controller_report.write_report(getattr(args, "splits", None) or [args.split])
+        print(controller_report.REPORT_FILE.read_text())
         return
     config = MetaTrainConfig(
         instance_set=args.instance_set,

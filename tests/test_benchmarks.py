@@ -498,6 +498,7 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     """benchmarks/controller_eval.py: the jobs are the controller on every held-out instance and the
     chosen one-run method on the seeds the grid lacks; the report pairs them seed by seed."""
     from benchmarks import controller_eval as ce
+    from benchmarks import controller_report as cr
     from benchmarks import grid, harness
 
     def line(method, rate, seed, val, test):
@@ -519,7 +520,7 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
         ],
     )
     monkeypatch.setattr(ce, "RESULTS", harness.ResultsFile(tmp_path / "eval.jsonl"))
-    monkeypatch.setattr(ce, "REPORT_FILE", tmp_path / "eval.md")
+    monkeypatch.setattr(cr, "REPORT_FILE", tmp_path / "eval.md")
     monkeypatch.setattr(grid, "load_done", lambda: done)
     from benchmarks import controller
 
@@ -547,11 +548,11 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
                 )
     pairs = [(s, 0.72, 0.70) for s in range(5)]  # a headroom of +2 over prodigy at 15%
     monkeypatch.setattr(
-        ce.study,
+        cr.study,
         "confirmation",
         lambda setting, done, lines: ("prodigy", 7, pairs) if setting == "gtsrb/r0.15" else None,
     )
-    ce.write_report(["1"])
+    cr.write_report(["1"])
     text = (tmp_path / "eval.md").read_text()
     if not ce.controller_file("1").parent.is_dir():  # the meta-training's own table, once it has run
         assert "Meta-training of split 1: not started" in text
@@ -570,7 +571,7 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     assert "trained by PPO" not in text
     assert "![performance profile, split 1](controller_profile_split1.png)" in text
     assert (tmp_path / "controller_profile_split1.png").read_bytes()[:4] == b"\x89PNG"
-    scores = ce.profile_scores("1", done, ce.RESULTS.by("cell"))
+    scores = cr.profile_scores("1", done, ce.RESULTS.by("cell"))
     assert sorted(scores) == ["best one-run (val)", "residual_controller"]
     assert scores["residual_controller"][("gtsrb", 0.15)] == pytest.approx([-1.0, 3.0, 3.0, 3.0, 3.0])
 
@@ -595,7 +596,7 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
             instance = ce.Instance("gtsrb", "cifar_resnet20", rate, seed, 50)
             key = ce.cell_key("1", "residual_controller_ppo", instance)
             ce.RESULTS.append({"cell": key, "results": {"final_test_accuracy": 0.69}})
-    ce.write_report(["1"])
+    cr.write_report(["1"])
     text = (tmp_path / "eval.md").read_text()
     ppo_part = text[text.index("Controller trained by PPO") :]
     assert (

@@ -1,0 +1,229 @@
+"""The report of the controller's held-out evaluation (benchmarks/controller_eval.py): per split
+the paired table of each trained controller against the best one-run method chosen on validation,
+the rliable statistics against the issue's targets, the performance profile, the headroom
+captured, and the meta-training's generations (training fitness only).
+
+    python benchmarks/controller.py report        # results/controller_eval.md
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from benchmarks import controller_eval as evaluation
+from benchmarks import grid, harness, stats
+from benchmarks import headroom_study as study
+from benchmarks.controller_eval import CONTROLLER, CONTROLLERS
+
+REPORT_FILE = grid.RESULTS_DIR / "controller_eval.md"
+TARGET_POINTS = 2.0
+LOW_RATES = (0.15, 0.3)  # where the target is a gain; above, not being worse
+HEADROOM_POINTS, CAPTURE = 1.0, 0.75  # where the headroom exceeds 1 point, capture 75% of it
+
+
+def _shown(path: Path) -> Path:
+    """``path`` as the report shows it: from the repository's root where it lies inside it."""
+    return path.relative_to(harness.ROOT) if path.is_relative_to(harness.ROOT) else path
+
+
+def _pm(values: list[float]) -> str:
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+
+
+def split_report(split: str, done, finished) -> list[str]:
+    """The split's section: the CMA-ES controller's held-out table, and the PPO one's once trained."""
+    tasks = evaluation.paired_gains(split, done, finished)
+    out = [f"## Split {split}: held-out {', '.join(sorted({d for d, _ in tasks}))}", ""]
+    for controller in CONTROLLERS:
+        if controller == CONTROLLER or evaluation.controller_file(split, method=controller).is_file():
+            out += controller_report(split, controller, done, finished)
+    plot = plot_profile(split, done, finished, REPORT_FILE.parent / f"controller_profile_split{split}.png")
+    if plot is not None:
+        out += [f"![performance profile, split {split}]({plot.name})", ""]
+    return out
+
+
+def controller_report(split: str, controller: str, done, finished) -> list[str]:
+    tasks = evaluation.paired_gains(split, done, finished, controller)
+    path = evaluation.controller_file(split, method=controller)
+    out = [
+        f"{'Controller' if controller == CONTROLLER else 'Controller trained by PPO'}: "
+        f"`{_shown(path)}`"
+        + ("" if path.is_file() else " (not trained yet)")
+        + ". Test accuracy %, mean ± std over seeds; paired gain = controller - the best one-run method "
+        "chosen on validation, seed by seed.",
+        "",
+        "| task | best one-run (val) | its test | controller | paired gains | mean gain | missing seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, rate), task in sorted(tasks.items()):
+        pairs = task["pairs"]
+        gains = [a - b for a, b in pairs.values()]
+        best = task["best"] or "pool incomplete"
+        if task["left_out"] and task["best"]:
+            best += f" (of the pool without {', '.join(task['left_out'])})"
+        out.append(
+            f"| {dataset} {100 * rate:g}% | {best} | {_pm([b for _, b in pairs.values()]) if pairs else ''} | "
+            f"{_pm([a for a, _ in pairs.values()]) if pairs else ''} | {', '.join(f'{g:+.1f}' for g in gains)} | "
+            f"{f'{statistics.mean(gains):+.1f}' if gains else ''} | {task['missing'] or ''} |"
+        )
+    out.append("")
+    for label, low_data in (("15% and 30%", True), ("50% and 100%", False)):
+        chosen = {
+            task: [a - b for a, b in t["pairs"].values()]
+            for task, t in tasks.items()
+            if t["pairs"] and (task[1] in LOW_RATES) == low_data
+        }
+        if not chosen:
+            continue
+        point, low, high = stats.stratified_bootstrap(chosen, stats.mean)
+        iqm, iqm_low, iqm_high = stats.stratified_bootstrap(chosen, stats.iqm)
+        complete = all(not tasks[task]["missing"] for task in chosen)
+        mine = {task: [a for a, _ in tasks[task]["pairs"].values()] for task in chosen}
+        theirs = {task: [b for _, b in tasks[task]["pairs"].values()] for task in chosen}
+        improvement = stats.probability_of_improvement(mine, theirs)
+        if low_data:
+            met = point >= TARGET_POINTS and low > 0
+            target = f"target +{TARGET_POINTS:g} with the interval above 0: {'met' if met else 'missed'}"
+        else:
+            target = (
+                f"target: not below (the interval reaching 0 or above): {'met' if high >= 0 else 'missed'}"
+            )
+        out.append(
+            f"- {label}: mean paired gain {point:+.2f} points [95% CI {low:+.2f}, {high:+.2f}], IQM {iqm:+.2f} "
+            f"[{iqm_low:+.2f}, {iqm_high:+.2f}], P(controller > best one-run) {improvement:.2f}; {target}"
+            + ("" if complete else " (seeds missing: not final)")
+        )
+    captured = headroom_lines(split, done, finished, controller)
+    if captured:
+        out += ["", "Headroom captured (benchmarks/results/headroom.md):", *captured]
+    return [*out, ""]
+
+
+def profile_scores(split: str, done, finished) -> dict[str, dict[tuple[str, float], list[float]]]:
+    """Per method (each trained controller with runs, and "best one-run (val)"), per task, each
+    run's test accuracy minus the mean test accuracy of the task's best one-run method on the
+    same seeds: the normalised score of the performance profile, in points."""
+    out: dict[str, dict[tuple[str, float], list[float]]] = {}
+    for controller in CONTROLLERS:
+        for task, t in evaluation.paired_gains(split, done, finished, controller).items():
+            if not t["pairs"]:
+                continue
+            reference = statistics.mean(b for _, b in t["pairs"].values())
+            out.setdefault(controller, {})[task] = [a - reference for a, _ in t["pairs"].values()]
+            if controller == CONTROLLER:
+                out.setdefault("best one-run (val)", {})[task] = [
+                    b - reference for _, b in t["pairs"].values()
+                ]
+    return out
+
+
+def plot_profile(split: str, done, finished, path: Path) -> Path | None:
+    """rliable's performance profile of the held-out runs (benchmarks/stats.py), with its 95% band;
+    None before any pair exists."""
+    scores = profile_scores(split, done, finished)
+    if not scores:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = [v for by_task in scores.values() for runs in by_task.values() for v in runs]
+    taus = np.linspace(min(values) - 0.5, max(values) + 0.5, 201)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, by_task in scores.items():
+        fraction, low, high = stats.performance_profile(by_task, taus)
+        ax.plot(taus, fraction, label=method)
+        ax.fill_between(taus, low, high, alpha=0.2)
+    ax.set_xlabel("test accuracy - the best one-run method's mean on the task (points)")
+    ax.set_ylabel("fraction of runs above")
+    ax.set_title(f"Split {split}: held-out runs (each task weighs the same)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def headroom_lines(split: str, done, finished, controller: str = CONTROLLER) -> list[str]:
+    """Where the headroom study found more than 1 point over its base, how much of it the
+    controller captures: its mean test gain over that base on the study's confirmation seeds."""
+    out, lines = [], study.load_lines()
+    instances = {(i.dataset, i.sampling_rate, i.seed): i for i in evaluation.test_instances(split)}
+    for setting, (dataset, rate) in study.SETTINGS.items():
+        answer = study.confirmation(setting, done, lines)
+        if answer is None:
+            continue
+        method, trial, pairs = answer
+        room = statistics.mean(100 * (a - b) for _, a, b in pairs)
+        if room <= HEADROOM_POINTS or not any((dataset, rate, s) in instances for s, _, _ in pairs):
+            continue
+        gains = []
+        for seed, _, base in pairs:
+            instance = instances.get((dataset, rate, seed))
+            mine = (
+                None
+                if instance is None
+                else evaluation.test_accuracy(split, controller, instance, done, finished)
+            )
+            if mine is not None:
+                gains.append(mine - 100 * base)
+        if not gains:
+            out.append(
+                f"- {dataset} {100 * rate:g}%: headroom {room:+.1f} over {method}; the controller not run yet"
+            )
+            continue
+        share = statistics.mean(gains) / room
+        verdict = "met" if share >= CAPTURE and len(gains) == len(pairs) else "missed"
+        out.append(
+            f"- {dataset} {100 * rate:g}%: headroom {room:+.1f} points over {method} (profile trial {trial}); the "
+            f"controller {statistics.mean(gains):+.1f} on the same {len(gains)} seeds: {100 * share:.0f}% captured "
+            f"(target >= {100 * CAPTURE:.0f}%: {verdict})"
+        )
+    return out
+
+
+def search_report(split: str) -> list[str]:
+    """The meta-training's generations for ``split`` (training fitness only: nothing held out)."""
+    from finetune_gym.agents.meta_train import GENERATIONS
+
+    run = evaluation.controller_file(split).parent
+    rows = harness.ResultsFile(run / GENERATIONS).lines()
+    if not rows:
+        return [
+            f"Meta-training of split {split}: not started (`python benchmarks/controller.py run --split {split}`).",
+            "",
+        ]
+    out = [
+        f"Meta-training of split {split} (`{_shown(run)}`): "
+        f"{len(rows)} generations, {rows[-1]['runs']} runs, {rows[-1]['run_s'] / 3600:.1f} h of runs "
+        "(one thread each). Fitness: mean paired validation gain over Prodigy on the generation's 4 training "
+        "instances, in points.",
+        "",
+        "| generation | mean gain | best gain | sigma | runs so far |",
+        "|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r['generation']} | {100 * r['mean_gain']:+.2f} | {100 * r['best_gain']:+.2f} | {r['sigma']:.3f} | {r['runs']} |"
+        for r in rows
+    ]
+    return [*out, ""]
+
+
+def write_report(splits: list[str]) -> None:
+    done, finished = grid.load_done(), evaluation.RESULTS.by("cell")
+    out = [
+        "# The residual controller on held-out instances (issue 28)",
+        "",
+        'Protocol: benchmarks/README.md, "Controller protocol". Reproduce: `python benchmarks/controller.py '
+        "evaluate --split N` then `python benchmarks/controller.py report`. Intervals: stratified bootstrap "
+        "over seeds within tasks (benchmarks/stats.py).",
+        "",
+    ]
+    for split in splits:
+        out += split_report(split, done, finished)
+        out += search_report(split)
+    REPORT_FILE.write_text("\n".join(out).rstrip() + "\n")
