@@ -35,6 +35,7 @@ from torch import nn
 
 from finetune_gym.instances import Instance, InstanceSet
 
+from .meta_train import keep_settings, run_instance
 from .residual_controller import (
     CENTRED_LIMIT,
     FEATURES,
@@ -111,8 +112,6 @@ class BaseScores:
         known = self._read().get(instance.id)
         if known is not None:
             return known, False
-        from .meta_train import run_instance
-
         result = run_instance(instance.to_json(), [0.0] * len(FEATURES), self.optimizer, self.data_root)
         with open(self.path, "a") as out:
             out.write(json.dumps({"instance": instance.id, **result}) + "\n")
@@ -301,17 +300,7 @@ def train_controller_ppo(
     TensorBoard folder (the runs' paired gains, theta, PPO's losses)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    mine = asdict(config)
-    saved = run_dir / CONFIG
-    if saved.is_file():
-        before = json.loads(saved.read_text())
-        changed = sorted(k for k in mine if k != "runs" and before.get(k) != mine[k])
-        if changed:
-            raise ValueError(
-                f"{str(run_dir)!r} holds a controller PPO run with other settings ({', '.join(changed)}): "
-                "continue it with its own, or give another folder"
-            )
-    saved.write_text(json.dumps(mine, indent=2) + "\n")
+    keep_settings(run_dir / CONFIG, asdict(config), "runs", "a controller PPO run")
     state = {"runs": 0, "episodes": 0, "draws": [0] * n_envs}
     resumed = (run_dir / STATE).is_file() and (run_dir / MODEL).is_file()
     if resumed:

@@ -75,6 +75,21 @@ class MetaTrainConfig:
         return instances
 
 
+def keep_settings(path: Path, settings: dict[str, Any], budget: str, what: str) -> None:
+    """Write a training run's ``settings`` to ``path``, refusing (with the settings named) to go on
+    in a folder whose saved settings differ in anything but the ``budget`` key: a longer run
+    continues the same search, other settings would be another one."""
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in settings if k != budget and before.get(k) != settings[k])
+        if changed:
+            raise ValueError(
+                f"{str(path.parent)!r} holds {what} with other settings ({', '.join(changed)}): "
+                "continue it with its own, or give another folder"
+            )
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def run_instance(
     instance: dict[str, Any], theta: list[float], optimizer: str, data_root: str | None
 ) -> dict[str, Any]:
@@ -119,18 +134,8 @@ class MetaTrainer:
         self.log = log or (lambda generation, scalars: None)
         self.instances = config.training_instances()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        saved = self.run_dir / CONFIG
-        mine = asdict(config)
-        if saved.is_file():
-            # A run may go on for more generations; anything else changes what it searches.
-            before = json.loads(saved.read_text())
-            changed = sorted(k for k in mine if k != "generations" and before.get(k) != mine[k])
-            if changed:
-                raise ValueError(
-                    f"{str(self.run_dir)!r} holds a meta-training run with other settings ({', '.join(changed)}): "
-                    "continue it with its own, or give another folder"
-                )
-        saved.write_text(json.dumps(mine, indent=2) + "\n")
+        # A run may go on for more generations; anything else changes what it searches.
+        keep_settings(self.run_dir / CONFIG, asdict(config), "generations", "a meta-training run")
         self.evaluations: dict[str, dict[str, Any]] = {}
         path = self.run_dir / EVALUATIONS
         lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

@@ -120,3 +120,15 @@ def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, env: dict[str, st
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     return process.wait()
+
+
+def digits_instance_set(tmp_path: Path, epochs: int = 2) -> str:
+    """A tiny instance set on the built-in digits: split 1 trains on 3 seeds at 30% and tests on
+    one at 50%; the file's path."""
+    from finetune_gym.instances import Instance, InstanceSet
+
+    train = [Instance("digits", "digits_resnet8", 0.3, s, epochs) for s in range(3)]
+    test = [Instance("digits", "digits_resnet8", 0.5, 7, epochs)]
+    splits = {"1": {"train": [i.id for i in train], "test": [i.id for i in test]}}
+    InstanceSet("digits-test", [*train, *test], splits).save(tmp_path / "set.json")
+    return str(tmp_path / "set.json")

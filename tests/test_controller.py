@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import CIFAR_CHECKPOINT, SHARED_DATA, needs_shared
+from conftest import CIFAR_CHECKPOINT, SHARED_DATA, digits_instance_set, needs_shared
 
 import finetune_gym  # noqa: F401
 from finetune_gym.agents import residual_controller as rc
@@ -81,16 +81,8 @@ def test_instance_sets_refuse_bad_input(tmp_path):
         gym.make("FineTune-Tasks-v0", instance_set="v1", sampling_rates=[0.5])
 
 
-def _digits_set(tmp_path, epochs: int = 2) -> str:
-    train = [Instance("digits", "digits_resnet8", 0.3, s, epochs) for s in range(3)]
-    test = [Instance("digits", "digits_resnet8", 0.5, 7, epochs)]
-    splits = {"1": {"train": [i.id for i in train], "test": [i.id for i in test]}}
-    InstanceSet("digits-test", [*train, *test], splits).save(tmp_path / "set.json")
-    return str(tmp_path / "set.json")
-
-
 def test_task_env_draws_from_an_instance_split(tmp_path):
-    path = _digits_set(tmp_path)
+    path = digits_instance_set(tmp_path)
     env = gym.make("FineTune-Tasks-v0", instance_set=path, split="1", part="train")
     seen = {env.reset(seed=s)[1]["task"]["name"] for s in range(6)}
     assert seen <= {f"digits/digits_resnet8/r0.3/s{s}/e2" for s in range(3)} and len(seen) > 1
@@ -206,7 +198,7 @@ def test_meta_training_searches_pairs_with_the_base_and_resumes_exactly(tmp_path
     """Two generations of CMA-ES (3 candidates, 2 instances each): every candidate is paired with
     the base on the same instances; a run stopped mid-generation (its last evaluations lost)
     continues to the same controller, rerunning only what was lost; a longer run extends it."""
-    config = MetaTrainConfig(instance_set=_digits_set(tmp_path), generations=2, batch=2, popsize=3)
+    config = MetaTrainConfig(instance_set=digits_instance_set(tmp_path), generations=2, batch=2, popsize=3)
     with CountingExecutor() as executor:
         logged = []
         full = MetaTrainer(config, tmp_path / "a", executor, log=lambda g, s: logged.append((g, s))).run()

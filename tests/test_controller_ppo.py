@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import digits_instance_set
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -14,19 +15,11 @@ import finetune_gym
 from finetune_gym.agents import controller_ppo as cp
 from finetune_gym.agents import residual_controller as rc
 from finetune_gym.agents.registry import make_agent
-from finetune_gym.instances import Instance, InstanceSet
-
-
-def _digits_set(tmp_path, epochs: int = 2) -> str:
-    train = [Instance("digits", "digits_resnet8", 0.3, s, epochs) for s in range(3)]
-    test = [Instance("digits", "digits_resnet8", 0.5, 7, epochs)]
-    splits = {"1": {"train": [i.id for i in train], "test": [i.id for i in test]}}
-    InstanceSet("digits-test", [*train, *test], splits).save(tmp_path / "set.json")
-    return str(tmp_path / "set.json")
+from finetune_gym.instances import Instance
 
 
 def _env(tmp_path, **kwargs) -> cp.ControllerTasksEnv:
-    config = cp.ControllerPPOConfig(instance_set=_digits_set(tmp_path))
+    config = cp.ControllerPPOConfig(instance_set=digits_instance_set(tmp_path))
     bases = cp.BaseScores(tmp_path / cp.BASES, "prodigy", None)
     return cp.ControllerTasksEnv(config.training_instances(), bases, **kwargs)
 
@@ -80,7 +73,7 @@ def test_training_counts_runs_saves_a_deployable_controller_and_resumes(tmp_path
     theta saved as a controller file the agent registry deploys; a second call with a larger budget
     goes on from the saved trainer; other settings in the same folder are refused."""
     config = cp.ControllerPPOConfig(
-        instance_set=_digits_set(tmp_path), runs=5, n_steps=16, batch_size=16, n_epochs=2
+        instance_set=digits_instance_set(tmp_path), runs=5, n_steps=16, batch_size=16, n_epochs=2
     )
     theta = cp.train_controller_ppo(config, tmp_path / "run")
     state = json.loads((tmp_path / "run" / cp.STATE).read_text())
@@ -126,7 +119,7 @@ def test_the_benchmark_command_trains_with_ppo_and_reports_it_beside_the_searche
     """`controller.py ppo` at a budget of 3 runs, TensorBoard events from SB3, then `status`."""
     from benchmarks import controller
 
-    path = _digits_set(tmp_path)
+    path = digits_instance_set(tmp_path)
     controller.main(
         ["ppo", "--instance-set", path, "--runs", "3", "--folder", str(tmp_path / "runs"), "--workers", "1",
          "--tensorboard", str(tmp_path / "tb")]
