@@ -31,13 +31,7 @@ if not __package__:  # run as a file (python benchmarks/controller.py): the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import harness  # noqa: E402
-
-RUNS = harness.RESULTS_DIR / "controller"
-
-
-def run_name(instance_set: str, split: str, seed: int, trainer: str = "cma") -> str:
-    """A training run's folder name: the search's, or with ``-ppo`` for PPO's."""
-    return f"{Path(instance_set).stem}-split{split}-s{seed}" + ("" if trainer == "cma" else f"-{trainer}")
+from benchmarks.controller_eval import RUNS, run_name  # noqa: E402
 
 
 class Loggers:

@@ -26,10 +26,18 @@ CONTROLLER = "residual_controller"
 CONTROLLERS = {CONTROLLER: "cma", f"{CONTROLLER}_ppo": "ppo"}
 
 
+# The controllers' training folders (benchmarks/controller.py writes them, kept in the repository).
+RUNS = harness.RESULTS_DIR / "controller"
+
+
+def run_name(instance_set: str, split: str, seed: int, trainer: str = "cma") -> str:
+    """A training run's folder name: the search's, or with ``-ppo`` for PPO's."""
+    return f"{Path(instance_set).stem}-split{split}-s{seed}" + ("" if trainer == "cma" else f"-{trainer}")
+
+
 def controller_file(split: str, seed: int = 0, instance_set: str = "v1", method: str = CONTROLLER) -> Path:
     """Where benchmarks/controller.py leaves the controller trained for ``split`` (by CMA-ES, or by
     PPO for ``method`` residual_controller_ppo)."""
-    from benchmarks.controller import RUNS, run_name
     from finetune_gym.agents.meta_train import CONTROLLER as CONTROLLER_FILE
 
     return RUNS / run_name(instance_set, split, seed, CONTROLLERS[method]) / CONTROLLER_FILE

@@ -522,9 +522,7 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     monkeypatch.setattr(ce, "RESULTS", harness.ResultsFile(tmp_path / "eval.jsonl"))
     monkeypatch.setattr(cr, "REPORT_FILE", tmp_path / "eval.md")
     monkeypatch.setattr(grid, "load_done", lambda: done)
-    from benchmarks import controller
-
-    monkeypatch.setattr(controller, "RUNS", tmp_path / "controllers")
+    monkeypatch.setattr(ce, "RUNS", tmp_path / "controllers")
     keys = sorted(job.key for job in ce.jobs("1", done, {}))
     assert len(keys) == 2 * 5 + 2 * 2  # the controller on 10 instances; prodigy on seeds 3 and 4
     assert "split1/prodigy/gtsrb/r0.15/s3" in keys and "split1/prodigy/gtsrb/r0.15/s0" not in keys
