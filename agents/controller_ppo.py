@@ -45,6 +45,7 @@ from .residual_controller import (
     features,
     save_controller,
 )
+from .threads import torch_threads
 
 CONFIG = "ppo_config.json"
 EPISODES = "episodes.jsonl"  # one line per finished run: instance, paired gain, wall time
@@ -271,9 +272,13 @@ class RunBudget(BaseCallback):
             self.logger.record(f"controller/theta_{name}", float(theta[i]))
 
 
-def _make_env(config: ControllerPPOConfig, run_dir: Path, rank: int, draws: int, threads: int):
+def _make_env(config: ControllerPPOConfig, run_dir: Path, rank: int, draws: int, threads: int | None):
+    """An environment maker; ``threads``: torch's for the process it runs in (a worker process's
+    own; None in the caller's process, whose setting :func:`train_controller_ppo` scopes)."""
+
     def make() -> ControllerTasksEnv:
-        torch.set_num_threads(threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         bases = BaseScores(run_dir / BASES, config.optimizer, config.data_root)
         return ControllerTasksEnv(
             config.training_instances(),
@@ -312,8 +317,24 @@ def train_controller_ppo(
         # Runs logged after the last save are run again: the log keeps what the state counts.
         lines = (run_dir / EPISODES).read_text().splitlines() if (run_dir / EPISODES).is_file() else []
         (run_dir / EPISODES).write_text("".join(f"{line}\n" for line in lines[: state["episodes"]]))
-    makers = [_make_env(config, run_dir, rank, state["draws"][rank], threads) for rank in range(n_envs)]
-    venv: VecEnv = DummyVecEnv(makers) if n_envs == 1 else SubprocVecEnv(makers, start_method="spawn")
+    in_process = n_envs == 1
+    makers = [
+        _make_env(config, run_dir, rank, state["draws"][rank], None if in_process else threads)
+        for rank in range(n_envs)
+    ]
+    with torch_threads(threads):  # the caller's thread count comes back afterwards
+        return _train(config, run_dir, makers, state, resumed, tensorboard_log)
+
+
+def _train(
+    config: ControllerPPOConfig,
+    run_dir: Path,
+    makers: list,
+    state: dict[str, Any],
+    resumed: bool,
+    tensorboard_log: str | None,
+) -> np.ndarray:
+    venv: VecEnv = DummyVecEnv(makers) if len(makers) == 1 else SubprocVecEnv(makers, start_method="spawn")
     try:
         if resumed:
             model = PPO.load(run_dir / MODEL, env=venv, device="cpu", tensorboard_log=tensorboard_log)

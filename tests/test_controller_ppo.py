@@ -75,7 +75,11 @@ def test_training_counts_runs_saves_a_deployable_controller_and_resumes(tmp_path
     config = cp.ControllerPPOConfig(
         instance_set=digits_instance_set(tmp_path), runs=5, n_steps=16, batch_size=16, n_epochs=2
     )
-    theta = cp.train_controller_ppo(config, tmp_path / "run")
+    import torch
+
+    before = torch.get_num_threads()
+    theta = cp.train_controller_ppo(config, tmp_path / "run", threads=max(1, before - 1) if before > 1 else 2)
+    assert torch.get_num_threads() == before  # scoped: later runs in this process keep theirs
     state = json.loads((tmp_path / "run" / cp.STATE).read_text())
     episodes = [json.loads(line) for line in (tmp_path / "run" / cp.EPISODES).read_text().splitlines()]
     bases = (tmp_path / "run" / cp.BASES).read_text().splitlines()

@@ -48,12 +48,18 @@ def read_records(path: str | Path) -> list[wandb_internal_pb2.Record]:
 
 def finished_records(path: Path, timeout: float = 60.0) -> list[wandb_internal_pb2.Record]:
     """The run's records once its ``exit`` record is on disk: W&B's core process may still be
-    flushing the file for a moment after ``finish()`` has returned."""
-    deadline = time.monotonic() + timeout
+    flushing the file for a while after ``finish()`` has returned (minutes on a loaded machine, so
+    the wait scales with the load, as the suite's other limits do)."""
+    from conftest import limit
+
+    deadline = time.monotonic() + limit(timeout)
     while True:
         records = read_records(path)
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
             return records
+        if time.monotonic() > deadline:
+            kinds = sorted({r.WhichOneof("record_type") for r in records})
+            raise AssertionError(f"{path}: W&B never finished writing it (records so far: {kinds})")
         time.sleep(0.2)
 
 
