@@ -13,6 +13,7 @@ resamples each task's runs with replacement, independently; intervals are percen
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,17 +41,32 @@ def stratified_bootstrap(
 ) -> tuple[float, float, float]:
     """``statistic`` over all runs of all tasks, and its percentile interval from ``reps``
     replicates that resample each task's runs with replacement (tasks are strata)."""
-    rng = np.random.default_rng(seed)
+    point, low, high = _stratified(
+        scores, lambda tasks: statistic(np.concatenate(tasks)), reps, confidence, seed
+    )
+    return point, float(low), float(high)
+
+
+def _stratified(
+    scores: Scores,
+    statistic: Callable[[list[np.ndarray]], Any],
+    reps: int,
+    confidence: float,
+    seed: int,
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """``statistic`` of the tasks' runs, and the percentile band of its values (a number or an
+    array) over ``reps`` replicates that resample each task's runs with replacement, task by task
+    in order, from one generator seeded ``seed``."""
     tasks = [np.asarray(v, dtype=np.float64) for v in scores.values()]
     if not tasks or any(len(t) == 0 for t in tasks):
         raise ValueError("every task needs at least one run")
-    point = statistic(np.concatenate(tasks))
-    replicates = np.empty(reps)
-    for r in range(reps):
-        replicates[r] = statistic(np.concatenate([t[rng.integers(0, len(t), len(t))] for t in tasks]))
+    rng = np.random.default_rng(seed)
+    replicates = np.stack(
+        [np.asarray(statistic([t[rng.integers(0, len(t), len(t))] for t in tasks])) for _ in range(reps)]
+    )
     tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(replicates, [tail, 1.0 - tail])
-    return point, float(low), float(high)
+    low, high = np.quantile(replicates, [tail, 1.0 - tail], axis=0)
+    return statistic(tasks), low, high
 
 
 def probability_of_improvement(x: Scores, y: Scores) -> float:
@@ -74,16 +90,9 @@ def performance_profile(
     fraction of runs scoring above it, each task weighing the same (the mean of the per-task
     fractions); with a percentile band from replicates that resample each task's runs (strata).
     Returns (fractions, low, high), one value per ``tau``."""
-    rng = np.random.default_rng(seed)
-    tasks = [np.asarray(v, dtype=np.float64) for v in scores.values()]
-    if not tasks or any(len(t) == 0 for t in tasks):
-        raise ValueError("every task needs at least one run")
     thresholds = np.asarray(taus, dtype=np.float64)
 
-    def profile(samples: list[np.ndarray]) -> np.ndarray:
-        return np.mean([(t[:, None] > thresholds[None, :]).mean(axis=0) for t in samples], axis=0)
+    def profile(tasks: list[np.ndarray]) -> np.ndarray:
+        return np.mean([(t[:, None] > thresholds[None, :]).mean(axis=0) for t in tasks], axis=0)
 
-    replicates = np.stack([profile([t[rng.integers(0, len(t), len(t))] for t in tasks]) for _ in range(reps)])
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(replicates, [tail, 1.0 - tail], axis=0)
-    return profile(tasks), low, high
+    return _stratified(scores, profile, reps, confidence, seed)
