@@ -264,12 +264,18 @@ class RunBudget(BaseCallback):
         return self.state["runs"] < self.runs
 
     def _on_rollout_end(self) -> None:
-        self.state["draws"] = [int(d) for d in self.training_env.get_attr("draws")]
-        self.model.save(self.run_dir / MODEL)
-        (self.run_dir / STATE).write_text(json.dumps(self.state) + "\n")
+        save_trainer(self.model, self.run_dir, self.state)
         theta = self.model.policy.theta()
         for i, name in enumerate(FEATURES):
             self.logger.record(f"controller/theta_{name}", float(theta[i]))
+
+
+def save_trainer(model: PPO, run_dir: Path, state: dict[str, Any]) -> None:
+    """The trainer as a resume reads it back: the model, and the counts with each environment's
+    draws so far (its instance order goes on from there)."""
+    state["draws"] = [int(d) for d in model.get_env().get_attr("draws")]
+    model.save(run_dir / MODEL)
+    (run_dir / STATE).write_text(json.dumps(state) + "\n")
 
 
 def _make_env(config: ControllerPPOConfig, run_dir: Path, rank: int, draws: int, threads: int | None):
@@ -362,9 +368,7 @@ def _train(
                 reset_num_timesteps=not resumed,
                 tb_log_name=run_dir.name,
             )
-            model.save(run_dir / MODEL)
-            state["draws"] = [int(d) for d in venv.get_attr("draws")]
-            (run_dir / STATE).write_text(json.dumps(state) + "\n")
+            save_trainer(model, run_dir, state)
     finally:
         venv.close()
     theta = model.policy.theta()

@@ -43,6 +43,12 @@ def controller_file(split: str, seed: int = 0, instance_set: str = "v1", method:
     return RUNS / run_name(instance_set, split, seed, CONTROLLERS[method]) / CONTROLLER_FILE
 
 
+def judged_controllers(split: str) -> list[str]:
+    """The controllers judged on ``split``: the search's always (the protocol's), PPO's once it has
+    been trained."""
+    return [m for m in CONTROLLERS if m == CONTROLLER or controller_file(split, method=m).is_file()]
+
+
 def test_instances(split: str, instance_set: str = "v1") -> list[Instance]:
     return InstanceSet.load(instance_set).split(split, "test")
 
@@ -102,7 +108,7 @@ def jobs(
     """The runs still missing: the controller (and the PPO-trained one, once it exists) on every test
     instance, and the best one-run method on the test seeds the grid lacks."""
     out = []
-    trained = [m for m in CONTROLLERS if m == CONTROLLER or controller_file(split, method=m).is_file()]
+    trained = judged_controllers(split)
     for instance in test_instances(split):
         wanted = list(trained)
         best, _ = best_one_run(done, instance.dataset, instance.sampling_rate)

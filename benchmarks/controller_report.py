@@ -35,9 +35,8 @@ def split_report(split: str, done, finished) -> list[str]:
     """The split's section: the CMA-ES controller's held-out table, and the PPO one's once trained."""
     tasks = evaluation.paired_gains(split, done, finished)
     out = [f"## Split {split}: held-out {', '.join(sorted({d for d, _ in tasks}))}", ""]
-    for controller in CONTROLLERS:
-        if controller == CONTROLLER or evaluation.controller_file(split, method=controller).is_file():
-            out += controller_report(split, controller, done, finished)
+    for controller in evaluation.judged_controllers(split):
+        out += controller_report(split, controller, done, finished)
     plot = plot_profile(split, done, finished, REPORT_FILE.parent / f"controller_profile_split{split}.png")
     if plot is not None:
         out += [f"![performance profile, split {split}]({plot.name})", ""]
