@@ -35,7 +35,7 @@ from torch import nn
 
 from finetune_gym.instances import Instance, InstanceSet
 
-from .meta_train import keep_settings, run_instance
+from .meta_train import UNREWARDED, keep_settings, run_instance
 from .residual_controller import (
     CENTRED_LIMIT,
     FEATURES,
@@ -173,7 +173,9 @@ class ControllerTasksEnv(gym.Env):
             self.env.close()
         self.instance = self._draw()
         self.draws += 1
-        env = FineTuneEnv(**self.instance.env_kwargs(self.data_root), **self.controller.env_overrides())
+        env = FineTuneEnv(
+            **self.instance.env_kwargs(self.data_root), **self.controller.env_overrides(), **UNREWARDED
+        )
         if env.n_layers > self.max_layers:
             raise ValueError(
                 f"instance {self.instance.id} has {env.n_layers} layers; ControllerTasksEnv was built "

@@ -130,6 +130,21 @@ def test_next_batch_reward_reads_the_next_training_forward():
     assert all(0.0 <= i["reward"] <= 1.0 for i in infos)
 
 
+def test_the_reward_changes_nothing_the_model_learns():
+    """The reward is only read: its extra forward (eval mode) leaves the run as it was, bit for bit.
+    Meta-training relies on this to run without it (meta_train.UNREWARDED)."""
+    actions = np.random.default_rng(0).integers(0, 20, size=(64, 5))
+    runs = {}
+    for reward in REWARDS:
+        env = digits_env(reward=reward)
+        observation, _, _ = run_episode(env, iter(actions).__next__)
+        runs[reward] = (observation, env.fine_tuned_state_dict())
+    first_obs, first = runs[REWARDS[0]]
+    for observation, state in runs.values():
+        assert np.array_equal(observation, first_obs)
+        assert all(torch.equal(state[k], first[k]) for k in first)
+
+
 @pytest.mark.parametrize("reward", REWARDS)
 def test_each_reward_stays_in_its_declared_range_and_declares_its_cost(reward, monkeypatch):
     """A reward is one object: its values lie in its range, and only the one that declares the
