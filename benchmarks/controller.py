@@ -17,6 +17,7 @@ where it stopped, in any session, from the same files.
     python benchmarks/controller.py ppo --split 1 --runs 540 --workers 2   # PPO, same budget of runs
     python benchmarks/controller.py evaluate --split 1 --workers 2   # held-out runs (resumable)
     python benchmarks/controller.py report                           # results/controller_eval.md
+    python benchmarks/controller.py ship     # split 1's controller into the package, with its result
 """
 
 from __future__ import annotations
@@ -228,12 +229,23 @@ def main(argv: list[str] | None = None) -> None:
     harness.add_pool_options(evaluate, workers=2, threads=1)
     report = sub.add_parser("report", help="write results/controller_eval.md")
     report.add_argument("--splits", nargs="+", default=["1", "2"])
+    sub.add_parser(
+        "ship", help="split 1's controller into the package (policy=default) with its held-out result"
+    )
     args = parser.parse_args(argv)
     if args.command == "status":
         print("\n".join(status(args.folder) + ppo_status(args.folder)))
         return
     if args.command == "ppo":
         train_ppo(args)
+        return
+    if args.command == "ship":
+        from benchmarks import controller_report
+
+        try:
+            print(f"shipped: {controller_report.ship()}")
+        except (FileNotFoundError, RuntimeError) as error:  # what to run first: no traceback
+            raise SystemExit(f"controller.py ship: {error}") from None
         return
     if args.command in ("evaluate", "report"):
         from benchmarks import controller_report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import Any
 
 from benchmarks import controller_eval as evaluation
 from benchmarks import grid, harness, stats
@@ -68,6 +69,25 @@ def controller_report(split: str, controller: str, done, finished) -> list[str]:
             f"{f'{statistics.mean(gains):+.1f}' if gains else ''} | {task['missing'] or ''} |"
         )
     out.append("")
+    for summary in target_summaries(tasks):
+        ci, iqm_ci = summary["ci95"], summary["iqm_ci95"]
+        out.append(
+            f"- {summary['rates']}: mean paired gain {summary['mean_gain']:+.2f} points [95% CI {ci[0]:+.2f}, "
+            f"{ci[1]:+.2f}], IQM {summary['iqm']:+.2f} [{iqm_ci[0]:+.2f}, {iqm_ci[1]:+.2f}], P(controller > best "
+            f"one-run) {summary['p_improvement']:.2f}; {summary['target']}: {'met' if summary['met'] else 'missed'}"
+            + ("" if summary["complete"] else " (seeds missing: not final)")
+        )
+    captured = headroom_lines(split, done, finished, controller)
+    if captured:
+        out += ["", "Headroom captured (benchmarks/results/headroom.md):", *captured]
+    return [*out, ""]
+
+
+def target_summaries(tasks: dict[tuple[str, float], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets on ``tasks`` (:func:`controller_eval.paired_gains`), per range of rates
+    with pairs: the mean paired gain and IQM with their 95% stratified bootstrap intervals, the
+    probability of improvement, the target and whether it is met (plain values: a card holds them)."""
+    out = []
     for label, low_data in (("15% and 30%", True), ("50% and 100%", False)):
         chosen = {
             task: [a - b for a, b in t["pairs"].values()]
@@ -78,26 +98,29 @@ def controller_report(split: str, controller: str, done, finished) -> list[str]:
             continue
         point, low, high = stats.stratified_bootstrap(chosen, stats.mean)
         iqm, iqm_low, iqm_high = stats.stratified_bootstrap(chosen, stats.iqm)
-        complete = all(not tasks[task]["missing"] for task in chosen)
         mine = {task: [a for a, _ in tasks[task]["pairs"].values()] for task in chosen}
         theirs = {task: [b for _, b in tasks[task]["pairs"].values()] for task in chosen}
-        improvement = stats.probability_of_improvement(mine, theirs)
         if low_data:
-            met = point >= TARGET_POINTS and low > 0
-            target = f"target +{TARGET_POINTS:g} with the interval above 0: {'met' if met else 'missed'}"
-        else:
-            target = (
-                f"target: not below (the interval reaching 0 or above): {'met' if high >= 0 else 'missed'}"
+            target, met = (
+                f"target +{TARGET_POINTS:g} with the interval above 0",
+                point >= TARGET_POINTS and low > 0,
             )
+        else:
+            target, met = "target: not below (the interval reaching 0 or above)", high >= 0
         out.append(
-            f"- {label}: mean paired gain {point:+.2f} points [95% CI {low:+.2f}, {high:+.2f}], IQM {iqm:+.2f} "
-            f"[{iqm_low:+.2f}, {iqm_high:+.2f}], P(controller > best one-run) {improvement:.2f}; {target}"
-            + ("" if complete else " (seeds missing: not final)")
+            {
+                "rates": label,
+                "mean_gain": float(point),
+                "ci95": [float(low), float(high)],
+                "iqm": float(iqm),
+                "iqm_ci95": [float(iqm_low), float(iqm_high)],
+                "p_improvement": float(stats.probability_of_improvement(mine, theirs)),
+                "target": target,
+                "met": bool(met),
+                "complete": all(not tasks[task]["missing"] for task in chosen),
+            }
         )
-    captured = headroom_lines(split, done, finished, controller)
-    if captured:
-        out += ["", "Headroom captured (benchmarks/results/headroom.md):", *captured]
-    return [*out, ""]
+    return out
 
 
 def profile_scores(split: str, done, finished) -> dict[str, dict[tuple[str, float], list[float]]]:
@@ -210,6 +233,52 @@ def search_report(split: str) -> list[str]:
         for r in rows
     ]
     return [*out, ""]
+
+
+# The package's default controller is split 1's: GTSRB, in no training part, is its evidence.
+SHIPPED_SPLIT = "1"
+
+
+def ship(split: str = SHIPPED_SPLIT, destination: Path | None = None) -> Path:
+    """The split's CMA-ES controller into the package (``policy="default"``; ``destination``
+    :data:`~finetune_gym.agents.residual_controller.SHIPPED_CONTROLLER` unless given), its card
+    extended by its held-out result. Refused before its held-out evaluation is complete: what ships
+    carries the evidence for it, whatever that says."""
+    from finetune_gym.agents import residual_controller as rc
+
+    source = evaluation.controller_file(split)
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"no controller for split {split} at {_shown(source)}: finish its meta-training first "
+            f"(python benchmarks/controller.py run --split {split})"
+        )
+    tasks = evaluation.paired_gains(split, grid.load_done(), evaluation.RESULTS.by("cell"))
+    missing = {f"{d} {100 * r:g}%": t["missing"] for (d, r), t in sorted(tasks.items()) if t["missing"]}
+    if missing:
+        raise RuntimeError(
+            f"the held-out evaluation of split {split} is incomplete (seeds missing: {missing}): run "
+            f"python benchmarks/controller.py evaluate --split {split} first"
+        )
+    payload = rc.load_controller(source)
+    held_out = {
+        "report": str(_shown(REPORT_FILE)),
+        "against": f"per task, the best on validation of {', '.join(evaluation.POOL)}; test accuracy in %",
+        "tasks": [
+            {
+                "task": f"{dataset} {100 * rate:g}%",
+                "best_one_run": t["best"],
+                "paired_gains": [round(a - b, 2) for a, b in t["pairs"].values()],
+                "mean_gain": round(statistics.mean(a - b for a, b in t["pairs"].values()), 2),
+            }
+            for (dataset, rate), t in sorted(tasks.items())
+        ],
+        "targets": target_summaries(tasks),
+    }
+    destination = rc.SHIPPED_CONTROLLER if destination is None else destination
+    rc.save_controller(
+        destination, payload["theta"], payload["optimizer"], {**payload["card"], "held_out": held_out}
+    )
+    return destination
 
 
 def write_report(splits: list[str]) -> None:

@@ -573,11 +573,43 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     assert sorted(scores) == ["best one-run (val)", "residual_controller"]
     assert scores["residual_controller"][("gtsrb", 0.15)] == pytest.approx([-1.0, 3.0, 3.0, 3.0, 3.0])
 
+    # Shipping the controller into the package: refused without it, refused while a held-out seed
+    # is missing, and then its card carries the held-out result the report shows.
+    from finetune_gym.agents.residual_controller import load_controller, save_controller
+
+    shipped = tmp_path / "package" / "residual_controller_v1_split1.pt"
+    with pytest.raises(FileNotFoundError, match="finish its meta-training first"):
+        cr.ship("1", shipped)
+    ce.controller_file("1").parent.mkdir(parents=True)
+    save_controller(ce.controller_file("1"), [0.25] * 8, "prodigy", {"trainer": "cma-es", "generations": 15})
+    complete = ce.RESULTS
+    monkeypatch.setattr(ce, "RESULTS", harness.ResultsFile(tmp_path / "partial.jsonl"))
+    ce.RESULTS.append(next(iter(complete.by("cell").values())))
+    with pytest.raises(
+        RuntimeError,
+        match=r"incomplete \(seeds missing: \{'gtsrb 15%': \[1, 2, 3, 4\], 'gtsrb 30%': \[0, 1, 2, 3, 4\]",
+    ):
+        cr.ship("1", shipped)
+    assert not shipped.exists()
+    monkeypatch.setattr(ce, "RESULTS", complete)
+    assert cr.ship("1", shipped) == shipped
+    payload = load_controller(shipped)
+    assert payload["theta"] == [0.25] * 8 and payload["card"]["generations"] == 15
+    held_out = payload["card"]["held_out"]
+    assert held_out["tasks"][0] == {
+        "task": "gtsrb 15%",
+        "best_one_run": "prodigy",
+        "paired_gains": [-1.0, 3.0, 3.0, 3.0, 3.0],
+        "mean_gain": 2.2,
+    }
+    low = held_out["targets"][0]
+    assert low["rates"] == "15% and 30%" and low["met"] and low["complete"]
+    assert low["mean_gain"] == pytest.approx(2.2) and low["ci95"][0] <= 2.2 <= low["ci95"][1]
+
     # Once PPO has trained the same controller, it is a second method on the same instances.
     ppo = ce.controller_file("1", method="residual_controller_ppo")
     assert ppo.parent.name == "v1-split1-s0-ppo"
     ppo.parent.mkdir(parents=True)
-    from finetune_gym.agents.residual_controller import save_controller
 
     save_controller(ppo, [0.0] * 8, "prodigy", {"trainer": "ppo"})
     finished = ce.RESULTS.by("cell")
