@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from torch import nn
@@ -45,13 +44,13 @@ from .residual_controller import (
     features,
     save_controller,
 )
+from .run_budget import RunBudget, learn_to_budget, load_trainer, new_state, read_trainer
 from .threads import torch_threads
 
 CONFIG = "ppo_config.json"
 EPISODES = "episodes.jsonl"  # one line per finished run: instance, paired gain, wall time
 BASES = "bases.jsonl"  # the base runs' validation accuracies, one line per instance
-MODEL = "ppo.zip"
-STATE = "ppo_state.json"
+CHECKPOINT = "checkpoint.pt"  # the trainer at its last update (agents/run_budget.py)
 CONTROLLER = "controller.pt"
 MAX_LAYERS = 32  # the deepest source in the instance sets (CIFAR ResNet-56) has 29
 
@@ -246,38 +245,28 @@ class SharedRulePolicy(ActorCriticPolicy):
         return self.action_net.theta.detach().cpu().double().numpy()
 
 
-class RunBudget(BaseCallback):
-    """Counts finished fine-tuning runs (episodes, and the base runs they needed), logs each run,
-    saves the trainer at each rollout's end, and stops at the budget."""
+class ControllerRuns(RunBudget):
+    """A run is one episode plus the base run it needed (if it was the instance's first); each is
+    logged with its paired gain, and theta goes to the logger at each rollout's end."""
 
-    def __init__(self, run_dir: Path, runs: int, state: dict[str, Any]) -> None:
-        super().__init__()
-        self.run_dir, self.runs, self.state = run_dir, runs, state
+    def finished(self, info: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+        if "paired_gain" not in info:
+            return None
+        return {k: info[k] for k in ("instance", "val", "paired_gain", "base_ran", "wall_s")}, 1 + int(
+            info["base_ran"]
+        )
 
-    def _on_step(self) -> bool:
-        for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
-            if done and "paired_gain" in info:
-                self.state["runs"] += 1 + int(info["base_ran"])
-                self.state["episodes"] += 1
-                record = {k: info[k] for k in ("instance", "val", "paired_gain", "base_ran", "wall_s")}
-                with open(self.run_dir / EPISODES, "a") as out:
-                    out.write(json.dumps({"episode": self.state["episodes"], **record}) + "\n")
-                self.logger.record("controller/paired_gain", info["paired_gain"])
-        return self.state["runs"] < self.runs
+    def on_run(self, line: dict[str, Any]) -> None:
+        self.logger.record("controller/paired_gain", line["paired_gain"])
+
+    def before_save(self) -> None:
+        # Each environment's draws so far: a resumed environment goes on with its instance order.
+        self.state["draws"] = [int(d) for d in self.model.get_env().get_attr("draws")]
 
     def _on_rollout_end(self) -> None:
-        save_trainer(self.model, self.run_dir, self.state)
         theta = self.model.policy.theta()
         for i, name in enumerate(FEATURES):
             self.logger.record(f"controller/theta_{name}", float(theta[i]))
-
-
-def save_trainer(model: PPO, run_dir: Path, state: dict[str, Any]) -> None:
-    """The trainer as a resume reads it back: the model, and the counts with each environment's
-    draws so far (its instance order goes on from there)."""
-    state["draws"] = [int(d) for d in model.get_env().get_attr("draws")]
-    model.save(run_dir / MODEL)
-    (run_dir / STATE).write_text(json.dumps(state) + "\n")
 
 
 def _make_env(config: ControllerPPOConfig, run_dir: Path, rank: int, draws: int, threads: int | None):
@@ -307,70 +296,57 @@ def train_controller_ppo(
     threads: int = 1,
     tensorboard_log: str | None = None,
 ) -> np.ndarray:
-    """PPO to ``config.runs`` fine-tuning runs, continuing from whatever ``run_dir`` holds (the
-    trainer as saved at its last update; runs in progress at a kill are lost and not counted);
-    the trained ``theta``, also saved as ``run_dir/controller.pt``. ``tensorboard_log``: SB3's
-    TensorBoard folder (the runs' paired gains, theta, PPO's losses)."""
+    """PPO to ``config.runs`` fine-tuning runs (:mod:`.run_budget`: learned from to the end of the
+    rollout that met the budget), continuing from whatever ``run_dir`` holds (the trainer as saved
+    at its last update; runs finished after it are run again); the trained ``theta``, also saved as
+    ``run_dir/controller.pt``. ``tensorboard_log``: SB3's TensorBoard folder (the runs' paired
+    gains, theta, PPO's losses)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keep_settings(run_dir / CONFIG, asdict(config), "runs", "a controller PPO run")
-    state = {"runs": 0, "episodes": 0, "draws": [0] * n_envs}
-    resumed = (run_dir / STATE).is_file() and (run_dir / MODEL).is_file()
-    if resumed:
-        state = json.loads((run_dir / STATE).read_text())
-        if len(state["draws"]) != n_envs:
-            raise ValueError(
-                f"{str(run_dir)!r} was trained with {len(state['draws'])} environments: pass n_envs={len(state['draws'])}"
-            )
-        # Runs logged after the last save are run again: the log keeps what the state counts.
-        lines = (run_dir / EPISODES).read_text().splitlines() if (run_dir / EPISODES).is_file() else []
-        (run_dir / EPISODES).write_text("".join(f"{line}\n" for line in lines[: state["episodes"]]))
+    payload = read_trainer(run_dir / CHECKPOINT) if (run_dir / CHECKPOINT).is_file() else None
+    draws = payload["state"]["draws"] if payload else [0] * n_envs
+    if len(draws) != n_envs:
+        raise ValueError(
+            f"{str(run_dir)!r} was trained with {len(draws)} environments: pass n_envs={len(draws)}"
+        )
     in_process = n_envs == 1
     makers = [
-        _make_env(config, run_dir, rank, state["draws"][rank], None if in_process else threads)
+        _make_env(config, run_dir, rank, draws[rank], None if in_process else threads)
         for rank in range(n_envs)
     ]
     with torch_threads(threads):  # the caller's thread count comes back afterwards
-        return _train(config, run_dir, makers, state, resumed, tensorboard_log)
+        return _train(config, run_dir, makers, payload, tensorboard_log)
 
 
 def _train(
     config: ControllerPPOConfig,
     run_dir: Path,
     makers: list,
-    state: dict[str, Any],
-    resumed: bool,
+    payload: dict[str, Any] | None,
     tensorboard_log: str | None,
 ) -> np.ndarray:
     venv: VecEnv = DummyVecEnv(makers) if len(makers) == 1 else SubprocVecEnv(makers, start_method="spawn")
     try:
-        if resumed:
-            model = PPO.load(run_dir / MODEL, env=venv, device="cpu", tensorboard_log=tensorboard_log)
-        else:
-            model = PPO(
-                SharedRulePolicy,
-                venv,
-                n_steps=config.n_steps,
-                batch_size=config.batch_size,
-                n_epochs=config.n_epochs,
-                learning_rate=config.learning_rate,
-                gamma=config.gamma,
-                gae_lambda=config.gae_lambda,
-                clip_range=config.clip_range,
-                policy_kwargs={"log_std_init": config.log_std_init},
-                seed=config.seed,
-                device="cpu",
-                tensorboard_log=tensorboard_log,
-                verbose=0,
-            )
-        if state["runs"] < config.runs:
-            model.learn(
-                total_timesteps=10**12,  # the budget of runs stops it (RunBudget)
-                callback=RunBudget(run_dir, config.runs, state),
-                reset_num_timesteps=not resumed,
-                tb_log_name=run_dir.name,
-            )
-            save_trainer(model, run_dir, state)
+        model = PPO(
+            SharedRulePolicy,
+            venv,
+            n_steps=config.n_steps,
+            batch_size=config.batch_size,
+            n_epochs=config.n_epochs,
+            learning_rate=config.learning_rate,
+            gamma=config.gamma,
+            gae_lambda=config.gae_lambda,
+            clip_range=config.clip_range,
+            policy_kwargs={"log_std_init": config.log_std_init},
+            seed=config.seed,
+            device="cpu",
+            tensorboard_log=tensorboard_log,
+            verbose=0,
+        )
+        state = load_trainer(payload, model, run_dir / EPISODES) if payload else new_state()
+        callback = ControllerRuns(run_dir / CHECKPOINT, run_dir / EPISODES, config.runs, state)
+        learn_to_budget(model, callback, resumed=payload is not None, tb_log_name=run_dir.name)
     finally:
         venv.close()
     theta = model.policy.theta()

@@ -3,12 +3,14 @@
 PPO with :class:`~.layerwise_policy.LayerwisePolicy` on ``FineTune-Tasks-v0``: each of ``n_envs``
 processes (SB3's ``SubprocVecEnv``; one device each, so N GPUs run N tasks) fine-tunes a freshly
 drawn task per episode; the policy updates after every ``n_steps`` steps of each process and stops
-after ``runs`` finished fine-tuning runs. The run directory holds ``config.json``, ``runs.jsonl``
+after ``runs`` finished fine-tuning runs (:mod:`.run_budget`, the engine PPO over the residual
+controller shares). The run directory holds ``config.json``, ``runs.jsonl``
 (one line per finished run), ``checkpoint.pt`` after every update (the policy, its optimizer and
 the counters, loadable with ``weights_only=True``) and, at the end, ``policy.pt`` with its card
 (:mod:`.pretrained`) and ``results.json``. ``--resume`` continues from the last update: the
-fine-tuning runs in flight at the kill are dropped (their steps were not learned from), and the
-processes draw new tasks.
+fine-tuning runs in flight at the kill, and those finished after the last update, are dropped
+(their steps were not learned from; the run log is cut back to match), and the processes draw
+new tasks.
 """
 
 from __future__ import annotations
@@ -27,14 +29,13 @@ from typing import Any
 
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from finetune_gym import FineTuneEnv, presets
 from finetune_gym.datasets.sampling import check_sampling_rate
 from finetune_gym.layerwise import DEFAULT_MAX_LAYERS
-from finetune_gym.storage import UnreadableFile, atomic_torch_save, load_tensors
+from finetune_gym.storage import UnreadableFile, load_tensors
 from finetune_gym.tasks import (
     DEFAULT_SAMPLING_RATES,
     DEFAULT_TASKS,
@@ -46,6 +47,7 @@ from finetune_gym.tasks import (
 from .hyperparams import PPO_SETTINGS
 from .layerwise_policy import LayerwisePolicy
 from .pretrained import save_policy
+from .run_budget import RunBudget, learn_to_budget, load_trainer, new_state
 from .rundir import CHECKPOINT, CONFIG, RESULTS, RunDirectory, RunDirectoryError
 from .threads import torch_threads
 
@@ -248,12 +250,10 @@ def _commit() -> str:
         return "unknown"
 
 
-class PretrainProgress(BaseCallback):
-    """Counts finished fine-tuning runs and logs each; checkpoints after every policy update.
-
-    The budget is met at the end of a rollout: the policy still learns from the rollout in which
-    the last run finished (SB3 drops a rollout cut short), then learning stops at the next step.
-    """
+class PretrainProgress(RunBudget):
+    """Pretraining's runs (:mod:`.run_budget`): each finished episode is one fine-tuning run, logged
+    with its task, return and validation accuracy (to W&B too, and printed); images are counted at
+    every step and the wall time at every save."""
 
     def __init__(
         self,
@@ -264,68 +264,50 @@ class PretrainProgress(BaseCallback):
         wandb_run: Any = None,
         on_checkpoint: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__()
-        self.run_dir, self.config, self.state, self.print_runs = run_dir, config, state, verbose
+        super().__init__(run_dir / CHECKPOINT, run_dir / RUN_LOG, config.runs, state)
+        self.config, self.print_runs = config, verbose
         self.wandb_run, self.on_checkpoint = wandb_run, on_checkpoint
-        self.rollouts, self.steps_in_rollout = 0, 0
 
-    def _on_rollout_start(self) -> None:
-        # Called after the previous rollout's update: the state to resume from.
-        if self.rollouts:
-            self.state["wall_s"] = self.state["wall_before"] + time.time() - self.state["started"]
-            save_checkpoint(self.run_dir / CHECKPOINT, self.model, self.state)
-            if self.on_checkpoint is not None:
-                self.on_checkpoint()
-        self.rollouts += 1
-        self.steps_in_rollout = 0
+    def on_info(self, info: dict[str, Any]) -> None:
+        self.state["images"] += int(info.get("batch_size", 0))
 
-    def _on_step(self) -> bool:
-        self.steps_in_rollout += 1
-        if self.state["runs_done"] >= self.config.runs and self.steps_in_rollout == 1:
-            return False  # the budget was met in the last rollout, which has been learned from
-        for info in self.locals["infos"]:
-            self.state["images"] += int(info.get("batch_size", 0))
-            if "episode" not in info:
-                continue
-            self.state["runs_done"] += 1
-            line = {
-                "run": self.state["runs_done"],
-                "task": info.get("task", {}),
-                "return": float(info["episode"]["r"]),
-                "steps": int(info["episode"]["l"]),
-                "val_accuracy": info.get("val_accuracy"),
-                "timesteps": int(self.num_timesteps),
-            }
-            with open(self.run_dir / RUN_LOG, "a") as handle:
-                handle.write(json.dumps(line, default=str) + "\n")
-            if self.wandb_run is not None:
-                import wandb
+    def finished(self, info: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+        if "episode" not in info:
+            return None
+        line = {
+            "task": info.get("task", {}),
+            "return": float(info["episode"]["r"]),
+            "steps": int(info["episode"]["l"]),
+            "val_accuracy": info.get("val_accuracy"),
+            "timesteps": int(self.num_timesteps),
+        }
+        return line, 1
 
-                task = line["task"]
-                data = {"run/return": line["return"], "run/steps": line["steps"], "run/index": line["run"]}
-                data["run/sampling_rate"] = task.get("sampling_rate")
-                if line["val_accuracy"] is not None:
-                    data[f"run/val_accuracy/{task.get('name')}"] = line["val_accuracy"]
-                wandb.log(data, step=int(self.num_timesteps))
-            if self.print_runs:
-                task = line["task"]
-                val = "" if line["val_accuracy"] is None else f", val {100 * line['val_accuracy']:.1f}%"
-                print(
-                    f"run {line['run']}/{self.config.runs}: {task.get('name')} r{task.get('sampling_rate')} "
-                    f"s{task.get('data_seed')}: return {line['return']:.3f} over {line['steps']} steps{val}",
-                    flush=True,
-                )
-        return True
+    def before_save(self) -> None:
+        self.state["wall_s"] = self.state["_wall_before"] + time.time() - self.state["_started"]
 
+    def save(self) -> None:
+        super().save()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
 
-def save_checkpoint(path: Path, model: PPO, state: dict[str, Any]) -> None:
-    payload = {
-        "policy": model.policy.state_dict(),
-        "optimizer": model.policy.optimizer.state_dict(),
-        "num_timesteps": int(model.num_timesteps),
-        "state": {k: v for k, v in state.items() if k not in ("started",)},
-    }
-    atomic_torch_save(payload, path)
+    def on_run(self, line: dict[str, Any]) -> None:
+        task = line["task"]
+        if self.wandb_run is not None:
+            import wandb
+
+            data = {"run/return": line["return"], "run/steps": line["steps"], "run/index": line["episode"]}
+            data["run/sampling_rate"] = task.get("sampling_rate")
+            if line["val_accuracy"] is not None:
+                data[f"run/val_accuracy/{task.get('name')}"] = line["val_accuracy"]
+            wandb.log(data, step=int(self.num_timesteps))
+        if self.print_runs:
+            val = "" if line["val_accuracy"] is None else f", val {100 * line['val_accuracy']:.1f}%"
+            print(
+                f"run {line['episode']}/{self.config.runs}: {task.get('name')} r{task.get('sampling_rate')} "
+                f"s{task.get('data_seed')}: return {line['return']:.3f} over {line['steps']} steps{val}",
+                flush=True,
+            )
 
 
 def card(config: PretrainConfig, state: dict[str, Any], model: PPO, command: str) -> dict[str, Any]:
@@ -339,7 +321,7 @@ def card(config: PretrainConfig, state: dict[str, Any], model: PPO, command: str
         "epochs_per_episode": config.epochs_per_episode,
         "env_kwargs": {**SHARED_DEFAULTS, **config.env_kwargs},
         "budget": {
-            "runs": state["runs_done"],
+            "runs": state["runs"],
             "timesteps": int(model.num_timesteps),
             "images": state["images"],
             "wall_s": round(state["wall_s"], 1),
@@ -419,19 +401,19 @@ def _pretrain(
             raise RunDirectoryError(
                 f"checkpoint {error}; start the pretraining again with --overwrite"
             ) from error
-    state = dict(payload["state"]) if payload else {"runs_done": 0, "images": 0, "wall_s": 0.0}
     # New draws after a resume: the steps done so far (never 0 once a checkpoint exists) shift every
     # process's task RNG.
     venv = build_vec_env(config, offset=int(payload["num_timesteps"]) if payload else 0)
     try:
         model = build_model(config, venv)
-        if payload:
-            model.policy.load_state_dict(payload["policy"])
-            model.policy.optimizer.load_state_dict(payload["optimizer"])
-            model.num_timesteps = int(payload["num_timesteps"])
         with RunDirectory.claim(run_dir, config, resume=resume, overwrite=overwrite) as directory:
             try:
-                state.update(started=time.time(), wall_before=state["wall_s"])
+                # Under the lock: a resume also cuts the run log back to the checkpoint's runs.
+                if payload:
+                    state = load_trainer(payload, model, run_dir / RUN_LOG)
+                else:
+                    state = {**new_state(), "images": 0, "wall_s": 0.0}
+                state.update(_started=time.time(), _wall_before=state["wall_s"])
                 wandb_run = None
                 if wandb_mode != "disabled":
                     from stable_baselines3.common.logger import Logger
@@ -454,10 +436,8 @@ def _pretrain(
                 callback = PretrainProgress(
                     run_dir, config, state, verbose, wandb_run, on_checkpoint=directory.drop_replaced
                 )
-                if state["runs_done"] < config.runs:
-                    model.learn(total_timesteps=10**12, callback=callback, reset_num_timesteps=not resume)
-                state["wall_s"] = state["wall_before"] + time.time() - state["started"]
-                state.pop("started", None)
+                learn_to_budget(model, callback, resumed=resume)
+                state["wall_s"] = state.pop("_wall_before") + time.time() - state.pop("_started")
                 result = card(config, state, model, command)
                 save_policy(model.policy, result, run_dir / POLICY)
                 (run_dir / RESULTS).write_text(json.dumps(result, indent=2) + "\n")
@@ -468,7 +448,7 @@ def _pretrain(
                     )
                 if verbose:
                     print(
-                        f"pretrained on {state['runs_done']} runs ({model.num_timesteps} steps, "
+                        f"pretrained on {state['runs']} runs ({model.num_timesteps} steps, "
                         f"{state['wall_s']:.0f} s): {run_dir / POLICY}"
                     )
                 return result

@@ -101,12 +101,13 @@ def status(folder: Path) -> list[str]:
 def ppo_status(folder: Path) -> list[str]:
     """One line per PPO training of the controller: its runs and the mean paired gain of its last
     32 runs (a noisy training signal: each run is one instance under a sampled policy)."""
-    from finetune_gym.agents.controller_ppo import CONFIG, EPISODES, STATE
+    from finetune_gym.agents.controller_ppo import CHECKPOINT, CONFIG, EPISODES
+    from finetune_gym.agents.run_budget import read_trainer
 
     out = []
     for run in sorted(p for p in folder.glob("*") if (p / CONFIG).is_file()):
         config = json.loads((run / CONFIG).read_text())
-        state = json.loads((run / STATE).read_text()) if (run / STATE).is_file() else {"runs": 0}
+        state = read_trainer(run / CHECKPOINT)["state"] if (run / CHECKPOINT).is_file() else {"runs": 0}
         episodes = harness.ResultsFile(run / EPISODES).lines()
         hours = sum(line["wall_s"] for line in episodes) / 3600
         gain = (

@@ -15,6 +15,7 @@ import finetune_gym
 from finetune_gym.agents import controller_ppo as cp
 from finetune_gym.agents import residual_controller as rc
 from finetune_gym.agents.registry import make_agent
+from finetune_gym.agents.run_budget import read_trainer
 from finetune_gym.instances import Instance
 
 
@@ -80,7 +81,7 @@ def test_training_counts_runs_saves_a_deployable_controller_and_resumes(tmp_path
     before = torch.get_num_threads()
     theta = cp.train_controller_ppo(config, tmp_path / "run", threads=max(1, before - 1) if before > 1 else 2)
     assert torch.get_num_threads() == before  # scoped: later runs in this process keep theirs
-    state = json.loads((tmp_path / "run" / cp.STATE).read_text())
+    state = read_trainer(tmp_path / "run" / cp.CHECKPOINT)["state"]
     episodes = [json.loads(line) for line in (tmp_path / "run" / cp.EPISODES).read_text().splitlines()]
     bases = (tmp_path / "run" / cp.BASES).read_text().splitlines()
     assert state["runs"] >= 5 and state["runs"] == len(episodes) + len(bases)
@@ -102,7 +103,7 @@ def test_training_counts_runs_saves_a_deployable_controller_and_resumes(tmp_path
         out.write(json.dumps({"episode": state["episodes"] + 1, "paired_gain": 1.0}) + "\n")
     longer = cp.ControllerPPOConfig(**{**config.__dict__, "runs": state["runs"] + 3})
     cp.train_controller_ppo(longer, tmp_path / "run")
-    after = json.loads((tmp_path / "run" / cp.STATE).read_text())
+    after = read_trainer(tmp_path / "run" / cp.CHECKPOINT)["state"]
     assert after["runs"] >= state["runs"] + 3 and after["episodes"] > state["episodes"]
     logged = (tmp_path / "run" / cp.EPISODES).read_text().splitlines()
     assert [json.loads(line)["episode"] for line in logged] == list(range(1, after["episodes"] + 1))
