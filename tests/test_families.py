@@ -113,6 +113,42 @@ def test_env_checkers_pass_for_each_family(image_folder, model, kwargs):
     sb3_check_env(env, warn=True, skip_render_check=True)
 
 
+@pytest.mark.parametrize(
+    "model, kwargs",
+    [
+        ("mobilenet_v3_small", {}),
+        ("efficientnet_b0", {}),
+        (TINY_VIT["model"], {"model_kwargs": TINY_VIT["model_kwargs"]}),
+    ],
+)
+def test_the_residual_controller_runs_on_each_family(image_folder, model, kwargs):
+    """The meta-trained controller reads per-layer features of any network the package cuts into
+    layers: a multiplier per layer, the head's apart from the others', and the weights move."""
+    from finetune_gym.agents import residual_controller as rc
+    from finetune_gym.agents.registry import make_agent
+
+    theta = np.zeros(len(rc.FEATURES))
+    theta[rc.FEATURES.index("head")] = 1.0  # the head up an octave
+    theta[rc.FEATURES.index("depth")] = -0.5  # deeper layers lower: the head ends at 2**0.5
+    controller = rc.ResidualController(theta=theta.tolist())
+    env = _env(image_folder, model, **kwargs, **controller.env_overrides())
+    agent = make_agent("residual_controller", env, theta=theta.tolist())
+    observation, _ = env.reset(seed=0)
+    before = {k: v.clone() for k, v in env.model.state_dict().items()}
+    for _ in range(3):
+        action, _ = agent.predict(observation[None])
+        assert action.shape == (1, env.n_layers)
+        observation, _, terminated, _, info = env.step(action[0])
+        assert np.all(np.isfinite(observation)) and not info["skipped_update"]
+        if terminated:
+            break
+    rates = info["learning_rates"]
+    assert rates[-1] == 2**0.5 * rates[0] > 0  # the head above the stem, every layer still learning
+    assert len(set(np.round(rates, 12))) > 2  # depth spreads the layers between them
+    after = env.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_vit_observes_channels_of_its_tokens(image_folder):
     env = _env(image_folder, TINY_VIT["model"], model_kwargs=TINY_VIT["model_kwargs"], obs_features=16)
     assert env.layer_names == [
