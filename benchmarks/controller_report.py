@@ -232,7 +232,40 @@ def search_report(split: str) -> list[str]:
         f"| {r['generation']} | {100 * r['mean_gain']:+.2f} | {100 * r['best_gain']:+.2f} | {r['sigma']:.3f} | {r['runs']} |"
         for r in rows
     ]
-    return [*out, ""]
+    plot = plot_search(rows, REPORT_FILE.parent / f"controller_search_split{split}.png")
+    return [*out, "", f"![meta-training, split {split}]({plot.name})", ""]
+
+
+def plot_search(rows: list[dict], path: Path) -> Path:
+    """The search's generations: training fitness (each generation on its own 4 instances, so
+    noisy) and the distribution's mean weights, the controller that would deploy at that point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from finetune_gym.agents.residual_controller import FEATURES
+
+    generations = [r["generation"] for r in rows]
+    fig, (fitness, weights) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fitness.plot(generations, [100 * r["mean_gain"] for r in rows], "o-", label="mean of the candidates")
+    fitness.plot(generations, [100 * r["best_gain"] for r in rows], "s--", label="best candidate")
+    fitness.axhline(0.0, color="grey", lw=0.8)
+    fitness.set_xlabel("generation")
+    fitness.set_ylabel("paired val gain over Prodigy (points)")
+    fitness.set_title("training fitness")
+    fitness.legend()
+    for i, name in enumerate(FEATURES):
+        weights.plot(generations, [r["mean_theta"][i] for r in rows], label=name)
+    weights.axhline(0.0, color="grey", lw=0.8)
+    weights.set_xlabel("generation")
+    weights.set_ylabel("weight (log2 multiplier per unit)")
+    weights.set_title("the search's mean (the controller so far)")
+    weights.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # The package's default controller is split 1's: GTSRB, in no training part, is its evidence.
