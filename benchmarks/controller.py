@@ -87,10 +87,16 @@ def status(folder: Path) -> list[str]:
         summary = ""
         if generations:
             last = generations[-1]
+            left = config["generations"] - len(generations)
             summary = (
                 f"; generation {last['generation']}: mean gain {100 * last['mean_gain']:+.2f}, best "
                 f"{100 * last['best_gain']:+.2f} points, sigma {last['sigma']:.3f}"
             )
+            if left > 0:  # at the cost per generation measured so far (the instances drawn vary it)
+                per_run, runs_per_generation = hours / len(evaluations), last["runs"] / len(generations)
+                summary += (
+                    f"; {left} generations left, ~{left * runs_per_generation * per_run:.1f} core-hours"
+                )
         out.append(
             f"{run.name}: {len(evaluations)} runs ({hours:.2f} h of runs) of {config['generations']} generations x "
             f"{config['batch']} instances{summary}"

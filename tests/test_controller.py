@@ -253,3 +253,19 @@ def test_run_instance_is_the_agent_run_of_the_same_instance(tmp_path):
         observation, _, terminated, truncated, _ = env.step(agent.predict(observation[None])[0][0])
         done = terminated or truncated
     assert result["val"] == env.evaluate("val")
+
+
+def test_status_estimates_what_a_search_has_left(tmp_path):
+    """`controller.py status`: the core-hours left at the cost per run and the runs per generation
+    measured so far."""
+    from benchmarks import controller
+
+    run = tmp_path / "set-split1-s0"
+    run.mkdir()
+    (run / "meta_config.json").write_text(json.dumps({"generations": 3, "batch": 2}))
+    (run / "evaluations.jsonl").write_text("".join(json.dumps({"wall_s": 1800.0}) + "\n" for _ in range(6)))
+    summary = {"generation": 0, "mean_gain": 0.01, "best_gain": 0.02, "sigma": 0.5, "runs": 6}
+    (run / "generations.jsonl").write_text(json.dumps(summary) + "\n")
+    line = controller.status(tmp_path)[0]
+    assert line.startswith("set-split1-s0: 6 runs (3.00 h of runs) of 3 generations x 2 instances")
+    assert line.endswith("; 2 generations left, ~6.0 core-hours")  # 2 x 6 runs x 0.5 h
