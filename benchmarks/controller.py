@@ -174,6 +174,19 @@ def evaluate_split(args: argparse.Namespace) -> None:
             f"{args.split}` first ({controller_eval.controller_file(args.split)} is missing)"
         )
     done = grid.load_done()
+    incomplete = controller_eval.incomplete_pools(args.split, done)
+    if incomplete and not args.incomplete_pool:
+        datasets = sorted({dataset for dataset, _ in incomplete})
+        methods = sorted({m for left in incomplete.values() for m in left})
+        tasks = "; ".join(
+            f"{d} {100 * r:g}%: {', '.join(left)}" for (d, r), left in sorted(incomplete.items())
+        )
+        raise SystemExit(
+            f"the grid has not finished the one-run pool ({tasks}): the method chosen on validation may change "
+            "once they have run, and its runs made here on the other test seeds would be wasted. Run "
+            f"`python benchmarks/gtsrb_lowdata.py run --datasets {' '.join(datasets)} --only {' '.join(methods)}` "
+            "first, or pass --incomplete-pool to judge against the pool as it is"
+        )
 
     def ready():
         return controller_eval.jobs(args.split, done, controller_eval.RESULTS.by("cell"))
@@ -233,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     show.add_argument("--folder", type=Path, default=RUNS)
     evaluate = sub.add_parser("evaluate", help="run the controller on its split's held-out instances")
     evaluate.add_argument("--split", default=defaults.split)
+    evaluate.add_argument(
+        "--incomplete-pool", action="store_true", help="judge against the grid's one-run pool as it is"
+    )
     harness.add_pool_options(evaluate, workers=2, threads=1)
     report = sub.add_parser("report", help="write results/controller_eval.md")
     report.add_argument("--splits", nargs="+", default=["1", "2"])

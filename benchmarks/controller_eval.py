@@ -71,6 +71,17 @@ def best_one_run(done: dict[str, dict[str, Any]], dataset: str, rate: float) -> 
     ]
 
 
+def incomplete_pools(split: str, done: dict[str, dict[str, Any]]) -> dict[tuple[str, float], list[str]]:
+    """Per test task of ``split`` whose one-run pool the grid has not finished: the methods left out
+    (the val-chosen method may change once they have run)."""
+    out = {}
+    for instance in test_instances(split):
+        _, left_out = best_one_run(done, instance.dataset, instance.sampling_rate)
+        if left_out:
+            out[(instance.dataset, instance.sampling_rate)] = left_out
+    return out
+
+
 def run_config(split: str, method: str, instance: Instance, done: dict[str, dict[str, Any]]):
     """A controller's run (``method`` in :data:`CONTROLLERS`) or a one-run method's on ``instance``:
     the grid's configuration of that cell, with the controller as the agent."""

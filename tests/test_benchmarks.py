@@ -606,6 +606,13 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     assert low["rates"] == "15% and 30%" and low["met"] and low["complete"]
     assert low["mean_gain"] == pytest.approx(2.2) and low["ci95"][0] <= 2.2 <= low["ci95"][1]
 
+    # The held-out runs wait for the grid's pool: the chosen method could change once it is complete.
+    from benchmarks import controller
+
+    assert ce.incomplete_pools("1", done) == {("gtsrb", 0.3): ["mechanic"]}
+    with pytest.raises(SystemExit, match=r"pool \(gtsrb 30%: mechanic\).*--datasets gtsrb --only mechanic`"):
+        controller.main(["evaluate", "--split", "1"])
+
     # Once PPO has trained the same controller, it is a second method on the same instances.
     ppo = ce.controller_file("1", method="residual_controller_ppo")
     assert ppo.parent.name == "v1-split1-s0-ppo"
