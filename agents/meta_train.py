@@ -39,6 +39,7 @@ EVALUATIONS = "evaluations.jsonl"
 GENERATIONS = "generations.jsonl"
 CONFIG = "meta_config.json"
 CONTROLLER = "controller.pt"
+VERSIONS = "versions.json"  # the cma and NumPy that drew the search: a replay needs the same
 
 # A meta-training run is judged on its final validation accuracy, never on a step's reward; the
 # paper's "batch" reward costs one extra forward per step (about 17% of a ResNet-20 run on CPU) for
@@ -121,6 +122,16 @@ def run_instance(
         env.close()
 
 
+def _drawn_with(path: Path) -> dict[str, str]:
+    """The versions of the libraries that draw the search's candidates, written at its start and
+    read back after (a search folder from before this file existed gets the present ones)."""
+    import cma
+
+    if not path.is_file():
+        path.write_text(json.dumps({"cma": cma.__version__, "numpy": np.__version__}) + "\n")
+    return json.loads(path.read_text())
+
+
 def _job_key(
     kind: str, instance: Instance, generation: int | None = None, candidate: int | None = None
 ) -> str:
@@ -144,6 +155,7 @@ class MetaTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # A run may go on for more generations; anything else changes what it searches.
         keep_settings(self.run_dir / CONFIG, asdict(config), "generations", "a meta-training run")
+        self.versions = _drawn_with(self.run_dir / VERSIONS)
         self.evaluations: dict[str, dict[str, Any]] = {}
         path = self.run_dir / EVALUATIONS
         lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
@@ -211,7 +223,9 @@ class MetaTrainer:
                     if done is not None and not np.allclose(done["theta"], theta, rtol=0, atol=1e-12):
                         raise RuntimeError(
                             f"replaying generation {generation}: CMA-ES asked another candidate {k} than the "
-                            f"one recorded in {EVALUATIONS} (another cma version?); continue in a new folder"
+                            f"one recorded in {EVALUATIONS}. The search was drawn with {self.versions}: install "
+                            f"those (pip install {' '.join(f'{k}=={v}' for k, v in self.versions.items())}) "
+                            "to continue it, or continue in a new folder"
                         )
                     jobs[key] = (instance, theta.tolist())
             self._evaluate(jobs)

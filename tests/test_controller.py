@@ -237,6 +237,27 @@ def test_meta_training_searches_pairs_with_the_base_and_resumes_exactly(tmp_path
     with pytest.raises(ValueError, match="other settings \\(sigma0\\)"):
         MetaTrainer(MetaTrainConfig(**{**config.__dict__, "sigma0": 1.0}), tmp_path / "a", executor)
 
+    # A recorded candidate that CMA-ES does not ask again (another cma, say) stops the replay before
+    # any run, naming the versions that drew the search.
+    import cma
+
+    assert json.loads((tmp_path / "a" / "versions.json").read_text()) == {
+        "cma": cma.__version__,
+        "numpy": np.__version__,
+    }
+    (tmp_path / "c").mkdir()
+    for name in ("meta_config.json", "versions.json"):
+        (tmp_path / "c" / name).write_text((tmp_path / "a" / name).read_text())
+    (tmp_path / "c" / "versions.json").write_text(json.dumps({"cma": "0.1", "numpy": np.__version__}))
+    moved = [
+        {**r, "theta": [v + 0.5 for v in r["theta"]]} if r["key"].startswith("g0/c0/") else r for r in records
+    ]
+    (tmp_path / "c" / EVALUATIONS).write_text("".join(json.dumps(r) + "\n" for r in moved))
+    with CountingExecutor() as executor:
+        with pytest.raises(RuntimeError, match=r"drawn with .*'cma': '0.1'.*pip install cma==0.1 numpy=="):
+            MetaTrainer(config, tmp_path / "c", executor).run()
+        assert executor.jobs == 0
+
 
 def test_run_instance_is_the_agent_run_of_the_same_instance(tmp_path):
     """The meta-trainer's evaluation is the same fine-tuning run as the controller deployed through
