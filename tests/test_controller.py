@@ -290,3 +290,54 @@ def test_status_estimates_what_a_search_has_left(tmp_path):
     line = controller.status(tmp_path)[0]
     assert line.startswith("set-split1-s0: 6 runs (3.00 h of runs) of 3 generations x 2 instances")
     assert line.endswith("; 2 generations left, ~6.0 core-hours")  # 2 x 6 runs x 0.5 h
+
+
+def test_a_search_killed_mid_generation_continues_to_the_same_controller(tmp_path):
+    """`controller.py run` SIGKILLed (with its worker processes) while a generation's runs finish:
+    run again, it reaches the controller an uninterrupted search reaches, every evaluation equal."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, limit
+
+    instance_set = digits_instance_set(tmp_path, epochs=1)
+
+    def command(folder: str) -> list[str]:
+        return [
+            sys.executable, "benchmarks/controller.py", "run", "--instance-set", instance_set,
+            "--generations", "2", "--batch", "2", "--popsize", "3", "--folder", str(tmp_path / folder),
+            "--executor", "processes", "--workers", "2", "--threads", "1",
+        ]  # fmt: skip
+
+    killed = tmp_path / "killed" / "set-split1-s0" / EVALUATIONS
+    process = subprocess.Popen(
+        command("killed"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + limit(300)
+    while not (killed.is_file() and len(killed.read_text().splitlines()) >= 5):
+        assert process.poll() is None, "the search finished before it was killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the search and its workers, as a crash would
+    process.wait()
+    for folder in ("killed", "whole"):
+        done = subprocess.run(command(folder), cwd=ROOT, capture_output=True, text=True, timeout=limit(600))
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    def evaluations(folder: str) -> dict[str, float]:
+        path = tmp_path / folder / "set-split1-s0" / EVALUATIONS
+        return {r["key"]: r["val"] for r in map(json.loads, path.read_text().splitlines())}
+
+    assert evaluations("killed") == evaluations("whole")
+    assert len(evaluations("whole")) >= 2 * 3 * 2 + 2
+    theirs, ours = (
+        rc.load_controller(tmp_path / f / "set-split1-s0" / "controller.pt") for f in ("whole", "killed")
+    )
+    assert ours["theta"] == theirs["theta"]
