@@ -654,3 +654,16 @@ def test_controller_overhead_benchmark_times_both_modes_side_by_side(tmp_path):
     assert len(result["ratios"]) == 2 and all(r > 0 for r in result["ratios"])
     assert result["ms_per_step"]["decision"] < result["ms_per_step"]["controller"]
     assert "Controller / base:" in (tmp_path / "o.md").read_text()
+    # The gradient check's own cost: the base against itself with the check passing; the check
+    # is back afterwards.
+    assert len(result["check_ratios"]) == 2 and result["ms_per_step"][controller_overhead.UNCHECKED] > 0
+    assert "The environment's gradient check:" in (tmp_path / "o.md").read_text()
+    import torch
+
+    from finetune_gym import training
+
+    with controller_overhead.gradients_unchecked():
+        assert training.gradients_finite(None)
+    nan = torch.nn.Parameter(torch.ones(2))
+    nan.grad = torch.tensor([1.0, float("nan")])
+    assert not training.gradients_finite(torch.optim.SGD([nan], lr=0.1))
