@@ -34,12 +34,35 @@ if not __package__:  # run as a file (python benchmarks/controller.py): the repo
 from benchmarks import harness  # noqa: E402
 from benchmarks.controller_eval import RUNS, run_name  # noqa: E402
 
+WANDB_ID = "wandb_id.txt"
+
+
+def wandb_resume(run_dir: Path | None) -> dict[str, Any]:
+    """W&B's id and resume options for a training folder: a search or a PPO run continued in a
+    later session logs on to the same W&B run instead of starting another (the id kept in the
+    folder, as train.py keeps its runs')."""
+    if run_dir is None:
+        return {}
+    import secrets
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / WANDB_ID
+    if not path.is_file():
+        path.write_text(secrets.token_hex(4) + "\n")
+    return {"id": path.read_text().strip(), "resume": "allow"}
+
 
 class Loggers:
     """TensorBoard (``--tensorboard DIR``) and W&B (``--wandb-mode``) for a search's generations."""
 
     def __init__(
-        self, name: str, tensorboard: str | None, wandb_mode: str, project: str, config: dict
+        self,
+        name: str,
+        tensorboard: str | None,
+        wandb_mode: str,
+        project: str,
+        config: dict,
+        run_dir: Path | None = None,
     ) -> None:
         self.writer = self.run = None
         if tensorboard:
@@ -57,6 +80,7 @@ class Loggers:
                 config=config,
                 dir=str(harness.RUNS_DIR),
                 settings=wandb.Settings(silent=True, console="off"),
+                **wandb_resume(run_dir),
             )
 
     def __call__(self, generation: int, scalars: dict[str, float]) -> None:
@@ -154,6 +178,7 @@ def train_ppo(args: argparse.Namespace) -> None:
             config=config.__dict__,
             sync_tensorboard=True,
             dir=str(harness.RUNS_DIR),
+            **wandb_resume(args.folder / name),
         )
     tensorboard = args.tensorboard or (str(harness.RUNS_DIR / "controller-ppo") if run else None)
     try:
@@ -290,7 +315,9 @@ def main(argv: list[str] | None = None) -> None:
         data_root=args.data_root,
     )
     name = run_name(args.instance_set, args.split, args.seed)
-    loggers = Loggers(name, args.tensorboard, args.wandb_mode, args.wandb_project, config.__dict__)
+    loggers = Loggers(
+        name, args.tensorboard, args.wandb_mode, args.wandb_project, config.__dict__, args.folder / name
+    )
 
     def log(generation: int, scalars: dict[str, Any]) -> None:
         loggers(generation, scalars)

@@ -341,3 +341,36 @@ def test_a_search_killed_mid_generation_continues_to_the_same_controller(tmp_pat
         rc.load_controller(tmp_path / f / "set-split1-s0" / "controller.pt") for f in ("whole", "killed")
     )
     assert ours["theta"] == theirs["theta"]
+
+
+def test_a_continued_search_logs_on_to_the_same_wandb_run(tmp_path, monkeypatch):
+    """`controller.py run --wandb-mode offline`, continued for another generation: one W&B run id,
+    kept in the search's folder, so a search spread over sessions is one run in W&B."""
+    from benchmarks import controller, harness
+
+    monkeypatch.setattr(harness, "RUNS_DIR", tmp_path / "wandb_runs")
+    argv = [
+        "run",
+        "--instance-set",
+        digits_instance_set(tmp_path, epochs=1),
+        "--batch",
+        "1",
+        "--popsize",
+        "2",
+    ]
+    argv += [
+        "--folder",
+        str(tmp_path / "runs"),
+        "--executor",
+        "processes",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+    ]
+    argv += ["--wandb-mode", "offline", "--wandb-project", "test"]
+    controller.main([*argv, "--generations", "1"])
+    controller.main([*argv, "--generations", "2"])
+    kept = (tmp_path / "runs" / "set-split1-s0" / controller.WANDB_ID).read_text().strip()
+    logs = sorted((tmp_path / "wandb_runs").glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 2 and {path.name for path in logs} == {f"run-{kept}.wandb"}
