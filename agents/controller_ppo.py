@@ -256,8 +256,21 @@ class ControllerRuns(RunBudget):
             info["base_ran"]
         )
 
+    def __init__(
+        self, checkpoint: Path, log: Path, budget: int, state: dict[str, Any], verbose: bool
+    ) -> None:
+        super().__init__(checkpoint, log, budget, state)
+        self.verbose_runs = verbose  # a line per run (the command line prints them)
+
     def on_run(self, line: dict[str, Any]) -> None:
         self.logger.record("controller/paired_gain", line["paired_gain"])
+        if self.verbose_runs:
+            print(
+                f"run {self.state['runs']}/{self.budget} (episode {line['episode']}): {line['instance']}: "
+                f"val {100 * line['val']:.1f}%, paired gain {100 * line['paired_gain']:+.1f} points"
+                + (" (its base run too)" if line["base_ran"] else ""),
+                flush=True,
+            )
 
     def before_save(self) -> None:
         # Each environment's draws so far: a resumed environment goes on with its instance order.
@@ -295,6 +308,7 @@ def train_controller_ppo(
     n_envs: int = 1,
     threads: int = 1,
     tensorboard_log: str | None = None,
+    verbose: bool = False,
 ) -> np.ndarray:
     """PPO to ``config.runs`` fine-tuning runs (:mod:`.run_budget`: learned from to the end of the
     rollout that met the budget), continuing from whatever ``run_dir`` holds (the trainer as saved
@@ -316,7 +330,7 @@ def train_controller_ppo(
         for rank in range(n_envs)
     ]
     with torch_threads(threads):  # the caller's thread count comes back afterwards
-        return _train(config, run_dir, makers, payload, tensorboard_log)
+        return _train(config, run_dir, makers, payload, tensorboard_log, verbose)
 
 
 def _train(
@@ -325,6 +339,7 @@ def _train(
     makers: list,
     payload: dict[str, Any] | None,
     tensorboard_log: str | None,
+    verbose: bool,
 ) -> np.ndarray:
     venv: VecEnv = DummyVecEnv(makers) if len(makers) == 1 else SubprocVecEnv(makers, start_method="spawn")
     try:
@@ -345,7 +360,7 @@ def _train(
             verbose=0,
         )
         state = load_trainer(payload, model, run_dir / EPISODES) if payload else new_state()
-        callback = ControllerRuns(run_dir / CHECKPOINT, run_dir / EPISODES, config.runs, state)
+        callback = ControllerRuns(run_dir / CHECKPOINT, run_dir / EPISODES, config.runs, state, verbose)
         learn_to_budget(model, callback, resumed=payload is not None, tb_log_name=run_dir.name)
     finally:
         venv.close()

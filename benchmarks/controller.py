@@ -182,7 +182,9 @@ def train_ppo(args: argparse.Namespace) -> None:
         )
     tensorboard = args.tensorboard or (str(harness.RUNS_DIR / "controller-ppo") if run else None)
     try:
-        theta = train_controller_ppo(config, args.folder / name, args.workers, args.threads, tensorboard)
+        theta = train_controller_ppo(
+            config, args.folder / name, args.workers, args.threads, tensorboard, verbose=True
+        )
     finally:
         if run is not None:
             run.finish()

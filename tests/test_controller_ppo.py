@@ -4,6 +4,7 @@ objective as the CMA-ES search)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -131,7 +132,11 @@ def test_the_benchmark_command_trains_with_ppo_and_reports_it_beside_the_searche
     )  # fmt: skip
     name = controller.run_name(path, "1", 0, "ppo")
     assert name.endswith("-ppo")
-    assert f"{name}: controller" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{name}: controller" in out
+    assert re.search(
+        r"^run [0-9]+/3 \(episode 1\): digits/.+: val .+%, paired gain [+-][0-9.]+ points", out, re.M
+    )
     assert rc.load_controller(tmp_path / "runs" / name / cp.CONTROLLER)["card"]["runs"] >= 3
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     controller.main(["status", "--folder", str(tmp_path / "runs")])
