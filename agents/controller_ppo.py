@@ -17,6 +17,8 @@ per instance, cached in the run's folder and counted in the budget as the search
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -108,14 +110,21 @@ class BaseScores:
         return scores
 
     def get(self, instance: Instance) -> tuple[float, bool]:
-        """(the base's validation accuracy on ``instance``, whether it was run now)."""
-        known = self._read().get(instance.id)
-        if known is not None:
-            return known, False
-        result = run_instance(instance.to_json(), [0.0] * len(FEATURES), self.optimizer, self.data_root)
-        with open(self.path, "a") as out:
-            out.write(json.dumps({"instance": instance.id, **result}) + "\n")
-        return result["val"], True
+        """(the base's validation accuracy on ``instance``, whether it was run now). Under a lock of
+        the instance's own: two environments that draw it at once run its base once (the second
+        waits and reads it); different instances' bases run side by side."""
+        locks = self.path.parent / f"{self.path.stem}.locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha1(instance.id.encode()).hexdigest()[:16]
+        with open(locks / f"{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            known = self._read().get(instance.id)
+            if known is not None:
+                return known, False
+            result = run_instance(instance.to_json(), [0.0] * len(FEATURES), self.optimizer, self.data_root)
+            with open(self.path, "a") as out:
+                out.write(json.dumps({"instance": instance.id, **result}) + "\n")
+            return result["val"], True
 
 
 class ControllerTasksEnv(gym.Env):

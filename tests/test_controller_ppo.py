@@ -142,3 +142,29 @@ def test_the_benchmark_command_trains_with_ppo_and_reports_it_beside_the_searche
     controller.main(["status", "--folder", str(tmp_path / "runs")])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith(f"{name}: ") and "of 3 runs" in line and "mean gain" in line
+
+
+def test_two_environments_drawing_one_instance_run_its_base_once(tmp_path, monkeypatch):
+    """Base runs are shared by the environment processes through one file: an instance drawn by two
+    at once is run once (the second waits for it and reads it), another instance meanwhile runs
+    beside it."""
+    import concurrent.futures as futures
+    import time
+
+    calls = []
+
+    def slow_base(instance, theta, optimizer, data_root):
+        calls.append(instance["seed"])
+        time.sleep(0.5)
+        return {"val": 0.5 + instance["seed"] / 100, "wall_s": 0.5}
+
+    monkeypatch.setattr(cp, "run_instance", slow_base)
+    bases = cp.BaseScores(tmp_path / cp.BASES, "prodigy", None)
+    a, b = (Instance("digits", "digits_resnet8", 0.3, seed, 1) for seed in (0, 1))
+    started = time.perf_counter()
+    with futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(bases.get, [a, a, b, a]))
+    assert sorted(calls) == [0, 1]
+    assert [val for val, _ in results] == [0.5, 0.5, 0.51, 0.5] and sum(ran for _, ran in results) == 2
+    assert time.perf_counter() - started < 1.4  # a's and b's bases side by side, not one after the other
+    assert len((tmp_path / cp.BASES).read_text().splitlines()) == 2
