@@ -258,18 +258,18 @@ class ControllerRuns(RunBudget):
     """A run is one episode plus the base run it needed (if it was the instance's first); each is
     logged with its paired gain, and theta goes to the logger at each rollout's end."""
 
+    def __init__(
+        self, checkpoint: Path, log: Path, budget: int, state: dict[str, Any], verbose: bool
+    ) -> None:
+        super().__init__(checkpoint, log, budget, state)
+        self.verbose_runs = verbose  # a line per run (the command line prints them)
+
     def finished(self, info: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
         if "paired_gain" not in info:
             return None
         return {k: info[k] for k in ("instance", "val", "paired_gain", "base_ran", "wall_s")}, 1 + int(
             info["base_ran"]
         )
-
-    def __init__(
-        self, checkpoint: Path, log: Path, budget: int, state: dict[str, Any], verbose: bool
-    ) -> None:
-        super().__init__(checkpoint, log, budget, state)
-        self.verbose_runs = verbose  # a line per run (the command line prints them)
 
     def on_run(self, line: dict[str, Any]) -> None:
         self.logger.record("controller/paired_gain", line["paired_gain"])
