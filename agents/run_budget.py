@@ -13,7 +13,8 @@ nothing. Here:
   the step count and the counters, in one file loadable with ``weights_only=True``);
 - the budget is met at the end of a rollout: the policy learns from the rollout in which the last
   run finished, and learning stops at the next step (so a budget can be overshot by the runs that
-  finish in that rollout; they are counted);
+  finish in that rollout, and in that one step: all are counted, as all were paid for; the last
+  save records them);
 - a resume (:func:`load_trainer`) cuts the log back to the runs the checkpoint counts: the runs
   finished after the last update were not learned from, and are run again.
 """
@@ -72,8 +73,9 @@ class RunBudget(BaseCallback):
 
     def _on_step(self) -> bool:
         self.steps_in_rollout += 1
-        if self.state["runs"] >= self.budget and self.steps_in_rollout == 1:
-            return False  # the budget was met in the last rollout, which has been learned from
+        # The budget was met in the last rollout, which has been learned from: this step ends the
+        # training. A run that ended in it is still counted (it was paid for), not learned from.
+        stop = self.state["runs"] >= self.budget and self.steps_in_rollout == 1
         for info in self.locals["infos"]:
             self.on_info(info)
             run = self.finished(info)
@@ -86,17 +88,18 @@ class RunBudget(BaseCallback):
             with open(self.log, "a") as out:
                 out.write(json.dumps(line, default=str) + "\n")
             self.on_run(line)
-        return True
+        return not stop
 
 
 def learn_to_budget(model: BaseAlgorithm, callback: RunBudget, resumed: bool, **learn_kwargs: Any) -> None:
-    """``model.learn`` until the callback's budget of runs is met (nothing if it already is). It
-    stops at the first step of a rollout, just after the save that followed the last update: the
-    checkpoint is the trained policy, and nothing after it was learned from."""
+    """``model.learn`` until the callback's budget of runs is met (nothing if it already is), then
+    one last save: the policy as the last update left it (nothing after it was learned from), the
+    counters with every run finished."""
     if callback.state["runs"] < callback.budget:
         model.learn(
             total_timesteps=10**12, callback=callback, reset_num_timesteps=not resumed, **learn_kwargs
         )
+        callback.save()
 
 
 def save_trainer(path: Path, model: BaseAlgorithm, state: dict[str, Any]) -> None:

@@ -168,3 +168,20 @@ def test_two_environments_drawing_one_instance_run_its_base_once(tmp_path, monke
     assert [val for val, _ in results] == [0.5, 0.5, 0.51, 0.5] and sum(ran for _, ran in results) == 2
     assert time.perf_counter() - started < 1.4  # a's and b's bases side by side, not one after the other
     assert len((tmp_path / cp.BASES).read_text().splitlines()) == 2
+
+
+def test_two_environment_processes_train_share_base_runs_and_keep_their_count(tmp_path):
+    """`controller.py ppo --workers 2`'s path: two spawned environment processes, one base run per
+    instance however they draw, each process's draws saved; a resume with another count is refused."""
+    config = cp.ControllerPPOConfig(
+        instance_set=digits_instance_set(tmp_path, epochs=1), runs=4, n_steps=8, batch_size=16, n_epochs=1
+    )
+    cp.train_controller_ppo(config, tmp_path / "run", n_envs=2, threads=1)
+    state = read_trainer(tmp_path / "run" / cp.CHECKPOINT)["state"]
+    assert len(state["draws"]) == 2 and all(d >= 1 for d in state["draws"])
+    episodes = [json.loads(line) for line in (tmp_path / "run" / cp.EPISODES).read_text().splitlines()]
+    bases = [json.loads(line)["instance"] for line in (tmp_path / "run" / cp.BASES).read_text().splitlines()]
+    assert len(bases) == len(set(bases)) == sum(e["base_ran"] for e in episodes)
+    assert state["runs"] == len(episodes) + len(bases) >= 4
+    with pytest.raises(ValueError, match="trained with 2 environments: pass n_envs=2"):
+        cp.train_controller_ppo(config, tmp_path / "run", n_envs=1)

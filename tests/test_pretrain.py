@@ -49,10 +49,11 @@ def test_pretraining_writes_a_policy_with_its_card(policy_file):
     assert len(runs) == card["budget"]["runs"]
     assert all(r["task"]["dataset"] == "digits" and r["task"]["sampling_rate"] == 0.3 for r in runs)
     assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in runs)
-    # The last rollout was learned from: the policy is the checkpoint after the second update (2 x 8
-    # steps), and it differs from the untrained policy (same seed).
+    # The last rollout was learned from: the policy is the one after the second update (2 x 8
+    # steps; the last save also counts the step that stopped it), and it differs from the untrained
+    # policy (same seed).
     last = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert last["num_timesteps"] == 16
+    assert last["num_timesteps"] == 17 and last["state"]["runs"] == card["budget"]["runs"]
     assert all(torch.equal(v, last["policy"][k]) for k, v in policy.state_dict().items())
     threads = torch.get_num_threads()
     venv = build_vec_env(PretrainConfig(**TINY))  # one env: in this process, its threads untouched

@@ -69,7 +69,8 @@ def test_the_budget_ends_after_a_rollout_that_is_learned_from_and_resumes(tmp_pa
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["episode"] for line in lines] == [1, 2, 3, 4, 5]
     saved = read_trainer(checkpoint)
-    assert saved["num_timesteps"] == 16 and saved["state"] == {"runs": 5, "episodes": 5}
+    # The last save: the policy after the second update, and the step that stopped it counted.
+    assert saved["num_timesteps"] == 17 and saved["state"] == {"runs": 5, "episodes": 5}
     assert _same_policy(model, saved["policy"])  # the checkpoint is the trained policy
 
     with open(log, "a") as out:  # a run logged after the last update, then a kill
@@ -77,17 +78,32 @@ def test_the_budget_ends_after_a_rollout_that_is_learned_from_and_resumes(tmp_pa
     resumed = _model()
     assert not _same_policy(resumed, saved["policy"])
     state = load_trainer(saved, resumed, log)
-    assert _same_policy(resumed, saved["policy"]) and resumed.num_timesteps == 16
+    assert _same_policy(resumed, saved["policy"]) and resumed.num_timesteps == 17
     assert len(log.read_text().splitlines()) == 5
     again = ToyRuns(checkpoint, log, budget=5, state=state)
     learn_to_budget(resumed, again, resumed=True)  # the budget is met: nothing runs
-    assert resumed.num_timesteps == 16
+    assert resumed.num_timesteps == 17
     more = ToyRuns(checkpoint, log, budget=7, state=state)
     learn_to_budget(resumed, more, resumed=True)
-    assert state["runs"] >= 7 and read_trainer(checkpoint)["num_timesteps"] > 16
+    assert state["runs"] >= 7 and read_trainer(checkpoint)["num_timesteps"] > 17
     assert [json.loads(line)["episode"] for line in log.read_text().splitlines()] == list(
         range(1, state["episodes"] + 1)
     )
+
+
+def test_a_run_that_ends_in_the_stopping_step_is_counted_but_not_learned_from(tmp_path):
+    """Runs end at steps 3 and 6 of the first rollout (8 steps): the budget of 2 is met. The next
+    rollout's first step, 9, stops the training and also ends a run: paid for, so counted and
+    logged, and saved with the policy of the one update."""
+    checkpoint, log = tmp_path / "checkpoint.pt", tmp_path / "runs.jsonl"
+    model = _model()
+    callback = ToyRuns(checkpoint, log, budget=2, state=new_state())
+    learn_to_budget(model, callback, resumed=False)
+    assert model._n_updates == 1 * 2 and callback.state == {"runs": 3, "episodes": 3}
+    assert len(log.read_text().splitlines()) == 3
+    saved = read_trainer(checkpoint)
+    assert saved["state"] == {"runs": 3, "episodes": 3} and saved["num_timesteps"] == 9
+    assert _same_policy(model, saved["policy"])
 
 
 def test_a_damaged_checkpoint_says_what_to_do(tmp_path):
