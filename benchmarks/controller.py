@@ -131,7 +131,7 @@ def status(folder: Path) -> list[str]:
 def ppo_status(folder: Path) -> list[str]:
     """One line per PPO training of the controller: its runs and the mean paired gain of its last
     32 runs (a noisy training signal: each run is one instance under a sampled policy)."""
-    from finetune_gym.agents.controller_ppo import CHECKPOINT, CONFIG, EPISODES
+    from finetune_gym.agents.controller_ppo import BASES, CHECKPOINT, CONFIG, EPISODES
     from finetune_gym.agents.run_budget import read_trainer
 
     out = []
@@ -139,7 +139,13 @@ def ppo_status(folder: Path) -> list[str]:
         config = json.loads((run / CONFIG).read_text())
         state = read_trainer(run / CHECKPOINT)["state"] if (run / CHECKPOINT).is_file() else {"runs": 0}
         episodes = harness.ResultsFile(run / EPISODES).lines()
-        hours = sum(line["wall_s"] for line in episodes) / 3600
+        bases = harness.ResultsFile(run / BASES).lines()
+        hours = sum(line["wall_s"] for line in [*episodes, *bases]) / 3600
+        left = config["runs"] - state["runs"]
+        if left > 0 and state["runs"]:  # at the cost per run measured so far
+            hours_left = f", ~{left * hours / state['runs']:.1f} core-hours left"
+        else:
+            hours_left = ""
         gain = (
             f"; last {min(32, len(episodes))} runs' mean gain "
             f"{100 * sum(e['paired_gain'] for e in episodes[-32:]) / len(episodes[-32:]):+.2f} points"
@@ -148,7 +154,7 @@ def ppo_status(folder: Path) -> list[str]:
         )
         out.append(
             f"{run.name}: {state['runs']} of {config['runs']} runs (bases included; "
-            f"{hours:.2f} h of runs without the bases){gain}"
+            f"{hours:.2f} h of runs{hours_left}){gain}"
         )
     return out
 

@@ -374,3 +374,22 @@ def test_a_continued_search_logs_on_to_the_same_wandb_run(tmp_path, monkeypatch)
     kept = (tmp_path / "runs" / "set-split1-s0" / controller.WANDB_ID).read_text().strip()
     logs = sorted((tmp_path / "wandb_runs").glob("wandb/offline-run-*/run-*.wandb"))
     assert len(logs) == 2 and {path.name for path in logs} == {f"run-{kept}.wandb"}
+
+
+def test_ppo_status_counts_base_runs_and_estimates_what_is_left(tmp_path):
+    from benchmarks import controller
+    from finetune_gym.agents import controller_ppo as cp
+    from finetune_gym.storage import atomic_torch_save
+
+    run = tmp_path / "set-split1-s0-ppo"
+    run.mkdir()
+    (run / cp.CONFIG).write_text(json.dumps({"runs": 10}))
+    atomic_torch_save({"state": {"runs": 4, "episodes": 3}}, run / cp.CHECKPOINT)
+    episodes = [{"episode": e, "paired_gain": 0.01 * e, "wall_s": 1800.0} for e in (1, 2, 3)]
+    (run / cp.EPISODES).write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    (run / cp.BASES).write_text(json.dumps({"instance": "x", "val": 0.5, "wall_s": 1800.0}) + "\n")
+    (line,) = controller.ppo_status(tmp_path)
+    assert line == (
+        "set-split1-s0-ppo: 4 of 10 runs (bases included; 2.00 h of runs, ~3.0 core-hours left); "
+        "last 3 runs' mean gain +2.00 points"
+    )
