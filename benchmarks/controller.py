@@ -53,7 +53,11 @@ def wandb_resume(run_dir: Path | None) -> dict[str, Any]:
 
 
 class Loggers:
-    """TensorBoard (``--tensorboard DIR``) and W&B (``--wandb-mode``) for a search's generations."""
+    """TensorBoard (``--tensorboard DIR``) and W&B (``--wandb-mode``) for a search's generations.
+
+    A continued search replays the generations it has (:mod:`finetune_gym.agents.meta_train`);
+    those already in its folder were logged when they ran (W&B goes on in the same run), so only
+    the new ones are logged again."""
 
     def __init__(
         self,
@@ -64,7 +68,10 @@ class Loggers:
         config: dict,
         run_dir: Path | None = None,
     ) -> None:
+        from finetune_gym.agents.meta_train import GENERATIONS
+
         self.writer = self.run = None
+        self.logged = len(harness.ResultsFile(run_dir / GENERATIONS).lines()) if run_dir else 0
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -84,6 +91,8 @@ class Loggers:
             )
 
     def __call__(self, generation: int, scalars: dict[str, float]) -> None:
+        if generation < self.logged:
+            return
         if self.writer is not None:
             for key, value in scalars.items():
                 self.writer.add_scalar(f"meta/{key}", value, generation)

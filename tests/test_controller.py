@@ -345,7 +345,8 @@ def test_a_search_killed_mid_generation_continues_to_the_same_controller(tmp_pat
 
 def test_a_continued_search_logs_on_to_the_same_wandb_run(tmp_path, monkeypatch):
     """`controller.py run --wandb-mode offline`, continued for another generation: one W&B run id,
-    kept in the search's folder, so a search spread over sessions is one run in W&B."""
+    kept in the search's folder, so a search spread over sessions is one run in W&B; the replayed
+    generations are not logged twice."""
     from benchmarks import controller, harness
 
     monkeypatch.setattr(harness, "RUNS_DIR", tmp_path / "wandb_runs")
@@ -368,12 +369,21 @@ def test_a_continued_search_logs_on_to_the_same_wandb_run(tmp_path, monkeypatch)
         "--threads",
         "1",
     ]
-    argv += ["--wandb-mode", "offline", "--wandb-project", "test"]
+    argv += ["--wandb-mode", "offline", "--wandb-project", "test", "--tensorboard", str(tmp_path / "tb")]
     controller.main([*argv, "--generations", "1"])
     controller.main([*argv, "--generations", "2"])
     kept = (tmp_path / "runs" / "set-split1-s0" / controller.WANDB_ID).read_text().strip()
     logs = sorted((tmp_path / "wandb_runs").glob("wandb/offline-run-*/run-*.wandb"))
     assert len(logs) == 2 and {path.name for path in logs} == {f"run-{kept}.wandb"}
+    # The replayed generation is not logged again: TensorBoard holds each generation once.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for events in sorted((tmp_path / "tb").rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        steps += [event.step for event in accumulator.Scalars("meta/mean_gain")]
+    assert sorted(steps) == [0, 1]
 
 
 def test_ppo_status_counts_base_runs_and_estimates_what_is_left(tmp_path):
