@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,18 @@ class Loggers:
             self.run.finish()
 
 
+def flattened(generations: list[dict[str, Any]]) -> bool | None:
+    """The protocol's stopping rule (benchmarks/README.md, "Controller protocol"), once generation
+    10 has run: whether the mean training fitness of generations 6-10 is not above that of 1-5 by
+    more than the standard error of the difference (None before generation 10)."""
+    if len(generations) < 11:
+        return None
+    early = [g["mean_gain"] for g in generations[1:6]]
+    late = [g["mean_gain"] for g in generations[6:11]]
+    error = (statistics.variance(early) / len(early) + statistics.variance(late) / len(late)) ** 0.5
+    return statistics.mean(late) - statistics.mean(early) <= error
+
+
 def status(folder: Path) -> list[str]:
     """One line per search: its generations done, runs, hours and last gains."""
     from finetune_gym.agents.meta_train import CONFIG, EVALUATIONS, GENERATIONS
@@ -125,6 +138,11 @@ def status(folder: Path) -> list[str]:
                 f"; generation {last['generation']}: mean gain {100 * last['mean_gain']:+.2f}, best "
                 f"{100 * last['best_gain']:+.2f} points, sigma {last['sigma']:.3f}"
             )
+            verdict = flattened(generations)
+            if verdict is not None:
+                summary += (
+                    "; the fitness has flattened: stop after generation 10" if verdict else "; still rising"
+                )
             if left > 0:  # at the cost per generation measured so far (the instances drawn vary it)
                 per_run, runs_per_generation = hours / len(evaluations), last["runs"] / len(generations)
                 summary += (

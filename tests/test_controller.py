@@ -403,3 +403,15 @@ def test_ppo_status_counts_base_runs_and_estimates_what_is_left(tmp_path):
         "set-split1-s0-ppo: 4 of 10 runs (bases included; 2.00 h of runs, ~3.0 core-hours left); "
         "last 3 runs' mean gain +2.00 points"
     )
+
+
+def test_the_stopping_rule_compares_generations_6_to_10_with_1_to_5():
+    from benchmarks import controller
+
+    def rows(gains):
+        return [{"mean_gain": g} for g in gains]
+
+    start, early = [-0.05], [0.01, 0.02, 0.03, 0.02, 0.01]
+    assert controller.flattened(rows(start + early + [0.05] * 4)) is None  # generation 10 not run yet
+    assert controller.flattened(rows(start + early + [0.01, 0.02, 0.02, 0.01, 0.03])) is True
+    assert controller.flattened(rows(start + early + [0.05, 0.06, 0.05, 0.07, 0.06])) is False
