@@ -148,9 +148,13 @@ class MetaTrainer:
         run_dir: str | Path,
         executor: futures.Executor,
         log: Callable[[int, dict[str, float]], None] | None = None,
+        stop: Callable[[list[dict[str, Any]]], bool] | None = None,
     ) -> None:
         self.config, self.run_dir, self.executor = config, Path(run_dir), executor
         self.log = log or (lambda generation, scalars: None)
+        # A stopping rule over the generations' summaries so far (a protocol's "fewer if it has
+        # flattened"); deterministic, so a replay stops where the search stopped.
+        self.stop = stop or (lambda summaries: False)
         self.instances = config.training_instances()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # A run may go on for more generations; anything else changes what it searches.
@@ -208,8 +212,8 @@ class MetaTrainer:
                 self.evaluations[key] = record
 
     def run(self) -> np.ndarray:
-        """The search to its last generation; the distribution's mean (the controller to deploy,
-        also written to ``controller.pt``)."""
+        """The search to its last generation, or to the one after which ``stop`` says so; the
+        distribution's mean (the controller to deploy, also written to ``controller.pt``)."""
         es = self._strategy()
         summaries, used = [], set()
         for generation in range(self.config.generations):
@@ -259,12 +263,14 @@ class MetaTrainer:
             # Rewritten whole after each generation: a replay regenerates the same lines.
             (self.run_dir / GENERATIONS).write_text("".join(json.dumps(s) + "\n" for s in summaries))
             self.log(generation, {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+            if self.stop(summaries):
+                break
         mean = np.asarray(es.mean, dtype=np.float64)
         card = {
             "trainer": "cma-es",
             "instance_set": self.config.instance_set,
             "split": self.config.split,
-            "generations": self.config.generations,
+            "generations": len(summaries),  # run; the configuration's may be more (a stopping rule)
             "batch": self.config.batch,
             "popsize": len(candidates),
             "runs": summaries[-1]["runs"],

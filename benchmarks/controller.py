@@ -139,10 +139,11 @@ def status(folder: Path) -> list[str]:
                 f"{100 * last['best_gain']:+.2f} points, sigma {last['sigma']:.3f}"
             )
             verdict = flattened(generations)
-            if verdict is not None:
+            if verdict is not None:  # the protocol's rule: run stops there unless told otherwise
                 summary += (
-                    "; the fitness has flattened: stop after generation 10" if verdict else "; still rising"
+                    "; the fitness flattened by generation 10: its last" if verdict else "; still rising"
                 )
+                left = 0 if verdict else left
             if left > 0:  # at the cost per generation measured so far (the instances drawn vary it)
                 per_run, runs_per_generation = hours / len(evaluations), last["runs"] / len(generations)
                 summary += (
@@ -280,6 +281,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     run.add_argument("--data-root", default=defaults.data_root)
     run.add_argument("--folder", type=Path, default=RUNS, help="where the searches' folders are")
+    run.add_argument(
+        "--no-stopping-rule",
+        action="store_true",
+        help="run every generation asked for, even if the fitness flattened by generation 10",
+    )
     run.add_argument("--tensorboard", help="write the generations' scalars as TensorBoard events here")
     run.add_argument("--wandb-mode", choices=harness.WANDB_MODES, default="disabled")
     run.add_argument("--wandb-project", default="finetune-gym")
@@ -362,9 +368,12 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
 
+    def stop(summaries: list[dict[str, Any]]) -> bool:  # the protocol's rule, unless told otherwise
+        return not args.no_stopping_rule and flattened(summaries) is True
+
     try:
         with harness.pool_from_args(args) as executor:
-            theta = MetaTrainer(config, args.folder / name, executor, log=log).run()
+            theta = MetaTrainer(config, args.folder / name, executor, log=log, stop=stop).run()
     finally:
         loggers.close()
     print(f"{name}: controller {[round(v, 3) for v in theta]} in {args.folder / name / CONTROLLER}")

@@ -415,3 +415,20 @@ def test_the_stopping_rule_compares_generations_6_to_10_with_1_to_5():
     assert controller.flattened(rows(start + early + [0.05] * 4)) is None  # generation 10 not run yet
     assert controller.flattened(rows(start + early + [0.01, 0.02, 0.02, 0.01, 0.03])) is True
     assert controller.flattened(rows(start + early + [0.05, 0.06, 0.05, 0.07, 0.06])) is False
+
+
+def test_a_search_stops_where_its_rule_says_and_replays_to_the_same_place(tmp_path):
+    """MetaTrainer's stopping rule: the search ends after the generation the rule names, its card
+    says how many ran, and a replay asked for more stops at the same place without a run."""
+    config = MetaTrainConfig(
+        instance_set=digits_instance_set(tmp_path, epochs=1), generations=3, batch=1, popsize=2
+    )
+    with CountingExecutor() as executor:
+        stopped = MetaTrainer(config, tmp_path / "a", executor, stop=lambda rows: len(rows) == 2).run()
+        ran = executor.jobs
+    assert len((tmp_path / "a" / "generations.jsonl").read_text().splitlines()) == 2
+    assert rc.load_controller(tmp_path / "a" / "controller.pt")["card"]["generations"] == 2
+    with CountingExecutor() as executor:
+        again = MetaTrainer(config, tmp_path / "a", executor, stop=lambda rows: len(rows) == 2).run()
+        assert executor.jobs == 0
+    assert again.tolist() == stopped.tolist() and ran > 0
