@@ -279,7 +279,7 @@ def test_run_instance_is_the_agent_run_of_the_same_instance(tmp_path):
 def test_status_estimates_what_a_search_has_left(tmp_path):
     """`controller.py status`: the core-hours left at the cost per run and the runs per generation
     measured so far."""
-    from benchmarks import controller
+    from benchmarks import controller_status
 
     run = tmp_path / "set-split1-s0"
     run.mkdir()
@@ -287,7 +287,7 @@ def test_status_estimates_what_a_search_has_left(tmp_path):
     (run / "evaluations.jsonl").write_text("".join(json.dumps({"wall_s": 1800.0}) + "\n" for _ in range(6)))
     summary = {"generation": 0, "mean_gain": 0.01, "best_gain": 0.02, "sigma": 0.5, "runs": 6}
     (run / "generations.jsonl").write_text(json.dumps(summary) + "\n")
-    line = controller.status(tmp_path)[0]
+    line = controller_status.status(tmp_path)[0]
     assert line.startswith("set-split1-s0: 6 runs (3.00 h of runs) of 3 generations x 2 instances")
     assert line.endswith("; 2 generations left, ~6.0 core-hours")  # 2 x 6 runs x 0.5 h
 
@@ -387,7 +387,7 @@ def test_a_continued_search_logs_on_to_the_same_wandb_run(tmp_path, monkeypatch)
 
 
 def test_ppo_status_counts_base_runs_and_estimates_what_is_left(tmp_path):
-    from benchmarks import controller
+    from benchmarks import controller_status
     from finetune_gym.agents import controller_ppo as cp
     from finetune_gym.storage import atomic_torch_save
 
@@ -398,7 +398,7 @@ def test_ppo_status_counts_base_runs_and_estimates_what_is_left(tmp_path):
     episodes = [{"episode": e, "paired_gain": 0.01 * e, "wall_s": 1800.0} for e in (1, 2, 3)]
     (run / cp.EPISODES).write_text("".join(json.dumps(e) + "\n" for e in episodes))
     (run / cp.BASES).write_text(json.dumps({"instance": "x", "val": 0.5, "wall_s": 1800.0}) + "\n")
-    (line,) = controller.ppo_status(tmp_path)
+    (line,) = controller_status.ppo_status(tmp_path)
     assert line == (
         "set-split1-s0-ppo: 4 of 10 runs (bases included; 2.00 h of runs, ~3.0 core-hours left); "
         "last 3 runs' mean gain +2.00 points"
@@ -406,15 +406,15 @@ def test_ppo_status_counts_base_runs_and_estimates_what_is_left(tmp_path):
 
 
 def test_the_stopping_rule_compares_generations_6_to_10_with_1_to_5():
-    from benchmarks import controller
+    from benchmarks.controller_status import flattened
 
     def rows(gains):
         return [{"mean_gain": g} for g in gains]
 
     start, early = [-0.05], [0.01, 0.02, 0.03, 0.02, 0.01]
-    assert controller.flattened(rows(start + early + [0.05] * 4)) is None  # generation 10 not run yet
-    assert controller.flattened(rows(start + early + [0.01, 0.02, 0.02, 0.01, 0.03])) is True
-    assert controller.flattened(rows(start + early + [0.05, 0.06, 0.05, 0.07, 0.06])) is False
+    assert flattened(rows(start + early + [0.05] * 4)) is None  # generation 10 not run yet
+    assert flattened(rows(start + early + [0.01, 0.02, 0.02, 0.01, 0.03])) is True
+    assert flattened(rows(start + early + [0.05, 0.06, 0.05, 0.07, 0.06])) is False
 
 
 def test_a_search_stops_where_its_rule_says_and_replays_to_the_same_place(tmp_path):
