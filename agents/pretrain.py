@@ -35,7 +35,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from finetune_gym import FineTuneEnv, presets
 from finetune_gym.datasets.sampling import check_sampling_rate
 from finetune_gym.layerwise import DEFAULT_MAX_LAYERS
-from finetune_gym.storage import UnreadableFile, load_tensors
 from finetune_gym.tasks import (
     DEFAULT_SAMPLING_RATES,
     DEFAULT_TASKS,
@@ -47,7 +46,7 @@ from finetune_gym.tasks import (
 from .hyperparams import PPO_SETTINGS
 from .layerwise_policy import LayerwisePolicy
 from .pretrained import save_policy
-from .run_budget import RunBudget, learn_to_budget, load_trainer, new_state
+from .run_budget import RunBudget, learn_to_budget, load_trainer, new_state, read_trainer
 from .rundir import CHECKPOINT, CONFIG, RESULTS, RunDirectory, RunDirectoryError
 from .threads import torch_threads
 
@@ -395,12 +394,9 @@ def _pretrain(
     _obs_features(config)
     payload = None
     if resume:
-        try:
-            payload = load_tensors(run_dir / CHECKPOINT)
-        except UnreadableFile as error:
-            raise RunDirectoryError(
-                f"checkpoint {error}; start the pretraining again with --overwrite"
-            ) from error
+        payload = read_trainer(
+            run_dir / CHECKPOINT, "start the pretraining again with --overwrite", RunDirectoryError
+        )
     # New draws after a resume: the steps done so far (never 0 once a checkpoint exists) shift every
     # process's task RNG.
     venv = build_vec_env(config, offset=int(payload["num_timesteps"]) if payload else 0)

@@ -113,12 +113,15 @@ def save_trainer(path: Path, model: BaseAlgorithm, state: dict[str, Any]) -> Non
     atomic_torch_save(payload, path)
 
 
-def read_trainer(path: Path) -> dict[str, Any]:
-    """A checkpoint :func:`save_trainer` wrote; a clear error for a damaged one."""
+def read_trainer(
+    path: Path, fix: str = "start the training again in a new folder", error: type[Exception] = RuntimeError
+) -> dict[str, Any]:
+    """A checkpoint :func:`save_trainer` wrote; for a damaged one, ``error`` saying why and ``fix``
+    (each trainer names its own way to start again)."""
     try:
         return load_tensors(path)
-    except UnreadableFile as error:
-        raise RuntimeError(f"checkpoint {error}; start the training again in a new folder") from error
+    except UnreadableFile as unreadable:
+        raise error(f"checkpoint {unreadable}; {fix}") from unreadable
 
 
 def load_trainer(payload: dict[str, Any], model: BaseAlgorithm, log: Path) -> dict[str, Any]:

@@ -63,6 +63,18 @@ class WandbKVWriter(KVWriter):
         pass
 
 
+WANDB_ID = "wandb_id.txt"
+
+
+def persistent_run_id(run_dir: Path) -> str:
+    """The W&B run id kept in ``run_dir`` (made there the first time): a run continued later, by a
+    resume or in another session, logs on to the same W&B run instead of starting another."""
+    id_file = Path(run_dir) / WANDB_ID
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+    id_file.write_text(run_id)
+    return run_id
+
+
 class WandbRun:
     """One W&B run for one training run; resumed under the same id when the training run resumes."""
 
@@ -79,9 +91,7 @@ class WandbRun:
         name: str,
         layer_names: list[str],
     ) -> None:
-        id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
-        id_file.write_text(run_id)
+        run_id = persistent_run_id(run_dir)
         self.layer_names = layer_names
         try:
             self.run = wandb.init(

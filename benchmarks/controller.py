@@ -34,22 +34,17 @@ from benchmarks import harness  # noqa: E402
 from benchmarks.controller_eval import RUNS, run_name  # noqa: E402
 from benchmarks.controller_status import flattened, ppo_status, status  # noqa: E402
 
-WANDB_ID = "wandb_id.txt"
-
 
 def wandb_resume(run_dir: Path | None) -> dict[str, Any]:
     """W&B's id and resume options for a training folder: a search or a PPO run continued in a
-    later session logs on to the same W&B run instead of starting another (the id kept in the
-    folder, as train.py keeps its runs')."""
+    later session logs on to the same W&B run (the id kept in the folder, as train.py keeps its
+    runs'). Called only where W&B is on (its module imports wandb)."""
     if run_dir is None:
         return {}
-    import secrets
+    from finetune_gym.agents.wandb_logging import persistent_run_id
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / WANDB_ID
-    if not path.is_file():
-        path.write_text(secrets.token_hex(4) + "\n")
-    return {"id": path.read_text().strip(), "resume": "allow"}
+    return {"id": persistent_run_id(run_dir), "resume": "allow"}
 
 
 class Loggers:

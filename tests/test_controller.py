@@ -372,7 +372,9 @@ def test_a_continued_search_logs_on_to_the_same_wandb_run(tmp_path, monkeypatch)
     argv += ["--wandb-mode", "offline", "--wandb-project", "test", "--tensorboard", str(tmp_path / "tb")]
     controller.main([*argv, "--generations", "1"])
     controller.main([*argv, "--generations", "2"])
-    kept = (tmp_path / "runs" / "set-split1-s0" / controller.WANDB_ID).read_text().strip()
+    from finetune_gym.agents.wandb_logging import WANDB_ID
+
+    kept = (tmp_path / "runs" / "set-split1-s0" / WANDB_ID).read_text().strip()
     logs = sorted((tmp_path / "wandb_runs").glob("wandb/offline-run-*/run-*.wandb"))
     assert len(logs) == 2 and {path.name for path in logs} == {f"run-{kept}.wandb"}
     # The replayed generation is not logged again: TensorBoard holds each generation once.

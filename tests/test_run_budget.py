@@ -110,3 +110,12 @@ def test_a_damaged_checkpoint_says_what_to_do(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="start the training again in a new folder"):
         read_trainer(tmp_path / "checkpoint.pt")
+    # A trainer names its own way to start again, and its own error (pretraining: its run folder's).
+    from finetune_gym.agents.rundir import RunDirectoryError
+
+    with pytest.raises(
+        RunDirectoryError, match="^checkpoint .*; start the pretraining again with --overwrite$"
+    ):
+        read_trainer(
+            tmp_path / "checkpoint.pt", "start the pretraining again with --overwrite", RunDirectoryError
+        )
