@@ -498,8 +498,8 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     """benchmarks/controller_eval.py: the jobs are the controller on every held-out instance and the
     chosen one-run method on the seeds the grid lacks; the report pairs them seed by seed."""
     from benchmarks import controller_eval as ce
+    from benchmarks import controller_plots, grid, harness
     from benchmarks import controller_report as cr
-    from benchmarks import grid, harness
 
     def line(method, rate, seed, val, test):
         cell = grid.cell_id(method, rate, seed, "gtsrb")
@@ -569,7 +569,7 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     assert "trained by PPO" not in text
     assert "![performance profile, split 1](controller_profile_split1.png)" in text
     assert (tmp_path / "controller_profile_split1.png").read_bytes()[:4] == b"\x89PNG"
-    scores = cr.profile_scores("1", done, ce.RESULTS.by("cell"))
+    scores = controller_plots.profile_scores("1", done, ce.RESULTS.by("cell"))
     assert sorted(scores) == ["best one-run (val)", "residual_controller"]
     assert scores["residual_controller"][("gtsrb", 0.15)] == pytest.approx([-1.0, 3.0, 3.0, 3.0, 3.0])
 
