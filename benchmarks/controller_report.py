@@ -33,6 +33,15 @@ def _pm(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
 
 
+def _with_interval(gains: list[float]) -> str:
+    """The task's mean paired gain with its percentile bootstrap interval over seeds (the pooled
+    lines below are what the targets judge; one task's 5 seeds give a wide, rough interval)."""
+    if len(gains) < 2:
+        return f"{gains[0]:+.1f}" if gains else ""
+    point, low, high = stats.stratified_bootstrap({"task": gains}, stats.mean)
+    return f"{point:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
 def split_report(split: str, done, finished) -> list[str]:
     """The split's section: the CMA-ES controller's held-out table, and the PPO one's once trained."""
     tasks = evaluation.paired_gains(split, done, finished)
@@ -57,7 +66,7 @@ def controller_report(split: str, controller: str, done, finished) -> list[str]:
         + ". Test accuracy %, mean ± std over seeds; paired gain = controller - the best one-run method "
         "chosen on validation, seed by seed.",
         "",
-        "| task | best one-run (val) | its test | controller | paired gains | mean gain | missing seeds |",
+        "| task | best one-run (val) | its test | controller | paired gains | mean gain [95% CI] | missing seeds |",
         "|---|---|---|---|---|---|---|",
     ]
     for (dataset, rate), task in sorted(tasks.items()):
@@ -69,7 +78,7 @@ def controller_report(split: str, controller: str, done, finished) -> list[str]:
         out.append(
             f"| {dataset} {100 * rate:g}% | {best} | {_pm([b for _, b in pairs.values()]) if pairs else ''} | "
             f"{_pm([a for a, _ in pairs.values()]) if pairs else ''} | {', '.join(f'{g:+.1f}' for g in gains)} | "
-            f"{f'{statistics.mean(gains):+.1f}' if gains else ''} | {task['missing'] or ''} |"
+            f"{_with_interval(gains)} | {task['missing'] or ''} |"
         )
     out.append("")
     for summary in target_summaries(tasks):
