@@ -24,6 +24,13 @@ POOL = ("schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog", "mechanic"
 CONTROLLER = "residual_controller"
 # The controllers judged here, by trainer: CMA-ES (the protocol's), and PPO at the same budget of runs.
 CONTROLLERS = {CONTROLLER: "cma", f"{CONTROLLER}_ppo": "ppo"}
+# References: run on every held-out instance and reported in their own table, never part of the
+# pool the targets judge (the issue names that pool). ``prodigy_cosine`` is the controller's base
+# as its authors recommend using it (prodigyopt's README: lr 1 "with cosine annealing" over the
+# run), where the pool's Prodigy runs at a constant lr 1. Added on 2026-12-06, after split 1's
+# held-out results (a replay of its collapsed run showed Prodigy's step estimate d growing 4x on the
+# training-loss plateau before the collapse) and before any of split 2's.
+REFERENCES: dict[str, tuple[str, dict[str, Any]]] = {"prodigy_cosine": ("prodigy", {"schedule": "cosine"})}
 
 
 # The controllers' training folders (benchmarks/controller.py writes them, kept in the repository).
@@ -87,18 +94,23 @@ def run_config(split: str, method: str, instance: Instance, done: dict[str, dict
     the grid's configuration of that cell, with the controller as the agent."""
     from finetune_gym.agents.config import RunConfig
 
-    if method not in CONTROLLERS:
+    if method not in CONTROLLERS and method not in REFERENCES:
         return grid.run_config(method, instance.sampling_rate, instance.seed, done, instance.dataset)
     env = grid.cell_env(instance.dataset, instance.sampling_rate)
+    if method in REFERENCES:
+        algo, overrides = REFERENCES[method]
+        env, agent = {**env, **overrides}, {}
+    else:
+        algo, agent = CONTROLLER, {"policy": str(controller_file(split, method=method))}
     return RunConfig(
         env_id="FineTune-CIFARResNet-v0",
-        algo=CONTROLLER,
+        algo=algo,
         seed=instance.seed,
         episodes=1,
         epochs_per_episode=instance.epochs,
         ema=None,
         env_kwargs=env,
-        agent_kwargs={"policy": str(controller_file(split, method=method))},
+        agent_kwargs=agent,
         label=method,
     )
 
@@ -116,12 +128,12 @@ def run_cell(
 def jobs(
     split: str, done: dict[str, dict[str, Any]], finished: dict[str, dict[str, Any]]
 ) -> list[harness.Job]:
-    """The runs still missing: the controller (and the PPO-trained one, once it exists) on every test
-    instance, and the best one-run method on the test seeds the grid lacks."""
+    """The runs still missing: the controller (and the PPO-trained one, once it exists) and the
+    references on every test instance, and the best one-run method on the test seeds the grid lacks."""
     out = []
     trained = judged_controllers(split)
     for instance in test_instances(split):
-        wanted = list(trained)
+        wanted = [*trained, *REFERENCES]
         best, _ = best_one_run(done, instance.dataset, instance.sampling_rate)
         if (
             best is not None
@@ -150,13 +162,16 @@ def test_accuracy(
 
 
 def paired_gains(
-    split: str, done, finished, controller: str = CONTROLLER
+    split: str, done, finished, controller: str = CONTROLLER, against: str | None = None
 ) -> dict[tuple[str, float], dict[str, Any]]:
-    """Per task (dataset, rate): the chosen method, and each seed's (controller, method) accuracies."""
+    """Per task (dataset, rate): the chosen method (``against`` if given: a reference), and each
+    seed's (controller, method) accuracies."""
     tasks: dict[tuple[str, float], dict[str, Any]] = {}
     for instance in test_instances(split):
         task = tasks.setdefault((instance.dataset, instance.sampling_rate), {"pairs": {}, "missing": []})
-        best, left_out = best_one_run(done, instance.dataset, instance.sampling_rate)
+        best, left_out = (
+            best_one_run(done, instance.dataset, instance.sampling_rate) if against is None else (against, [])
+        )
         task["best"], task["left_out"] = best, left_out
         mine = test_accuracy(split, controller, instance, done, finished)
         theirs = None if best is None else test_accuracy(split, best, instance, done, finished)

@@ -524,12 +524,25 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     monkeypatch.setattr(grid, "load_done", lambda: done)
     monkeypatch.setattr(ce, "RUNS", tmp_path / "controllers")
     keys = sorted(job.key for job in ce.jobs("1", done, {}))
-    assert len(keys) == 2 * 5 + 2 * 2  # the controller on 10 instances; prodigy on seeds 3 and 4
+    # The controller and the reference on 10 instances each; prodigy (chosen) on seeds 3 and 4.
+    assert len(keys) == 2 * 5 + 2 * 5 + 2 * 2
     assert "split1/prodigy/gtsrb/r0.15/s3" in keys and "split1/prodigy/gtsrb/r0.15/s0" not in keys
+    assert "split1/prodigy_cosine/gtsrb/r0.15/s0" in keys and "split1/prodigy_cosine/gtsrb/r0.3/s4" in keys
     config = ce.run_config("1", ce.CONTROLLER, ce.Instance("gtsrb", "cifar_resnet20", 0.15, 0, 50), done)
     theirs = grid.run_config("prodigy", 0.15, 0, done, "gtsrb")
     assert config.env_kwargs == theirs.env_kwargs and config.seed == 0 and config.epochs_per_episode == 50
     assert config.agent_kwargs == {"policy": str(ce.controller_file("1"))}
+    # The reference is the pool's Prodigy run, with the cosine schedule and nothing else changed.
+    reference = ce.run_config(
+        "1", "prodigy_cosine", ce.Instance("gtsrb", "cifar_resnet20", 0.15, 0, 50), done
+    )
+    assert reference.env_kwargs == {**theirs.env_kwargs, "schedule": "cosine"}
+    assert (reference.algo, reference.agent_kwargs, reference.label) == (
+        "prodigy",
+        theirs.agent_kwargs,
+        "prodigy_cosine",
+    )
+    assert (reference.episodes, reference.epochs_per_episode, reference.ema) == (1, 50, None)
     for rate in (0.15, 0.3):
         for seed in range(5):
             gain = 0.03 if seed else -0.01
@@ -543,6 +556,13 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
             if seed >= 3:
                 ce.RESULTS.append(
                     {"cell": ce.cell_key("1", "prodigy", instance), "results": {"final_test_accuracy": 0.70}}
+                )
+            if rate == 0.15:  # the reference: 71% on every seed at 15%, not run yet at 30%
+                ce.RESULTS.append(
+                    {
+                        "cell": ce.cell_key("1", "prodigy_cosine", instance),
+                        "results": {"final_test_accuracy": 0.71},
+                    }
                 )
     pairs = [(s, 0.72, 0.70) for s in range(5)]  # a headroom of +2 over prodigy at 15%
     monkeypatch.setattr(
@@ -571,6 +591,16 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
         and "target +2 with the interval above 0: met" in text
     )
     assert "trained by PPO" not in text
+    # The reference's own table: paired with it, no target verdict, its missing runs named.
+    part = text[text.index("Controller against a reference") :]
+    assert "`prodigy_cosine`, Prodigy with cosine annealing" in part
+    assert (
+        "| gtsrb 15% | prodigy_cosine | 71.0 ± 0.0 | 72.2 ± 1.8 | -2.0, +2.0, +2.0, +2.0, +2.0 | +1.2 ["
+        in part
+    )
+    assert "| gtsrb 30% | prodigy_cosine |  |  |  |  | [0, 1, 2, 3, 4] |" in part
+    assert "15% and 30%: mean paired gain +1.20 points" in part and "P(controller > prodigy_cosine)" in part
+    assert "(seeds missing: not final)" in part and ": met" not in part and ": missed" not in part
     assert "![performance profile, split 1](controller_profile_split1.png)" in text
     assert (tmp_path / "controller_profile_split1.png").read_bytes()[:4] == b"\x89PNG"
     scores = controller_plots.profile_scores("1", done, ce.RESULTS.by("cell"))
@@ -626,7 +656,8 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     finished = ce.RESULTS.by("cell")
     keys = sorted(job.key for job in ce.jobs("1", done, finished))
     assert keys == sorted(
-        f"split1/residual_controller_ppo/gtsrb/r{r:g}/s{s}" for r in (0.15, 0.3) for s in range(5)
+        [f"split1/residual_controller_ppo/gtsrb/r{r:g}/s{s}" for r in (0.15, 0.3) for s in range(5)]
+        + [f"split1/prodigy_cosine/gtsrb/r0.3/s{s}" for s in range(5)]
     )
     config = ce.run_config(
         "1", "residual_controller_ppo", ce.Instance("gtsrb", "cifar_resnet20", 0.15, 0, 50), done
@@ -650,6 +681,36 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
 
 
 @pytest.mark.slow
+def test_optimizer_probe_replays_a_finished_run_to_its_recorded_result(tmp_path, capsys):
+    """benchmarks/optimizer_probe.py: a fixed policy's finished run, replayed from its folder's
+    config.json with the optimizer's readings, ends on the validation accuracy the run recorded."""
+    import torch
+
+    from benchmarks import harness
+    from benchmarks import optimizer_probe as probe
+    from finetune_gym.agents.config import RunConfig
+
+    config = RunConfig(
+        env_id="FineTune-Digits-v0", algo="prodigy", seed=3, episodes=1, epochs_per_episode=3, ema=None
+    )
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the probe's default, as the benchmarks' runs
+        results = harness.run_or_load(tmp_path / "run", lambda: config)
+        probe.main([str(tmp_path / "run")])
+    finally:
+        torch.set_num_threads(threads)
+    readings = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["epoch"] for r in readings] == [0, 1, 2]
+    assert readings[-1]["val_accuracy"] == results["final_val_accuracy"]  # the same run, bit for bit
+    first, second = readings[0], readings[1]
+    assert 0 < first["d"] <= second["d"]  # Prodigy's estimate never decreases
+    assert len(first["sqrt_v_median"]) == 5 and all(v > 0 for v in first["sqrt_v_median"])
+    assert 0 < first["step_median"] <= first["step_max"] and first["loss_max"] >= first["loss"]
+    with pytest.raises(ValueError, match="only a fixed policy's run replays"):
+        next(probe.replay(RunConfig(env_id="FineTune-Digits-v0", algo="ppo", episodes=1, ema=None)))
+
+
 def test_controller_overhead_benchmark_times_both_modes_side_by_side(tmp_path):
     from benchmarks import controller_overhead
 
