@@ -30,7 +30,8 @@ CONTROLLERS = {CONTROLLER: "cma", f"{CONTROLLER}_ppo": "ppo"}
 # run), where the pool's Prodigy runs at a constant lr 1. Added on 2026-12-06, after split 1's
 # held-out results (a replay of its collapsed run showed Prodigy's step estimate d growing 4x on the
 # training-loss plateau before the collapse) and before any of split 2's.
-REFERENCES: dict[str, tuple[str, dict[str, Any]]] = {"prodigy_cosine": ("prodigy", {"schedule": "cosine"})}
+# Each is a grid method (benchmarks/grid.py), run here on the held-out instances' seeds.
+REFERENCES = ("prodigy_cosine",)
 
 
 # The controllers' training folders (benchmarks/controller.py writes them, kept in the repository).
@@ -94,23 +95,18 @@ def run_config(split: str, method: str, instance: Instance, done: dict[str, dict
     the grid's configuration of that cell, with the controller as the agent."""
     from finetune_gym.agents.config import RunConfig
 
-    if method not in CONTROLLERS and method not in REFERENCES:
+    if method not in CONTROLLERS:
         return grid.run_config(method, instance.sampling_rate, instance.seed, done, instance.dataset)
     env = grid.cell_env(instance.dataset, instance.sampling_rate)
-    if method in REFERENCES:
-        algo, overrides = REFERENCES[method]
-        env, agent = {**env, **overrides}, {}
-    else:
-        algo, agent = CONTROLLER, {"policy": str(controller_file(split, method=method))}
     return RunConfig(
         env_id="FineTune-CIFARResNet-v0",
-        algo=algo,
+        algo=CONTROLLER,
         seed=instance.seed,
         episodes=1,
         epochs_per_episode=instance.epochs,
         ema=None,
         env_kwargs=env,
-        agent_kwargs=agent,
+        agent_kwargs={"policy": str(controller_file(split, method=method))},
         label=method,
     )
 

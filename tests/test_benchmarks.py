@@ -152,8 +152,17 @@ def test_gtsrb_benchmark_grid_is_declared():
     # and issue 25's three bases) at 4 rates on GTSRB and at 2 on each of the four other
     # datasets. 3 seeds each, but 5 at 15% on the two grey-scale domains (issue 25). Issue 25's
     # Lee et al. rules (auto_rgn, four surgical blocks) at 15% on the five datasets.
+    # Issue 28's reference prodigy_cosine at 15% on the training domains of split 2 (not GTSRB,
+    # not clothing10).
     fifteen = 3 + 3 + 3 + 5 + 5
-    assert len(cells) == (15 * 4 + 6) * 3 + 14 * (4 + 2 + 2) * 3 + 14 * 2 * (5 + 3) + 5 * fifteen
+    prodigy_cosine = 3 + 5 + 5
+    assert len(cells) == (
+        (15 * 4 + 6) * 3 + 14 * (4 + 2 + 2) * 3 + 14 * 2 * (5 + 3) + 5 * fifteen + prodigy_cosine
+    )
+    reference = grid.run_config("prodigy_cosine", 0.15, 0, {}, "sign_digits")
+    prodigy = grid.run_config("prodigy", 0.15, 0, {}, "sign_digits")
+    assert reference.env_kwargs == {**prodigy.env_kwargs, "schedule": "cosine"}
+    assert (reference.algo, reference.agent_kwargs, reference.epochs_per_episode) == ("prodigy", {}, 50)
     surgical = grid.run_config("surgical_layer2", 0.15, 0, {}, "oracle_mnist")
     assert (
         surgical.algo == "surgical" and surgical.agent_kwargs == {"block": "layer2"} and surgical.ema is None
