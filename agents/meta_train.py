@@ -33,7 +33,7 @@ import numpy as np
 
 from finetune_gym.instances import Instance, InstanceSet
 
-from .residual_controller import FEATURES, ResidualController, save_controller
+from .residual_controller import FEATURES, ResidualController, check_base_schedule, save_controller
 
 EVALUATIONS = "evaluations.jsonl"
 GENERATIONS = "generations.jsonl"
@@ -55,6 +55,7 @@ class MetaTrainConfig:
     instance_set: str = "v1"
     split: str = "1"
     optimizer: str = "prodigy"
+    schedule: str = "constant"  # the base's schedule over the run (cosine: Prodigy as its authors use it)
     generations: int = 20
     batch: int = 4  # training instances per generation
     popsize: int | None = 8  # None: CMA-ES's default (10 for 8 weights)
@@ -71,6 +72,7 @@ class MetaTrainConfig:
             raise ValueError(f"meta-training popsize must be an integer >= 2, got {self.popsize!r}")
         if not self.sigma0 > 0:
             raise ValueError(f"meta-training sigma0 must be > 0, got {self.sigma0!r}")
+        check_base_schedule(self.schedule)
 
     def training_instances(self) -> list[Instance]:
         instances = InstanceSet.load(self.instance_set).split(self.split, "train")
@@ -82,12 +84,15 @@ class MetaTrainConfig:
         return instances
 
 
-def keep_settings(path: Path, settings: dict[str, Any], budget: str, what: str) -> None:
+def keep_settings(
+    path: Path, settings: dict[str, Any], budget: str, what: str, defaults: dict[str, Any] | None = None
+) -> None:
     """Write a training run's ``settings`` to ``path``, refusing (with the settings named) to go on
     in a folder whose saved settings differ in anything but the ``budget`` key: a longer run
-    continues the same search, other settings would be another one."""
+    continues the same search, other settings would be another one. A setting the saved file
+    lacks (it was written before the setting existed) had its value in ``defaults``."""
     if path.is_file():
-        before = json.loads(path.read_text())
+        before = {**(defaults or {}), **json.loads(path.read_text())}
         changed = sorted(k for k in settings if k != budget and before.get(k) != settings[k])
         if changed:
             raise ValueError(
@@ -98,14 +103,18 @@ def keep_settings(path: Path, settings: dict[str, Any], budget: str, what: str) 
 
 
 def run_instance(
-    instance: dict[str, Any], theta: list[float], optimizer: str, data_root: str | None
+    instance: dict[str, Any],
+    theta: list[float],
+    optimizer: str,
+    data_root: str | None,
+    schedule: str = "constant",
 ) -> dict[str, Any]:
     """One fine-tuning run of ``instance`` under the controller ``theta``: its final validation
     accuracy (a job: top-level, plain arguments, so that it travels to a process or a Ray task)."""
     from finetune_gym.env import FineTuneEnv
 
     started = time.perf_counter()
-    controller = ResidualController(theta=theta, optimizer=optimizer)
+    controller = ResidualController(theta=theta, optimizer=optimizer, schedule=schedule)
     env = FineTuneEnv(
         **Instance(**instance).env_kwargs(data_root), **controller.env_overrides(), **UNREWARDED
     )
@@ -158,7 +167,13 @@ class MetaTrainer:
         self.instances = config.training_instances()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # A run may go on for more generations; anything else changes what it searches.
-        keep_settings(self.run_dir / CONFIG, asdict(config), "generations", "a meta-training run")
+        keep_settings(
+            self.run_dir / CONFIG,
+            asdict(config),
+            "generations",
+            "a meta-training run",
+            {"schedule": MetaTrainConfig.schedule},
+        )
         self.versions = _drawn_with(self.run_dir / VERSIONS)
         self.evaluations: dict[str, dict[str, Any]] = {}
         path = self.run_dir / EVALUATIONS
@@ -199,7 +214,12 @@ class MetaTrainer:
         missing = {key: job for key, job in jobs.items() if key not in self.evaluations}
         pending = {
             self.executor.submit(
-                run_instance, instance.to_json(), theta, self.config.optimizer, self.config.data_root
+                run_instance,
+                instance.to_json(),
+                theta,
+                self.config.optimizer,
+                self.config.data_root,
+                self.config.schedule,
             ): (key, instance, theta)
             for key, (instance, theta) in missing.items()
         }
@@ -277,5 +297,7 @@ class MetaTrainer:
             "run_hours": summaries[-1]["run_s"] / 3600,  # the runs' wall-clock summed
             "last_mean_gain": summaries[-1]["mean_gain"],
         }
-        save_controller(self.run_dir / CONTROLLER, mean.tolist(), self.config.optimizer, card)
+        save_controller(
+            self.run_dir / CONTROLLER, mean.tolist(), self.config.optimizer, card, self.config.schedule
+        )
         return mean

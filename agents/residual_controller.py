@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from finetune_gym.observation import extras_layout, extras_size
+from finetune_gym.schedules import check_schedule
 from finetune_gym.storage import UnreadableFile, atomic_torch_save, load_tensors
 
 from .baselines import Baseline, base_rate
@@ -118,6 +119,12 @@ def action_indices(log2_multipliers: np.ndarray) -> np.ndarray:
     return index
 
 
+def check_base_schedule(schedule: str) -> str:
+    """The base's schedule over the run (:mod:`finetune_gym.schedules`, no warm-up)."""
+    check_schedule(schedule, 0.0)
+    return schedule
+
+
 def check_theta(theta: Sequence[float] | np.ndarray) -> np.ndarray:
     array = np.asarray(theta, dtype=np.float64)
     if array.shape != (len(FEATURES),) or not np.all(np.isfinite(array)):
@@ -143,24 +150,39 @@ class ResidualController(Baseline):
         policy: str | None = None,
         optimizer: str = "prodigy",
         lr: float | None = None,
+        schedule: str | None = None,
     ) -> None:
         if policy is not None:
             card = load_controller(resolve_controller(policy))
             # A saved agent records both (the file, and the weights read from it): they must agree.
             if theta is not None and not np.array_equal(check_theta(theta), np.asarray(card["theta"])):
                 raise ValueError(f"residual_controller: theta {list(theta)} is not the weights of {policy!r}")
-            theta, optimizer = card["theta"], card["optimizer"]
+            if schedule is not None and schedule != card["schedule"]:
+                raise ValueError(
+                    f"residual_controller: {policy!r} was trained over a {card['schedule']!r} schedule of its "
+                    f"base, not {schedule!r}: leave schedule out to use its own"
+                )
+            theta, optimizer, schedule = card["theta"], card["optimizer"], card["schedule"]
         theta = [0.0] * len(FEATURES) if theta is None else check_theta(theta).tolist()
+        schedule = check_base_schedule(schedule or "constant")
         super().__init__(
-            seed, theta=theta, policy=policy, optimizer=optimizer, lr=base_rate(self.name, optimizer, lr)
+            seed,
+            theta=theta,
+            policy=policy,
+            optimizer=optimizer,
+            lr=base_rate(self.name, optimizer, lr),
+            schedule=schedule,
         )
         self.theta = np.asarray(theta, dtype=np.float64)
 
     def env_overrides(self) -> dict[str, Any]:
+        # The base is the optimizer under its schedule (a cosine scales every step, the controller's
+        # multipliers included): theta = 0 is that base run, bit for bit.
         return {
             "optimizer": self.params["optimizer"],
             "lr_steps": (self.params["lr"] * multiplier_grid()).tolist(),
             "obs_extras": list(OBS_EXTRAS),
+            "schedule": self.params["schedule"],
         }
 
     def log2_multipliers(self, observation: np.ndarray) -> np.ndarray:
@@ -179,14 +201,22 @@ class ResidualController(Baseline):
         return np.stack([action_indices(self.log2_multipliers(row)) for row in rows]), state
 
 
-def save_controller(path: str | Path, theta: Sequence[float], optimizer: str, card: dict[str, Any]) -> None:
-    """A controller file: its weights, its base optimizer and its card (how it was trained), plain
-    values only, so that it loads with ``weights_only=True`` (a file from anyone runs no code)."""
+def save_controller(
+    path: str | Path,
+    theta: Sequence[float],
+    optimizer: str,
+    card: dict[str, Any],
+    schedule: str = "constant",
+) -> None:
+    """A controller file: its weights, its base (optimizer and schedule) and its card (how it was
+    trained), plain values only, so that it loads with ``weights_only=True`` (a file from anyone
+    runs no code)."""
     payload = {
         "format": FORMAT,
         "features": list(FEATURES),
         "theta": [float(v) for v in check_theta(theta)],
         "optimizer": optimizer,
+        "schedule": check_base_schedule(schedule),
         "card": card,
     }
     atomic_torch_save(payload, Path(path))
@@ -205,4 +235,6 @@ def load_controller(path: str | Path) -> dict[str, Any]:
             f"{str(path)!r} was trained on the features {payload.get('features')}, this version reads {FEATURES}"
         )
     check_theta(payload["theta"])
+    # Files from before the base could have a schedule ran theirs at a constant rate.
+    payload["schedule"] = check_base_schedule(payload.get("schedule", "constant"))
     return payload

@@ -194,6 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument(
         "--optimizer", default=defaults.optimizer, help="the base optimizer the controller modulates"
     )
+    run.add_argument(
+        "--schedule",
+        default=defaults.schedule,
+        choices=["constant", "cosine"],
+        help="the base's schedule over the run (cosine: v2, a folder of its own)",
+    )
     run.add_argument("--data-root", default=defaults.data_root)
     run.add_argument("--folder", type=Path, default=RUNS, help="where the searches' folders are")
     run.add_argument(
@@ -263,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         instance_set=args.instance_set,
         split=args.split,
         optimizer=args.optimizer,
+        schedule=args.schedule,
         generations=args.generations,
         batch=args.batch,
         popsize=args.popsize,
@@ -270,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         data_root=args.data_root,
     )
-    name = run_name(args.instance_set, args.split, args.seed)
+    name = run_name(args.instance_set, args.split, args.seed, schedule=args.schedule)
     loggers = Loggers(
         name, args.tensorboard, args.wandb_mode, args.wandb_project, config.__dict__, args.folder / name
     )

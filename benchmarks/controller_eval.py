@@ -22,8 +22,13 @@ RUNS_DIR = harness.RUNS_DIR / "controller_eval"
 # The one-run methods the controller is measured against; the best on validation at each task.
 POOL = ("schedulefree_adamw", "prodigy", "prodigy_layerwise", "ldog", "mechanic")
 CONTROLLER = "residual_controller"
-# The controllers judged here, by trainer: CMA-ES (the protocol's), and PPO at the same budget of runs.
-CONTROLLERS = {CONTROLLER: "cma", f"{CONTROLLER}_ppo": "ppo"}
+# The controllers judged here, by (trainer, the base's schedule): CMA-ES (the protocol's), PPO at
+# the same budget of runs, and CMA-ES over Prodigy with cosine annealing (v2, research log).
+CONTROLLERS = {
+    CONTROLLER: ("cma", "constant"),
+    f"{CONTROLLER}_ppo": ("ppo", "constant"),
+    f"{CONTROLLER}_cosine": ("cma", "cosine"),
+}
 # References: run on every held-out instance and reported in their own table, never part of the
 # pool the targets judge (the issue names that pool). ``prodigy_cosine`` is the controller's base
 # as its authors recommend using it (prodigyopt's README: lr 1 "with cosine annealing" over the
@@ -34,13 +39,28 @@ CONTROLLERS = {CONTROLLER: "cma", f"{CONTROLLER}_ppo": "ppo"}
 REFERENCES = ("prodigy_cosine",)
 
 
+# How the report names them.
+LABELS = {
+    CONTROLLER: "Controller",
+    f"{CONTROLLER}_ppo": "Controller trained by PPO",
+    f"{CONTROLLER}_cosine": "Controller over Prodigy with cosine annealing (v2)",
+}
+
+
 # The controllers' training folders (benchmarks/controller.py writes them, kept in the repository).
 RUNS = harness.RESULTS_DIR / "controller"
 
 
-def run_name(instance_set: str, split: str, seed: int, trainer: str = "cma") -> str:
-    """A training run's folder name: the search's, or with ``-ppo`` for PPO's."""
-    return f"{Path(instance_set).stem}-split{split}-s{seed}" + ("" if trainer == "cma" else f"-{trainer}")
+def run_name(
+    instance_set: str, split: str, seed: int, trainer: str = "cma", schedule: str = "constant"
+) -> str:
+    """A training run's folder name: the search's, with ``-cosine`` over a cosine base, with
+    ``-ppo`` for PPO's."""
+    return (
+        f"{Path(instance_set).stem}-split{split}-s{seed}"
+        + ("" if schedule == "constant" else f"-{schedule}")
+        + ("" if trainer == "cma" else f"-{trainer}")
+    )
 
 
 def controller_file(split: str, seed: int = 0, instance_set: str = "v1", method: str = CONTROLLER) -> Path:
@@ -48,7 +68,7 @@ def controller_file(split: str, seed: int = 0, instance_set: str = "v1", method:
     PPO for ``method`` residual_controller_ppo)."""
     from finetune_gym.agents.meta_train import CONTROLLER as CONTROLLER_FILE
 
-    return RUNS / run_name(instance_set, split, seed, CONTROLLERS[method]) / CONTROLLER_FILE
+    return RUNS / run_name(instance_set, split, seed, *CONTROLLERS[method]) / CONTROLLER_FILE
 
 
 def judged_controllers(split: str) -> list[str]:

@@ -70,7 +70,7 @@ def controller_report(split: str, controller: str, done, finished, against: str 
     chosen on validation; the targets), or against a reference (``against``: no target, no headroom)."""
     tasks = evaluation.paired_gains(split, done, finished, controller, against)
     path = evaluation.controller_file(split, method=controller)
-    name = "Controller" if controller == CONTROLLER else "Controller trained by PPO"
+    name = evaluation.LABELS[controller]
     if against is None:
         head = (
             f"{name}: `{_shown(path)}`"
@@ -267,7 +267,11 @@ def ship(split: str = SHIPPED_SPLIT, destination: Path | None = None) -> Path:
     }
     destination = rc.SHIPPED_CONTROLLER if destination is None else destination
     rc.save_controller(
-        destination, payload["theta"], payload["optimizer"], {**payload["card"], "held_out": held_out}
+        destination,
+        payload["theta"],
+        payload["optimizer"],
+        {**payload["card"], "held_out": held_out},
+        payload["schedule"],
     )
     return destination
 

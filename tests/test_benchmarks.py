@@ -659,6 +659,13 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     # Once PPO has trained the same controller, it is a second method on the same instances.
     ppo = ce.controller_file("1", method="residual_controller_ppo")
     assert ppo.parent.name == "v1-split1-s0-ppo"
+    # A search over the cosine base (v2) has a folder of its own, judged once it has a controller.
+    cosine = ce.controller_file("2", method="residual_controller_cosine")
+    assert cosine.parent.name == "v1-split2-s0-cosine" == ce.run_name("v1", "2", 0, "cma", "cosine")
+    assert ce.judged_controllers("2") == ["residual_controller"]
+    cosine.parent.mkdir(parents=True)
+    save_controller(cosine, [0.0] * 8, "prodigy", {"trainer": "cma-es"}, schedule="cosine")
+    assert ce.judged_controllers("2") == ["residual_controller", "residual_controller_cosine"]
     ppo.parent.mkdir(parents=True)
 
     save_controller(ppo, [0.0] * 8, "prodigy", {"trainer": "ppo"})

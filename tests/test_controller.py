@@ -102,12 +102,12 @@ def test_grid_holds_exact_powers_of_two_and_rounds_to_quarter_octaves():
     assert grid[index].tolist() == [1.0, 1.0, 2**0.25, 0.5, 8.0, 1 / 8, 0.0, 0.0]
 
 
-def _run(name: str, **kwargs):
+def _run(name: str, env_kwargs: dict | None = None, **kwargs):
     env = gym.make(
         "FineTune-Digits-v0",
         epochs_per_episode=2,
         sampling_rate=0.3,
-        **baseline_env_overrides(name, **kwargs),
+        **{**baseline_env_overrides(name, **kwargs), **(env_kwargs or {})},
     ).unwrapped
     agent = make_agent(name, env, **kwargs)
     observation, _ = env.reset(seed=0)
@@ -126,6 +126,17 @@ def test_zero_weights_reproduce_the_base_run_bit_for_bit():
     assert np.all(mine.lr_map.rates[actions] == 1.0)
     theirs, ours = base.fine_tuned_state_dict(), mine.fine_tuned_state_dict()
     assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+
+
+def test_over_a_cosine_base_zero_weights_are_prodigy_with_cosine_annealing_bit_for_bit():
+    base, *_ = _run("prodigy", env_kwargs={"schedule": "cosine"})
+    mine, agent, actions, _ = _run("residual_controller", schedule="cosine")
+    assert mine.schedule == "cosine" and agent.env_overrides()["schedule"] == "cosine"
+    assert np.all(mine.lr_map.rates[actions] == 1.0)
+    theirs, ours = base.fine_tuned_state_dict(), mine.fine_tuned_state_dict()
+    assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    constant, *_ = _run("prodigy")  # and the schedule did change the run
+    assert not all(torch.equal(constant.fine_tuned_state_dict()[k], ours[k]) for k in ours)
 
 
 def test_controller_reads_features_and_sets_multipliers_per_layer():
@@ -165,6 +176,18 @@ def test_controller_files_save_load_safely_and_refuse_others(tmp_path):
         rc.ResidualController(theta=[1.0, 2.0])
     with pytest.raises(ValueError, match="is not the weights of"):
         rc.ResidualController(theta=[0.0] * 8, policy=str(tmp_path / "c.pt"))
+    # The base's schedule travels with the file; a file from before it had one ran at a constant rate.
+    assert agent.env_overrides()["schedule"] == "constant"
+    rc.save_controller(tmp_path / "cos.pt", theta, "prodigy", {"trainer": "test"}, schedule="cosine")
+    assert rc.ResidualController(policy=str(tmp_path / "cos.pt")).env_overrides()["schedule"] == "cosine"
+    with pytest.raises(ValueError, match="trained over a 'cosine' schedule of its base, not 'constant'"):
+        rc.ResidualController(policy=str(tmp_path / "cos.pt"), schedule="constant")
+    old = torch.load(tmp_path / "c.pt", weights_only=True)
+    del old["schedule"]
+    torch.save(old, tmp_path / "old.pt")
+    assert rc.load_controller(tmp_path / "old.pt")["schedule"] == "constant"
+    with pytest.raises(ValueError, match="schedule"):
+        rc.save_controller(tmp_path / "bad.pt", theta, "prodigy", {}, schedule="linear")
 
 
 def test_the_default_controller_is_the_shipped_one_or_a_clear_error(tmp_path, monkeypatch):
@@ -236,6 +259,16 @@ def test_meta_training_searches_pairs_with_the_base_and_resumes_exactly(tmp_path
         assert 3 * 2 <= executor.jobs <= 3 * 2 + 2  # only the third generation (and its new bases)
     with pytest.raises(ValueError, match="other settings \\(sigma0\\)"):
         MetaTrainer(MetaTrainConfig(**{**config.__dict__, "sigma0": 1.0}), tmp_path / "a", executor)
+    # A folder written before the base had a schedule was a constant one: it continues as that, and
+    # a cosine base is another search.
+    saved_settings = json.loads((tmp_path / "a" / "meta_config.json").read_text())
+    del saved_settings["schedule"]
+    (tmp_path / "a" / "meta_config.json").write_text(json.dumps(saved_settings))
+    MetaTrainer(config, tmp_path / "a", executor)
+    with pytest.raises(ValueError, match="other settings \\(schedule\\)"):
+        MetaTrainer(MetaTrainConfig(**{**config.__dict__, "schedule": "cosine"}), tmp_path / "a", executor)
+    with pytest.raises(ValueError, match="schedule"):
+        MetaTrainConfig(schedule="linear")
 
     # A recorded candidate that CMA-ES does not ask again (another cma, say) stops the replay before
     # any run, naming the versions that drew the search.
@@ -259,15 +292,17 @@ def test_meta_training_searches_pairs_with_the_base_and_resumes_exactly(tmp_path
         assert executor.jobs == 0
 
 
-def test_run_instance_is_the_agent_run_of_the_same_instance(tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_run_instance_is_the_agent_run_of_the_same_instance(tmp_path, schedule):
     """The meta-trainer's evaluation is the same fine-tuning run as the controller deployed through
-    make_agent on that instance's environment."""
+    make_agent on that instance's environment (over either base schedule)."""
     instance = Instance("digits", "digits_resnet8", 0.3, 0, 2)
     theta = [0.0, 0.0, 0.0, 0.0, 1.0, 0.5, 0.0, 0.0]
-    result = run_instance(instance.to_json(), theta, "prodigy", None)
-    controller = rc.ResidualController(theta=theta)
+    result = run_instance(instance.to_json(), theta, "prodigy", None, schedule)
+    controller = rc.ResidualController(theta=theta, schedule=schedule)
     env = finetune_gym.FineTuneEnv(**instance.env_kwargs(), **controller.env_overrides())
-    agent = make_agent("residual_controller", env, theta=theta)
+    assert env.schedule == schedule
+    agent = make_agent("residual_controller", env, theta=theta, schedule=schedule)
     observation, _ = env.reset(seed=0)
     done = False
     while not done:
@@ -434,3 +469,20 @@ def test_a_search_stops_where_its_rule_says_and_replays_to_the_same_place(tmp_pa
         again = MetaTrainer(config, tmp_path / "a", executor, stop=lambda rows: len(rows) == 2).run()
         assert executor.jobs == 0
     assert again.tolist() == stopped.tolist() and ran > 0
+
+
+def test_a_search_over_the_cosine_base_runs_in_a_folder_of_its_own(tmp_path):
+    """`controller.py run --schedule cosine`: the v2 search's folder, settings and controller file
+    carry the base's schedule, so that its controller deploys over that base."""
+    from benchmarks import controller
+
+    argv = ["run", "--instance-set", digits_instance_set(tmp_path, epochs=1), "--batch", "1"]
+    argv += ["--popsize", "2", "--generations", "1", "--folder", str(tmp_path / "runs")]
+    argv += ["--executor", "processes", "--workers", "1", "--threads", "1", "--schedule", "cosine"]
+    controller.main(argv)
+    folder = tmp_path / "runs" / "set-split1-s0-cosine"
+    assert json.loads((folder / "meta_config.json").read_text())["schedule"] == "cosine"
+    saved = rc.load_controller(folder / "controller.pt")
+    assert saved["schedule"] == "cosine"
+    assert rc.ResidualController(policy=str(folder / "controller.pt")).env_overrides()["schedule"] == "cosine"
+    assert not (tmp_path / "runs" / "set-split1-s0").exists()
