@@ -64,8 +64,8 @@ def run_name(
 
 
 def controller_file(split: str, seed: int = 0, instance_set: str = "v1", method: str = CONTROLLER) -> Path:
-    """Where benchmarks/controller.py leaves the controller trained for ``split`` (by CMA-ES, or by
-    PPO for ``method`` residual_controller_ppo)."""
+    """Where benchmarks/controller.py leaves the controller ``method`` (a key of
+    :data:`CONTROLLERS`) trained for ``split``."""
     from finetune_gym.agents.meta_train import CONTROLLER as CONTROLLER_FILE
 
     return RUNS / run_name(instance_set, split, seed, *CONTROLLERS[method]) / CONTROLLER_FILE
