@@ -696,7 +696,6 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     )
 
 
-@pytest.mark.slow
 def test_optimizer_probe_replays_a_finished_run_to_its_recorded_result(tmp_path, capsys):
     """benchmarks/optimizer_probe.py: a fixed policy's finished run, replayed from its folder's
     config.json with the optimizer's readings, ends on the validation accuracy the run recorded."""
@@ -727,6 +726,7 @@ def test_optimizer_probe_replays_a_finished_run_to_its_recorded_result(tmp_path,
         next(probe.replay(RunConfig(env_id="FineTune-Digits-v0", algo="ppo", episodes=1, ema=None)))
 
 
+@pytest.mark.slow
 def test_controller_overhead_benchmark_times_both_modes_side_by_side(tmp_path):
     from benchmarks import controller_overhead
 
