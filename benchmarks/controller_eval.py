@@ -35,8 +35,12 @@ CONTROLLERS = {
 # run), where the pool's Prodigy runs at a constant lr 1. Added on 2026-12-06, after split 1's
 # held-out results (a replay of its collapsed run showed Prodigy's step estimate d growing 4x on the
 # training-loss plateau before the collapse) and before any of split 2's.
-# Each is a grid method (benchmarks/grid.py), run here on the held-out instances' seeds.
-REFERENCES = ("prodigy_cosine",)
+# Each is a grid method (benchmarks/grid.py), run here on the held-out instances' seeds; the value
+# is how the report describes it.
+REFERENCES = {
+    "prodigy_cosine": "Prodigy with cosine annealing to 0 over the run, as its authors recommend using "
+    "it (the pool's Prodigy runs at a constant rate)"
+}
 
 
 # How the report names them.

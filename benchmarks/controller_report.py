@@ -58,13 +58,6 @@ def split_report(split: str, done, finished) -> list[str]:
     return out
 
 
-# What a reference is (controller_eval.REFERENCES), as the report names it.
-REFERENCE_TEXT = {
-    "prodigy_cosine": "Prodigy with cosine annealing to 0 over the run, as its authors recommend using it "
-    "(the pool's Prodigy runs at a constant rate)"
-}
-
-
 def controller_report(split: str, controller: str, done, finished, against: str | None = None) -> list[str]:
     """The controller's paired table and pooled lines against the bar (the best one-run method
     chosen on validation; the targets), or against a reference (``against``: no target, no headroom)."""
@@ -81,7 +74,7 @@ def controller_report(split: str, controller: str, done, finished, against: str 
     else:
         head = (
             f"{name} against a reference, not the bar the targets judge: `{against}`, "
-            f"{REFERENCE_TEXT.get(against, against)}. Paired gain = controller - {against}, seed by seed."
+            f"{evaluation.REFERENCES[against]}. Paired gain = controller - {against}, seed by seed."
         )
     out = [
         head,

@@ -49,11 +49,11 @@ def replay(config: Any) -> Iterator[dict[str, Any]]:
     from finetune_gym.agents.registry import is_learning, make_agent
     from finetune_gym.agents.run import build_env
 
-    venv, _ = build_env(config)
+    venv, state = build_env(config)
     agent = make_agent(config.algo, venv, seed=config.seed, **config.agent_kwargs)
     if is_learning(agent):
         raise ValueError(f"{config.algo} learns while it acts: only a fixed policy's run replays")
-    env = venv.venv.envs[0].unwrapped
+    env = state.recorder.unwrapped
     raw = getattr(agent, "raw_observations", False)  # a rule over the environment's own values
     obs = venv.reset()
     for epoch in range(config.epochs_per_episode):
@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from finetune_gym.agents.config import RunConfig
+    from finetune_gym.agents.rundir import CONFIG
 
     torch.set_num_threads(args.threads)
-    config = RunConfig(**json.loads((args.run_dir / "config.json").read_text()))
+    config = RunConfig.from_json(json.loads((args.run_dir / CONFIG).read_text()))
     if config.episodes != 1:
         raise SystemExit(f"{args.run_dir}: {config.episodes} episodes; only a one-episode run replays here")
     for reading in replay(config):
