@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -273,9 +274,9 @@ class MetaTrainer:
                 "base_val": float(np.mean(list(base.values()))),
                 "sigma": float(es.sigma),
                 "runs": len(used),  # fine-tuning runs so far (each base run once)
-                "run_s": float(
-                    sum(self.evaluations[key]["wall_s"] for key in used)
-                ),  # one thread each: core-s
+                # One thread each: core-s. fsum because `used` is a set whose order follows the
+                # process's string hashing: a plain sum changed the last digit on each resume.
+                "run_s": math.fsum(self.evaluations[key]["wall_s"] for key in used),
                 "mean_theta": [float(v) for v in es.mean],
                 "best_theta": candidates[int(fitness.argmax())].tolist(),
             }
