@@ -137,7 +137,7 @@ def train_ppo(args: argparse.Namespace) -> None:
     finally:
         if run is not None:
             run.finish()
-    print(f"{name}: controller {[round(v, 3) for v in theta]} in {args.folder / name / CONTROLLER}")
+    print(f"{name}: controller {[round(float(v), 3) for v in theta]} in {args.folder / name / CONTROLLER}")
 
 
 def evaluate_split(args: argparse.Namespace) -> None:
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             theta = MetaTrainer(config, args.folder / name, executor, log=log, stop=stop).run()
     finally:
         loggers.close()
-    print(f"{name}: controller {[round(v, 3) for v in theta]} in {args.folder / name / CONTROLLER}")
+    print(f"{name}: controller {[round(float(v), 3) for v in theta]} in {args.folder / name / CONTROLLER}")
 
 
 if __name__ == "__main__":

@@ -46,10 +46,13 @@ def status(folder: Path) -> list[str]:
             )
             verdict = flattened(generations)
             if verdict is not None:  # the protocol's rule: run stops there unless told otherwise
-                summary += (
-                    "; the fitness flattened by generation 10: its last" if verdict else "; still rising"
-                )
                 left = 0 if verdict else left
+                summary += "; the stopping rule at generation 10: " + (
+                    "flattened, the search ends there"
+                    if verdict
+                    else "still rising, "
+                    + ("it runs to its last generation" if left else "all generations ran")
+                )
             if left > 0:  # at the cost per generation measured so far (the instances drawn vary it)
                 per_run, runs_per_generation = hours / len(evaluations), last["runs"] / len(generations)
                 summary += (

@@ -327,6 +327,34 @@ def test_status_estimates_what_a_search_has_left(tmp_path):
     assert line.endswith("; 2 generations left, ~6.0 core-hours")  # 2 x 6 runs x 0.5 h
 
 
+@pytest.mark.parametrize(
+    ("late", "generations", "verdict"),
+    [
+        ([0.01] * 5, 15, "flattened, the search ends there"),
+        ([0.09] * 4 + [0.08], 15, "still rising, it runs to its last generation"),
+        ([0.09] * 4 + [0.08], 11, "still rising, all generations ran"),
+    ],
+)
+def test_status_says_what_the_stopping_rule_decided(tmp_path, late, generations, verdict):
+    """After generation 10 the status line names the rule's verdict and what follows from it (a
+    search still rising that has run all its generations is done, not still running)."""
+    from benchmarks import controller_status
+
+    run = tmp_path / "set-split2-s0"
+    run.mkdir()
+    (run / "meta_config.json").write_text(json.dumps({"generations": generations, "batch": 4}))
+    (run / "evaluations.jsonl").write_text(json.dumps({"wall_s": 60.0}) + "\n")
+    gains = [-0.05, 0.01, 0.02, 0.03, 0.02, 0.01, *late]
+    rows = [
+        {"generation": g, "mean_gain": m, "best_gain": m, "sigma": 0.5, "runs": 36 * (g + 1)}
+        for g, m in enumerate(gains)
+    ]
+    (run / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = controller_status.status(tmp_path)[0]
+    assert f"; the stopping rule at generation 10: {verdict}" in line
+    assert ("generations left" in line) == verdict.endswith("last generation")
+
+
 def test_a_search_killed_mid_generation_continues_to_the_same_controller(tmp_path):
     """`controller.py run` SIGKILLed (with its worker processes) while a generation's runs finish:
     run again, it reaches the controller an uninterrupted search reaches, every evaluation equal."""
