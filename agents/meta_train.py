@@ -25,7 +25,7 @@ import concurrent.futures as futures
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,29 @@ def _job_key(
     kind: str, instance: Instance, generation: int | None = None, candidate: int | None = None
 ) -> str:
     return f"base/{instance.id}" if kind == "base" else f"g{generation}/c{candidate}/{instance.id}"
+
+
+def generation_gains(evaluations: Iterable[Mapping[str, Any]]) -> dict[int, np.ndarray]:
+    """Each generation's paired validation gains over the base, read back from
+    ``evaluations.jsonl``'s lines: candidates x instances (candidate order, instances by id), the
+    matrix whose row means were the fitness. For the search's diagnostics (how much of a fitness is
+    the instances' noise); a generation some of whose runs are missing is left out."""
+    lines = {line["key"]: line for line in evaluations}
+    base = {key.removeprefix("base/"): line["val"] for key, line in lines.items() if key.startswith("base/")}
+    cells: dict[int, dict[int, dict[str, float]]] = {}
+    for key, line in lines.items():
+        if key.startswith("base/"):
+            continue
+        generation, candidate, instance = key.split("/", 2)
+        row = cells.setdefault(int(generation[1:]), {}).setdefault(int(candidate[1:]), {})
+        row[instance] = line["val"] - base[instance]
+    out = {}
+    for generation, rows in sorted(cells.items()):
+        instances = sorted(set().union(*rows.values()))
+        if list(rows) != list(range(len(rows))) or any(len(r) != len(instances) for r in rows.values()):
+            continue
+        out[generation] = np.array([[rows[c][i] for i in instances] for c in range(len(rows))])
+    return out
 
 
 class MetaTrainer:

@@ -193,7 +193,7 @@ def headroom_lines(split: str, done, finished, controller: str = CONTROLLER) -> 
 
 def search_report(split: str) -> list[str]:
     """The meta-training's generations for ``split`` (training fitness only: nothing held out)."""
-    from finetune_gym.agents.meta_train import GENERATIONS
+    from finetune_gym.agents.meta_train import EVALUATIONS, GENERATIONS, generation_gains
 
     run = evaluation.controller_file(split).parent
     rows = harness.ResultsFile(run / GENERATIONS).lines()
@@ -206,14 +206,27 @@ def search_report(split: str) -> list[str]:
         f"Meta-training of split {split} (`{_shown(run)}`): "
         f"{len(rows)} generations, {rows[-1]['runs']} runs, {rows[-1]['run_s'] / 3600:.1f} h of runs "
         "(one thread each). Fitness: mean paired validation gain over Prodigy on the generation's 4 training "
-        "instances, in points.",
+        "instances, in points. Candidates' spread: the standard deviation of the 8 candidates' fitnesses; noise: "
+        "that in one fitness, from the candidate x instance residual (`stats.signal_and_noise`). Where the noise is "
+        "as large as the spread, CMA-ES's ranking of the candidates is mostly noise (a candidate whose runs collapse "
+        "inflates both: hence the medians below the table).",
         "",
-        "| generation | mean gain | best gain | sigma | runs so far |",
-        "|---|---|---|---|---|",
+        "| generation | mean gain | best gain | candidates' spread | noise in a fitness | sigma | runs so far |",
+        "|---|---|---|---|---|---|---|",
     ]
+    gains = generation_gains(harness.ResultsFile(run / EVALUATIONS).lines())
+    for r in rows:
+        spread, noise = stats.signal_and_noise(100 * gains[r["generation"]])
+        out.append(
+            f"| {r['generation']} | {100 * r['mean_gain']:+.2f} | {100 * r['best_gain']:+.2f} | {spread:.2f} | "
+            f"{noise:.2f} | {r['sigma']:.3f} | {r['runs']} |"
+        )
+    late = [stats.signal_and_noise(100 * gains[r["generation"]]) for r in rows[len(rows) // 2 :]]
     out += [
-        f"| {r['generation']} | {100 * r['mean_gain']:+.2f} | {100 * r['best_gain']:+.2f} | {r['sigma']:.3f} | {r['runs']} |"
-        for r in rows
+        "",
+        f"Generations {rows[len(rows) // 2]['generation']}-{rows[-1]['generation']}: candidates' spread "
+        f"{statistics.median(s for s, _ in late):.2f} points, noise in a fitness {statistics.median(n for _, n in late):.2f} "
+        "(medians).",
     ]
     plot = plots.plot_search(rows, REPORT_FILE.parent / f"controller_search_split{split}.png")
     return [*out, "", f"![meta-training, split {split}]({plot.name})", ""]

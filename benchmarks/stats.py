@@ -96,3 +96,18 @@ def performance_profile(
         return np.mean([(t[:, None] > thresholds[None, :]).mean(axis=0) for t in tasks], axis=0)
 
     return _stratified(scores, profile, reps, confidence, seed)
+
+
+def signal_and_noise(gains: np.ndarray) -> tuple[float, float]:
+    """For a candidates x instances matrix of paired gains (every candidate on the same instances):
+    the spread of the candidates' mean gains (their standard deviation), and the noise in one such
+    mean, the residual of the additive model gain = candidate + instance (two-way ANOVA without
+    replication) over the square root of the instances. Where the noise is as large as the spread,
+    ranking candidates by their means is mostly ranking the noise."""
+    gains = np.asarray(gains, dtype=np.float64)
+    rows, cols = gains.shape
+    if rows < 2 or cols < 2:
+        raise ValueError(f"signal_and_noise needs at least 2 candidates and 2 instances, got {gains.shape}")
+    residual = gains - gains.mean(axis=0) - gains.mean(axis=1, keepdims=True) + gains.mean()
+    noise = float(np.sqrt((residual**2).sum() / ((rows - 1) * (cols - 1)) / cols))
+    return float(gains.mean(axis=1).std(ddof=1)), noise

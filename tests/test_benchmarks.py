@@ -471,6 +471,22 @@ def test_pbt_report_sets_pbt_beside_the_one_run_base_paired_by_seed_with_its_run
     assert "## clothing10 0.15\n\nNot run yet (seeds [0, 1, 2])." in text
 
 
+def test_signal_and_noise_separates_candidates_from_the_instances_noise():
+    """stats.signal_and_noise: an additive candidate + instance matrix has no noise whatever its
+    instance effects; noise added cell by cell is recovered at its size over sqrt(instances)."""
+    from benchmarks import stats
+
+    candidates, instances = np.array([0.0, 1.0, 2.0, 3.0]), np.array([-5.0, 0.0, 10.0])
+    spread, noise = stats.signal_and_noise(candidates[:, None] + instances[None, :])
+    assert spread == pytest.approx(np.std(candidates, ddof=1)) and noise == pytest.approx(0.0, abs=1e-12)
+    rng = np.random.default_rng(0)
+    cells = rng.normal(0.0, 2.0, size=(400, 4))  # no candidate effect, cell noise sd 2
+    spread, noise = stats.signal_and_noise(cells + instances.repeat(2)[None, :4])
+    assert noise == pytest.approx(2.0 / 2, rel=0.1) and spread == pytest.approx(noise, rel=0.15)
+    with pytest.raises(ValueError, match="at least 2 candidates and 2 instances"):
+        stats.signal_and_noise(np.zeros((3, 1)))
+
+
 def test_rliable_statistics_follow_their_definitions():
     """benchmarks/stats.py against scipy and hand-computed cases (rliable itself does not run here)."""
     from scipy.stats import trim_mean
@@ -694,6 +710,38 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     assert (
         "| gtsrb 15% | prodigy | 70.0 ± 0.0 | 72.2 ± 1.8 |" in text[: text.index("Controller trained by PPO")]
     )
+
+
+def test_search_report_shows_each_generations_spread_and_noise(tmp_path, monkeypatch):
+    """The meta-training table: per generation, the candidates' spread and the noise in one
+    fitness, computed from the evaluations the search kept (here an additive matrix: no noise)."""
+    from benchmarks import controller_eval as ce
+    from benchmarks import controller_report as cr
+
+    monkeypatch.setattr(ce, "RUNS", tmp_path / "controllers")
+    monkeypatch.setattr(cr, "REPORT_FILE", tmp_path / "eval.md")
+    run = ce.controller_file("2").parent
+    run.mkdir(parents=True)
+    lines = [{"key": f"base/i{i}", "instance": f"i{i}", "val": 0.5} for i in range(2)]
+    rows = []
+    for generation in range(2):
+        gains = [[0.01 * (c + generation) + 0.02 * i for i in range(2)] for c in range(3)]
+        lines += [
+            {"key": f"g{generation}/c{c}/i{i}", "instance": f"i{i}", "val": 0.5 + gains[c][i]}
+            for c in range(3)
+            for i in range(2)
+        ]
+        means = np.mean(gains, axis=1)
+        rows.append(
+            {"generation": generation, "mean_gain": means.mean(), "best_gain": means.max(), "sigma": 0.5}
+            | {"runs": 2 + 6 * (generation + 1), "run_s": 3600.0, "mean_theta": [0.0] * 8}
+        )
+    (run / "evaluations.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (run / "generations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    text = "\n".join(cr.search_report("2"))
+    assert "| 0 | +2.00 | +3.00 | 1.00 | 0.00 | 0.500 | 8 |" in text  # spread: sd of 1, 2, 3 points
+    assert "| 1 | +3.00 | +4.00 | 1.00 | 0.00 | 0.500 | 14 |" in text
+    assert "Generations 1-1: candidates' spread 1.00 points, noise in a fitness 0.00 (medians)." in text
 
 
 def test_optimizer_probe_replays_a_finished_run_to_its_recorded_result(tmp_path, capsys):

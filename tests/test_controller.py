@@ -13,7 +13,13 @@ from conftest import CIFAR_CHECKPOINT, SHARED_DATA, digits_instance_set, needs_s
 
 import finetune_gym  # noqa: F401
 from finetune_gym.agents import residual_controller as rc
-from finetune_gym.agents.meta_train import EVALUATIONS, MetaTrainConfig, MetaTrainer, run_instance
+from finetune_gym.agents.meta_train import (
+    EVALUATIONS,
+    MetaTrainConfig,
+    MetaTrainer,
+    generation_gains,
+    run_instance,
+)
 from finetune_gym.agents.registry import baseline_env_overrides, load_agent, make_agent, save_agent
 from finetune_gym.instances import DECLARED, Instance, InstanceSet
 
@@ -240,6 +246,13 @@ def test_meta_training_searches_pairs_with_the_base_and_resumes_exactly(tmp_path
         np.mean(gains)
     )
     assert any(abs(g) > 0 for g in gains)  # the multipliers change the runs
+    # The diagnostics read the same matrices back: their row means are each generation's fitnesses.
+    matrices = generation_gains(records)
+    assert sorted(matrices) == [0, 1] and matrices[1].shape == (3, 2)
+    assert matrices[1].mean(axis=1) == pytest.approx(gains)
+    assert generation_gains([r for r in records if r["key"] != records[-1]["key"]]).keys() == {0, 1} - {
+        int(records[-1]["key"].split("/")[0][1:])
+    }  # a generation with a run missing is left out
     saved = rc.load_controller(tmp_path / "a" / "controller.pt")
     assert saved["theta"] == pytest.approx(full.tolist()) and saved["card"]["runs"] == len(records)
 
