@@ -117,8 +117,9 @@ def target_summaries(tasks: dict[tuple[str, float], dict[str, Any]]) -> list[dic
     with pairs: the mean paired gain and IQM with their 95% stratified bootstrap intervals, the
     probability of improvement, the target and whether it is met (plain values: a card holds them)."""
     out = []
-    for label, low_data in (("15% and 30%", True), ("50% and 100%", False)):
+    for low_data in (True, False):
         in_range = [task for task in tasks if (task[1] in LOW_RATES) == low_data]
+        label = " and ".join(f"{100 * rate:g}%" for rate in sorted({rate for _, rate in in_range}))
         chosen = {
             task: [a - b for a, b in tasks[task]["pairs"].values()]
             for task in in_range
