@@ -152,7 +152,8 @@ def generation_gains(evaluations: Iterable[Mapping[str, Any]]) -> dict[int, np.n
     """Each generation's paired validation gains over the base, read back from
     ``evaluations.jsonl``'s lines: candidates x instances (candidate order, instances by id), the
     matrix whose row means were the fitness. For the search's diagnostics (how much of a fitness is
-    the instances' noise); a generation some of whose runs are missing is left out."""
+    the instances' noise); a generation some of whose runs are missing is left out. The lines may
+    come in any order: parallel workers append them as their runs finish."""
     lines = {line["key"]: line for line in evaluations}
     base = {key.removeprefix("base/"): line["val"] for key, line in lines.items() if key.startswith("base/")}
     cells: dict[int, dict[int, dict[str, float]]] = {}
@@ -165,7 +166,7 @@ def generation_gains(evaluations: Iterable[Mapping[str, Any]]) -> dict[int, np.n
     out = {}
     for generation, rows in sorted(cells.items()):
         instances = sorted(set().union(*rows.values()))
-        if list(rows) != list(range(len(rows))) or any(len(r) != len(instances) for r in rows.values()):
+        if sorted(rows) != list(range(len(rows))) or any(len(r) != len(instances) for r in rows.values()):
             continue
         out[generation] = np.array([[rows[c][i] for i in instances] for c in range(len(rows))])
     return out

@@ -216,13 +216,13 @@ def search_report(split: str) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     gains = generation_gains(harness.ResultsFile(run / EVALUATIONS).lines())
-    for r in rows:
-        spread, noise = stats.signal_and_noise(100 * gains[r["generation"]])
+    measured = [stats.signal_and_noise(100 * gains[r["generation"]]) for r in rows]
+    for r, (spread, noise) in zip(rows, measured, strict=True):
         out.append(
             f"| {r['generation']} | {100 * r['mean_gain']:+.2f} | {100 * r['best_gain']:+.2f} | {spread:.2f} | "
             f"{noise:.2f} | {r['sigma']:.3f} | {r['runs']} |"
         )
-    late = [stats.signal_and_noise(100 * gains[r["generation"]]) for r in rows[len(rows) // 2 :]]
+    late = measured[len(rows) // 2 :]
     out += [
         "",
         f"Generations {rows[len(rows) // 2]['generation']}-{rows[-1]['generation']}: candidates' spread "

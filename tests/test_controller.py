@@ -250,6 +250,8 @@ def test_meta_training_searches_pairs_with_the_base_and_resumes_exactly(tmp_path
     matrices = generation_gains(records)
     assert sorted(matrices) == [0, 1] and matrices[1].shape == (3, 2)
     assert matrices[1].mean(axis=1) == pytest.approx(gains)
+    finished_out_of_order = generation_gains(records[::-1])  # parallel workers append as runs finish
+    assert all(np.array_equal(finished_out_of_order[g], matrices[g]) for g in (0, 1))
     assert generation_gains([r for r in records if r["key"] != records[-1]["key"]]).keys() == {0, 1} - {
         int(records[-1]["key"].split("/")[0][1:])
     }  # a generation with a run missing is left out
