@@ -8,6 +8,8 @@ captured, and the meta-training's generations (training fitness only).
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,8 @@ def split_report(split: str, done, finished) -> list[str]:
         out += controller_report(split, controller, done, finished)
         for reference in evaluation.REFERENCES:
             out += controller_report(split, controller, done, finished, against=reference)
+        if controller != CONTROLLER:  # head to head with the protocol's controller (same instances)
+            out += controller_report(split, controller, done, finished, against=CONTROLLER)
     plot = plots.plot_profile(
         split, done, finished, REPORT_FILE.parent / f"controller_profile_split{split}.png"
     )
@@ -71,10 +75,16 @@ def controller_report(split: str, controller: str, done, finished, against: str 
             + ". Test accuracy %, mean ± std over seeds; paired gain = controller - the best one-run "
             "method chosen on validation, seed by seed."
         )
-    else:
+    elif against in evaluation.REFERENCES:
         head = (
             f"{name} against a reference, not the bar the targets judge: `{against}`, "
             f"{evaluation.REFERENCES[against]}. Paired gain = controller - {against}, seed by seed."
+        )
+    else:  # another controller: the same policy class, another trainer or base
+        head = (
+            f"{name} against the {evaluation.LABELS[against].lower()} (`{against}`, "
+            f"`{_shown(evaluation.controller_file(split, method=against))}`), not the bar the targets judge. "
+            f"Paired gain = {controller} - {against}, seed by seed."
         )
     out = [
         head,
@@ -233,6 +243,70 @@ def search_report(split: str) -> list[str]:
     return [*out, "", f"![meta-training, split {split}]({plot.name})", ""]
 
 
+PPO_BLOCK = 32  # PPO's runs are reported in blocks of this many episodes
+
+
+def ppo_report(split: str) -> list[str]:
+    """PPO's training of the same controller for ``split`` (training gains only: nothing held out),
+    set beside the CMA-ES search's budget: its runs, hours, the paired gains of its episodes in
+    blocks, and the weights it has reached against the search's."""
+    from finetune_gym.agents.controller_ppo import BASES, CHECKPOINT, CONFIG, EPISODES
+    from finetune_gym.agents.meta_train import GENERATIONS
+    from finetune_gym.agents.residual_controller import FEATURES, load_controller
+    from finetune_gym.agents.run_budget import read_trainer
+
+    run = evaluation.controller_file(split, method=f"{CONTROLLER}_ppo").parent
+    if not (run / CONFIG).is_file():
+        return []
+    budget = json.loads((run / CONFIG).read_text())["runs"]
+    episodes = harness.ResultsFile(run / EPISODES).lines()
+    bases = harness.ResultsFile(run / BASES).lines()
+    # The runs the trainer has learned from (its checkpoint's count; episodes logged after it run
+    # again on a resume), its episodes' own plus the base runs they needed.
+    trainer = read_trainer(run / CHECKPOINT) if (run / CHECKPOINT).is_file() else None
+    state = trainer["state"] if trainer else {"runs": 0}
+    hours = math.fsum(line["wall_s"] for line in [*episodes, *bases]) / 3600
+    generations = harness.ResultsFile(evaluation.controller_file(split).parent / GENERATIONS).lines()
+    cma = (
+        f"; the CMA-ES search used {generations[-1]['runs']} runs ({generations[-1]['run_s'] / 3600:.1f} h)"
+        if generations
+        else ""
+    )
+    out = [
+        f'PPO\'s training of split {split} (`{_shown(run)}`, benchmarks/README.md "Second trainer"): '
+        f"{state['runs']} of {budget} runs (its {len(bases)} base runs included), {hours:.1f} h of runs{cma}. "
+        "Each episode is one training instance's run under the policy's sampled multipliers, its paired "
+        "validation gain over Prodigy the reward (a noisier signal than a CMA-ES fitness: one instance, a "
+        "sampled policy).",
+        "",
+        "| episodes | mean paired gain | gains > 0 |",
+        "|---|---|---|",
+    ]
+    for start in range(0, len(episodes), PPO_BLOCK):
+        block = [100 * e["paired_gain"] for e in episodes[start : start + PPO_BLOCK]]
+        out.append(
+            f"| {start + 1}-{start + len(block)} | {statistics.fmean(block):+.2f} | "
+            f"{sum(g > 0 for g in block)}/{len(block)} |"
+        )
+    if (run / "controller.pt").is_file():
+        theta, where = load_controller(run / "controller.pt")["theta"], "the trained controller"
+    elif trainer is not None:
+        theta = trainer["policy"]["action_net.theta"].tolist()
+        where = "the policy's mean at its last update (training not finished)"
+    else:
+        return [*out, ""]
+    searched = generations[-1]["mean_theta"] if generations else [float("nan")] * len(FEATURES)
+    out += [
+        "",
+        f"Weights, PPO ({where}) and CMA-ES (the search's mean after its last generation):",
+        "",
+        "| feature | PPO | CMA-ES |",
+        "|---|---|---|",
+        *(f"| {name} | {a:+.2f} | {b:+.2f} |" for name, a, b in zip(FEATURES, theta, searched, strict=True)),
+    ]
+    return [*out, ""]
+
+
 # The package's default controller is split 1's: GTSRB, in no training part, is its evidence.
 SHIPPED_SPLIT = "1"
 
@@ -296,4 +370,5 @@ def write_report(splits: list[str]) -> None:
     for split in splits:
         out += split_report(split, done, finished)
         out += search_report(split)
+        out += ppo_report(split)
     REPORT_FILE.write_text("\n".join(out).rstrip() + "\n")

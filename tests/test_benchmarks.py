@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -710,6 +711,56 @@ def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_inte
     assert (
         "| gtsrb 15% | prodigy | 70.0 ± 0.0 | 72.2 ± 1.8 |" in text[: text.index("Controller trained by PPO")]
     )
+    # Head to head with the CMA-ES controller on the same seeds: 69 against 69 (seed 0), 73 (others).
+    head = ppo_part[ppo_part.index("Controller trained by PPO against the controller") :]
+    assert "(`residual_controller`, `" in head and "not the bar the targets judge" in head
+    assert (
+        "| gtsrb 15% | residual_controller | 72.2 ± 1.8 | 69.0 ± 0.0 | +0.0, -4.0, -4.0, -4.0, -4.0 |" in head
+    )
+    assert "P(controller > residual_controller)" in head and ": met" not in head
+
+
+def test_ppo_report_sets_its_runs_beside_the_searchs_budget(tmp_path, monkeypatch):
+    """PPO's training section: its runs against its budget and the search's, its episodes' paired
+    gains in blocks, and its weights (the checkpoint's mean while training) beside the search's."""
+    import torch
+
+    from benchmarks import controller_eval as ce
+    from benchmarks import controller_report as cr
+    from finetune_gym.agents.run_budget import save_trainer
+
+    monkeypatch.setattr(ce, "RUNS", tmp_path / "controllers")
+    assert cr.ppo_report("1") == []  # not started: no section
+    search = ce.controller_file("1").parent
+    search.mkdir(parents=True)
+    row = {"generation": 10, "mean_gain": 0.0, "best_gain": 0.0, "sigma": 0.4, "runs": 384, "run_s": 7200.0}
+    (search / "generations.jsonl").write_text(json.dumps(row | {"mean_theta": [0.5] * 8}) + "\n")
+    run = ce.controller_file("1", method="residual_controller_ppo").parent
+    run.mkdir(parents=True)
+    (run / "ppo_config.json").write_text(json.dumps({"runs": 384}))
+    episodes = [
+        {"episode": e + 1, "instance": "i", "paired_gain": 0.01 if e < 32 else -0.02, "wall_s": 90.0}
+        for e in range(40)
+    ]
+    (run / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    (run / "bases.jsonl").write_text(json.dumps({"instance": "i", "val": 0.5, "wall_s": 360.0}) + "\n")
+    theta = torch.nn.Parameter(torch.tensor([0.25, -1.0, 0, 0, 0, 0, 0, 0]))
+    policy = SimpleNamespace(  # what save_trainer reads of an SB3 model's policy
+        state_dict=lambda: {"action_net.theta": theta.detach()}, optimizer=torch.optim.Adam([theta])
+    )
+    save_trainer(
+        run / "checkpoint.pt",
+        SimpleNamespace(policy=policy, num_timesteps=1000),
+        {"runs": 41, "episodes": 40},
+    )
+    text = "\n".join(cr.ppo_report("1"))
+    assert (
+        "41 of 384 runs (its 1 base runs included), 1.1 h of runs; the CMA-ES search used 384 runs (2.0 h)"
+        in text
+    )
+    assert "| 1-32 | +1.00 | 32/32 |" in text and "| 33-40 | -2.00 | 0/8 |" in text
+    assert "policy's mean at its last update (training not finished)" in text
+    assert "| bias | +0.25 | +0.50 |" in text and "| depth | -1.00 | +0.50 |" in text
 
 
 def test_search_report_shows_each_generations_spread_and_noise(tmp_path, monkeypatch):
