@@ -220,24 +220,35 @@ def search_report(split: str) -> list[str]:
         "instances, in points. Candidates' spread: the standard deviation of the 8 candidates' fitnesses; noise: "
         "that in one fitness, from the candidate x instance residual (`stats.signal_and_noise`). Where the noise is "
         "as large as the spread, CMA-ES's ranking of the candidates is mostly noise (a candidate whose runs collapse "
-        "inflates both: hence the medians below the table).",
+        "inflates both: hence the medians below the table). True spread: the candidates' spread less the "
+        "noise's part, sqrt(spread^2 - noise^2); p: the two-way ANOVA's F-test that the candidates differ "
+        "at all (`stats.candidate_effect`).",
         "",
-        "| generation | mean gain | best gain | candidates' spread | noise in a fitness | sigma | runs so far |",
-        "|---|---|---|---|---|---|---|",
+        "| generation | mean gain | best gain | candidates' spread | noise in a fitness | true spread | p | sigma "
+        "| runs so far |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     gains = generation_gains(harness.ResultsFile(run / EVALUATIONS).lines())
-    measured = [stats.signal_and_noise(100 * gains[r["generation"]]) for r in rows]
-    for r, (spread, noise) in zip(rows, measured, strict=True):
+    measured = [
+        (
+            *stats.signal_and_noise(100 * gains[r["generation"]]),
+            *stats.candidate_effect(100 * gains[r["generation"]]),
+        )
+        for r in rows
+    ]
+    for r, (spread, noise, true_spread, p) in zip(rows, measured, strict=True):
         out.append(
             f"| {r['generation']} | {100 * r['mean_gain']:+.2f} | {100 * r['best_gain']:+.2f} | {spread:.2f} | "
-            f"{noise:.2f} | {r['sigma']:.3f} | {r['runs']} |"
+            f"{noise:.2f} | {true_spread:.2f} | {p:.2g} | {r['sigma']:.3f} | {r['runs']} |"
         )
     late = measured[len(rows) // 2 :]
     out += [
         "",
         f"Generations {rows[len(rows) // 2]['generation']}-{rows[-1]['generation']}: candidates' spread "
-        f"{statistics.median(s for s, _ in late):.2f} points, noise in a fitness {statistics.median(n for _, n in late):.2f} "
-        "(medians).",
+        f"{statistics.median(m[0] for m in late):.2f} points, noise in a fitness "
+        f"{statistics.median(m[1] for m in late):.2f}, true spread {statistics.median(m[2] for m in late):.2f} "
+        f"(medians); the candidates differed (p < 0.05) in {sum(m[3] < 0.05 for m in late)} of {len(late)} "
+        "generations.",
     ]
     plot = plots.plot_search(rows, REPORT_FILE.parent / f"controller_search_split{split}.png")
     return [*out, "", f"![meta-training, split {split}]({plot.name})", ""]

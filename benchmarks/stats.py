@@ -111,3 +111,19 @@ def signal_and_noise(gains: np.ndarray) -> tuple[float, float]:
     residual = gains - gains.mean(axis=0) - gains.mean(axis=1, keepdims=True) + gains.mean()
     noise = float(np.sqrt((residual**2).sum() / ((rows - 1) * (cols - 1)) / cols))
     return float(gains.mean(axis=1).std(ddof=1)), noise
+
+
+def candidate_effect(gains: np.ndarray) -> tuple[float, float]:
+    """For the matrix :func:`signal_and_noise` reads: the estimated spread of the candidates' true
+    mean gains (the observed means' variance is the true one plus the noise's:
+    ``sqrt(max(spread**2 - noise**2, 0))``), and the p-value of the two-way ANOVA's F-test that the
+    candidates differ at all (F = spread**2 / noise**2 on (candidates - 1, (candidates - 1) x
+    (instances - 1)) degrees of freedom). A large p says this generation's ranking is noise."""
+    from scipy.stats import f
+
+    rows, cols = np.shape(gains)
+    spread, noise = signal_and_noise(gains)
+    true_spread = float(np.sqrt(max(spread**2 - noise**2, 0.0)))
+    if noise == 0.0:  # an exactly additive matrix: any spread is real
+        return true_spread, 0.0 if spread > 0 else 1.0
+    return true_spread, float(f.sf(spread**2 / noise**2, rows - 1, (rows - 1) * (cols - 1)))

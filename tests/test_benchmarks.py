@@ -486,6 +486,17 @@ def test_signal_and_noise_separates_candidates_from_the_instances_noise():
     assert noise == pytest.approx(2.0 / 2, rel=0.1) and spread == pytest.approx(noise, rel=0.15)
     with pytest.raises(ValueError, match="at least 2 candidates and 2 instances"):
         stats.signal_and_noise(np.zeros((3, 1)))
+    # The F-test: under no candidate effect its p-values are uniform (about 5% below 0.05); a real
+    # effect of 3 noise-sds between candidates is found; the true spread is the observed one less
+    # the noise's part.
+    null = [stats.candidate_effect(rng.normal(0.0, 1.0, size=(8, 4)))[1] for _ in range(2000)]
+    assert np.mean(np.array(null) < 0.05) == pytest.approx(0.05, abs=0.015)
+    effect = np.arange(8.0)[:, None] * 1.5 + rng.normal(0.0, 1.0, size=(8, 4))
+    true_spread, p = stats.candidate_effect(effect)
+    assert p < 1e-6 and true_spread == pytest.approx(np.std(np.arange(8.0) * 1.5, ddof=1), rel=0.1)
+    true_spread, p = stats.candidate_effect(candidates[:, None] + instances[None, :])
+    assert true_spread == pytest.approx(np.std(candidates, ddof=1)) and p < 1e-12
+    assert stats.candidate_effect(np.zeros((3, 2))) == (0.0, 1.0)
 
 
 def test_rliable_statistics_follow_their_definitions():
@@ -790,9 +801,18 @@ def test_search_report_shows_each_generations_spread_and_noise(tmp_path, monkeyp
     (run / "evaluations.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     (run / "generations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     text = "\n".join(cr.search_report("2"))
-    assert "| 0 | +2.00 | +3.00 | 1.00 | 0.00 | 0.500 | 8 |" in text  # spread: sd of 1, 2, 3 points
-    assert "| 1 | +3.00 | +4.00 | 1.00 | 0.00 | 0.500 | 14 |" in text
-    assert "Generations 1-1: candidates' spread 1.00 points, noise in a fitness 0.00 (medians)." in text
+    # spread: sd of 1, 2, 3 points; no noise, so all of it is true and the candidates differ (p ~ 0)
+    # (p: 0, or a rounding error's 1e-31)
+    assert re.search(
+        r"\| 0 \| \+2.00 \| \+3.00 \| 1.00 \| 0.00 \| 1.00 \| (0|[\d.]+e-\d+) \| 0.500 \| 8 \|", text
+    )
+    assert re.search(
+        r"\| 1 \| \+3.00 \| \+4.00 \| 1.00 \| 0.00 \| 1.00 \| (0|[\d.]+e-\d+) \| 0.500 \| 14 \|", text
+    )
+    assert (
+        "Generations 1-1: candidates' spread 1.00 points, noise in a fitness 0.00, true spread 1.00 (medians); "
+        "the candidates differed (p < 0.05) in 1 of 1 generations." in text
+    )
 
 
 def test_optimizer_probe_replays_a_finished_run_to_its_recorded_result(tmp_path, capsys):
