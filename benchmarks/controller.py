@@ -14,7 +14,7 @@ where it stopped, in any session, from the same files.
     python benchmarks/controller.py run --split 1 --generations 20 --workers 2 --threads 1
     python benchmarks/controller.py run --split 1 --address auto --workers 16    # a Ray cluster
     python benchmarks/controller.py status
-    python benchmarks/controller.py ppo --split 1 --runs 540 --workers 2   # PPO, same budget of runs
+    python benchmarks/controller.py ppo --split 1 --runs 384 --workers 2   # PPO at split 1's search's budget
     python benchmarks/controller.py evaluate --split 1 --workers 2   # held-out runs (resumable)
     python benchmarks/controller.py report                           # results/controller_eval.md
     python benchmarks/controller.py ship     # split 1's controller into the package, with its result
