@@ -1,8 +1,10 @@
+import multiprocessing
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import GTSRB_ROOT, make_image_folder, needs_shared
 from PIL import Image
 
@@ -64,6 +66,20 @@ def test_imagefolder_decodes_to_the_requested_size(tmp_path):
     assert data.classes == ["class_0", "class_1", "class_2"]
     images = data.train.decoder.decode(np.arange(len(data.train)), 16)
     assert images.shape == (len(data.train), 3, 16, 16)
+
+
+def test_file_decoder_decodes_inside_a_daemonic_process(tmp_path):
+    """A large selection decodes in DataLoader worker processes, which a daemonic process may not
+    start: SB3's SubprocVecEnv runs each environment in one (controller PPO's training died on it),
+    as multiprocessing.Pool runs its workers. There it decodes in-process, to the same pixels."""
+    root = make_image_folder(tmp_path / "f", per_class=200, size=8, test_per_class=1)
+    train = load_dataset("imagefolder", root).train
+    indices = np.arange(len(train))
+    assert len(indices) > 512  # where the decoder turns to worker processes
+    here = train.decoder.decode(indices, 8)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # its worker is daemonic
+        there = pool.apply(train.decoder.decode, (indices, 8))
+    assert here.shape == (len(indices), 3, 8, 8) and torch.equal(here, there)
 
 
 def test_imagefolder_errors(tmp_path):

@@ -7,6 +7,7 @@ decoded only when first evaluated.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,6 +106,10 @@ class FileDecoder:
     def decode(self, indices: np.ndarray, size: int) -> torch.Tensor:
         files = _FileImages([self.paths[i] for i in indices], size, self.mode)
         workers = min(8, os.cpu_count() or 1) if len(files) > 512 else 0
+        if multiprocessing.current_process().daemon:
+            # A daemonic process may not start children (SB3's SubprocVecEnv runs each environment
+            # in one, as multiprocessing.Pool does its workers): decode here, in this process.
+            workers = 0
         loader = DataLoader(files, batch_size=256, num_workers=workers)
         batches = list(loader)
         if not batches:
