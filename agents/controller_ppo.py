@@ -158,7 +158,7 @@ class ControllerTasksEnv(gym.Env):
         self._rng = np.random.default_rng(seed)
         for _ in range(draws_done):  # a resumed trainer goes on with the order it had
             self._draw()
-        self.draws = draws_done
+        self.draws, self._resumed_at = draws_done, draws_done
         self.env = None
         self.instance: Instance | None = None
 
@@ -174,7 +174,13 @@ class ControllerTasksEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if seed is not None:
+            # SB3 seeds each environment at its first reset (the model's seed + rank), a resumed
+            # trainer's too: the seed fixes the order, and the draws made before the resume are
+            # skipped so that it goes on where it stopped instead of repeating its first
+            # instances. The same seed always gives this environment the same instance.
             self._rng = np.random.default_rng(seed)
+            for _ in range(self._resumed_at):
+                self._draw()
         from finetune_gym.env import FineTuneEnv
 
         if self.env is not None:

@@ -114,6 +114,25 @@ def test_training_counts_runs_saves_a_deployable_controller_and_resumes(tmp_path
         )
 
 
+def test_a_resumed_environment_goes_on_with_its_instance_order(tmp_path):
+    """SB3 seeds every environment at its first reset, a resumed trainer's as well: the order of
+    instances goes on from the draws the checkpoint counted, not from the start (split 1's PPO run
+    repeated its first instances after a resume before this held)."""
+
+    def draws(env, n, seed):
+        env.reset(seed=seed)  # what SB3 does first
+        out = [env.instance.id]
+        for _ in range(n - 1):
+            env.reset()
+            out.append(env.instance.id)
+        env.close()
+        return out
+
+    whole = draws(_env(tmp_path, seed=5), 8, seed=11)
+    assert whole[3:8] != whole[0:5]  # repeating the start would show
+    assert draws(_env(tmp_path, seed=5, draws_done=3), 5, seed=11) == whole[3:8]
+
+
 def test_bad_settings_are_refused_with_the_setting_named():
     with pytest.raises(ValueError, match="runs must be a positive integer"):
         cp.ControllerPPOConfig(runs=0)
