@@ -34,6 +34,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from torch import nn
 
+from finetune_gym.device import describe_machine
 from finetune_gym.instances import Instance, InstanceSet
 
 from .meta_train import UNREWARDED, keep_settings, run_instance
@@ -217,6 +218,7 @@ class ControllerTasksEnv(gym.Env):
                 "paired_gain": reward,
                 "base_ran": base_ran,
                 "wall_s": time.perf_counter() - self._started,
+                "machine": describe_machine(self.env.device),  # bit-reproducible on this CPU only
             }
         return self._observe(observation), reward, terminated, truncated, info
 
@@ -273,9 +275,8 @@ class ControllerRuns(RunBudget):
     def finished(self, info: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
         if "paired_gain" not in info:
             return None
-        return {k: info[k] for k in ("instance", "val", "paired_gain", "base_ran", "wall_s")}, 1 + int(
-            info["base_ran"]
-        )
+        keys = ("instance", "val", "paired_gain", "base_ran", "wall_s", "machine")
+        return {k: info[k] for k in keys}, 1 + int(info["base_ran"])
 
     def on_run(self, line: dict[str, Any]) -> None:
         self.logger.record("controller/paired_gain", line["paired_gain"])

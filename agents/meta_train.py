@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from finetune_gym.device import describe_machine
 from finetune_gym.instances import Instance, InstanceSet
 
 from .residual_controller import FEATURES, ResidualController, check_base_schedule, save_controller
@@ -127,7 +128,12 @@ def run_instance(
             action, _ = controller.predict(observation)
             observation, _, terminated, truncated, _ = env.step(action[0])
             done = terminated or truncated
-        return {"val": env.evaluate("val"), "wall_s": time.perf_counter() - started}
+        return {
+            "val": env.evaluate("val"),
+            "wall_s": time.perf_counter() - started,
+            # Results repeat bit for bit only on the same CPU (finetune_gym.device.describe_machine).
+            "machine": describe_machine(env.device),
+        }
     finally:
         env.close()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from finetune_gym import FineTuneEnv
+from finetune_gym.device import describe_machine
 from finetune_gym.storage import UnreadableFile, load_tensors
 
 from . import plots
@@ -34,12 +34,6 @@ def jsonable(obj: Any) -> Any:
     return json.loads(
         json.dumps(obj, default=lambda o: str(o) if isinstance(o, (Path, os.PathLike)) else repr(o))
     )
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} (torch threads {torch.get_num_threads()})"
 
 
 def write_outputs(
@@ -97,7 +91,7 @@ def write_outputs(
         "steps": recorder.global_step,
         "images_seen": int(sum(recorder.step_log["images"])),
         "skipped_updates": recorder.skipped_updates,  # non-finite loss: weights and BatchNorm untouched
-        "machine": machine_name(base.device),
+        "machine": describe_machine(base.device),
         "timing": timing,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import json
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -324,6 +325,23 @@ def test_run_instance_is_the_agent_run_of_the_same_instance(tmp_path, schedule):
         observation, _, terminated, truncated, _ = env.step(agent.predict(observation[None])[0][0])
         done = terminated or truncated
     assert result["val"] == env.evaluate("val")
+    # It records the machine: results repeat bit for bit only on the same CPU model.
+    assert result["machine"] == finetune_gym.device.describe_machine(env.device)
+
+
+def test_machine_description_names_the_cpu_its_instruction_set_and_threads():
+    """What results record of a CPU: its model, the instruction set PyTorch dispatches to, a
+    fingerprint of its flags (two machines of one model name can differ in them) and the threads."""
+    import torch
+
+    from finetune_gym.device import _cpu_info, describe_machine
+
+    text = describe_machine(torch.device("cpu"))
+    model, fingerprint = _cpu_info()
+    assert text.startswith(f"CPU {model} ") and f"flags {fingerprint} " in text
+    assert torch.backends.cpu.get_cpu_capability() in text
+    assert text.endswith(f"(torch threads {torch.get_num_threads()})")
+    assert re.fullmatch(r"[0-9a-f]{8}|unknown", fingerprint)
 
 
 def test_status_estimates_what_a_search_has_left(tmp_path):
