@@ -303,7 +303,7 @@ def ppo_report(split: str) -> list[str]:
         theta, where = load_controller(run / "controller.pt")["theta"], "the trained controller"
     elif trainer is not None:
         theta = trainer["policy"]["action_net.theta"].tolist()
-        where = "the policy's mean at its last update (training not finished)"
+        where = "the policy's mean at its last update; training not finished"
     else:
         return [*out, ""]
     searched = generations[-1]["mean_theta"] if generations else [float("nan")] * len(FEATURES)

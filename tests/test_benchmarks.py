@@ -770,7 +770,7 @@ def test_ppo_report_sets_its_runs_beside_the_searchs_budget(tmp_path, monkeypatc
         in text
     )
     assert "| 1-32 | +1.00 | 32/32 |" in text and "| 33-40 | -2.00 | 0/8 |" in text
-    assert "policy's mean at its last update (training not finished)" in text
+    assert "policy's mean at its last update; training not finished" in text
     assert "| bias | +0.25 | +0.50 |" in text and "| depth | -1.00 | +0.50 |" in text
 
 
