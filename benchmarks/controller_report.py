@@ -285,7 +285,7 @@ def ppo_report(split: str) -> list[str]:
     )
     out = [
         f'PPO\'s training of split {split} (`{_shown(run)}`, benchmarks/README.md "Second trainer"): '
-        f"{state['runs']} of {budget} runs (its {len(bases)} base runs included), {hours:.1f} h of runs{cma}. "
+        f"{state['runs']} of {budget} runs (base runs included; {len(bases)} base runs cached), {hours:.1f} h of runs{cma}. "
         "Each episode is one training instance's run under the policy's sampled multipliers, its paired "
         "validation gain over Prodigy the reward (a noisier signal than a CMA-ES fitness: one instance, a "
         "sampled policy).",

@@ -766,7 +766,7 @@ def test_ppo_report_sets_its_runs_beside_the_searchs_budget(tmp_path, monkeypatc
     )
     text = "\n".join(cr.ppo_report("1"))
     assert (
-        "41 of 384 runs (its 1 base runs included), 1.1 h of runs; the CMA-ES search used 384 runs (2.0 h)"
+        "41 of 384 runs (base runs included; 1 base runs cached), 1.1 h of runs; the CMA-ES search used 384 runs (2.0 h)"
         in text
     )
     assert "| 1-32 | +1.00 | 32/32 |" in text and "| 33-40 | -2.00 | 0/8 |" in text
