@@ -156,12 +156,18 @@ class ControllerTasksEnv(gym.Env):
         # Down to half a quarter-octave under 1/8 freezes a layer (action_indices), so the low end
         # reaches past it.
         self.action_space = spaces.Box(-(OCTAVES + 1.0), float(OCTAVES), (max_layers,), dtype=np.float32)
-        self._rng = np.random.default_rng(seed)
-        for _ in range(draws_done):  # a resumed trainer goes on with the order it had
-            self._draw()
         self.draws, self._resumed_at = draws_done, draws_done
+        self._start_order(seed)
         self.env = None
         self.instance: Instance | None = None
+
+    def _start_order(self, seed: int) -> None:
+        """The instance order of ``seed``, past the draws made before a resume: a resumed trainer
+        goes on with the order it had. The same seed always gives this environment the same
+        instance next."""
+        self._rng = np.random.default_rng(seed)
+        for _ in range(self._resumed_at):
+            self._draw()
 
     def _draw(self) -> Instance:
         return self.instances[int(self._rng.integers(len(self.instances)))]
@@ -176,12 +182,8 @@ class ControllerTasksEnv(gym.Env):
         super().reset(seed=seed)
         if seed is not None:
             # SB3 seeds each environment at its first reset (the model's seed + rank), a resumed
-            # trainer's too: the seed fixes the order, and the draws made before the resume are
-            # skipped so that it goes on where it stopped instead of repeating its first
-            # instances. The same seed always gives this environment the same instance.
-            self._rng = np.random.default_rng(seed)
-            for _ in range(self._resumed_at):
-                self._draw()
+            # trainer's too: without the skip it would repeat its first instances.
+            self._start_order(seed)
         from finetune_gym.env import FineTuneEnv
 
         if self.env is not None:

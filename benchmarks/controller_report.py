@@ -8,8 +8,6 @@ captured, and the meta-training's generations (training fitness only).
 
 from __future__ import annotations
 
-import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from benchmarks import controller_plots as plots
 from benchmarks import grid, harness, stats
 from benchmarks import headroom_study as study
 from benchmarks.controller_eval import CONTROLLER
+from benchmarks.controller_status import ppo_progress
 
 REPORT_FILE = grid.RESULTS_DIR / "controller_eval.md"
 TARGET_POINTS = 2.0
@@ -261,22 +260,19 @@ def ppo_report(split: str) -> list[str]:
     """PPO's training of the same controller for ``split`` (training gains only: nothing held out),
     set beside the CMA-ES search's budget: its runs, hours, the paired gains of its episodes in
     blocks, and the weights it has reached against the search's."""
-    from finetune_gym.agents.controller_ppo import BASES, CHECKPOINT, CONFIG, EPISODES
+    from finetune_gym.agents.controller_ppo import CONFIG
+    from finetune_gym.agents.controller_ppo import CONTROLLER as CONTROLLER_FILE
     from finetune_gym.agents.meta_train import GENERATIONS
     from finetune_gym.agents.residual_controller import FEATURES, load_controller
-    from finetune_gym.agents.run_budget import read_trainer
 
     run = evaluation.controller_file(split, method=f"{CONTROLLER}_ppo").parent
     if not (run / CONFIG).is_file():
         return []
-    budget = json.loads((run / CONFIG).read_text())["runs"]
-    episodes = harness.ResultsFile(run / EPISODES).lines()
-    bases = harness.ResultsFile(run / BASES).lines()
     # The runs the trainer has learned from (its checkpoint's count; episodes logged after it run
     # again on a resume), its episodes' own plus the base runs they needed.
-    trainer = read_trainer(run / CHECKPOINT) if (run / CHECKPOINT).is_file() else None
-    state = trainer["state"] if trainer else {"runs": 0}
-    hours = math.fsum(line["wall_s"] for line in [*episodes, *bases]) / 3600
+    progress = ppo_progress(run)
+    trainer, state, episodes, bases = (progress[k] for k in ("trainer", "state", "episodes", "bases"))
+    budget, hours = progress["config"]["runs"], progress["hours"]
     generations = harness.ResultsFile(evaluation.controller_file(split).parent / GENERATIONS).lines()
     cma = (
         f"; the CMA-ES search used {generations[-1]['runs']} runs ({generations[-1]['run_s'] / 3600:.1f} h)"
@@ -299,8 +295,8 @@ def ppo_report(split: str) -> list[str]:
             f"| {start + 1}-{start + len(block)} | {statistics.fmean(block):+.2f} | "
             f"{sum(g > 0 for g in block)}/{len(block)} |"
         )
-    if (run / "controller.pt").is_file():
-        theta, where = load_controller(run / "controller.pt")["theta"], "the trained controller"
+    if (run / CONTROLLER_FILE).is_file():
+        theta, where = load_controller(run / CONTROLLER_FILE)["theta"], "the trained controller"
     elif trainer is not None:
         theta = trainer["policy"]["action_net.theta"].tolist()
         where = "the policy's mean at its last update; training not finished"

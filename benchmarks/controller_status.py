@@ -7,6 +7,7 @@ recent paired gains. Reads files only; runs nothing.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -65,19 +66,35 @@ def status(folder: Path) -> list[str]:
     return out or ["no meta-training run yet"]
 
 
-def ppo_status(folder: Path) -> list[str]:
-    """One line per PPO training of the controller: its runs and the mean paired gain of its last
-    32 runs (a noisy training signal: each run is one instance under a sampled policy)."""
+def ppo_progress(run: Path) -> dict[str, Any]:
+    """What a PPO training folder holds, read once for the status line and the report: its
+    settings, its trainer as last saved (None before its first update) and that trainer's counters,
+    its episodes' and base runs' lines, and the hours of all of them."""
     from finetune_gym.agents.controller_ppo import BASES, CHECKPOINT, CONFIG, EPISODES
     from finetune_gym.agents.run_budget import read_trainer
 
+    trainer = read_trainer(run / CHECKPOINT) if (run / CHECKPOINT).is_file() else None
+    episodes = harness.ResultsFile(run / EPISODES).lines()
+    bases = harness.ResultsFile(run / BASES).lines()
+    return {
+        "config": json.loads((run / CONFIG).read_text()),
+        "trainer": trainer,
+        "state": trainer["state"] if trainer else {"runs": 0},
+        "episodes": episodes,
+        "bases": bases,
+        "hours": math.fsum(line["wall_s"] for line in [*episodes, *bases]) / 3600,
+    }
+
+
+def ppo_status(folder: Path) -> list[str]:
+    """One line per PPO training of the controller: its runs and the mean paired gain of its last
+    32 runs (a noisy training signal: each run is one instance under a sampled policy)."""
+    from finetune_gym.agents.controller_ppo import CONFIG
+
     out = []
     for run in sorted(p for p in folder.glob("*") if (p / CONFIG).is_file()):
-        config = json.loads((run / CONFIG).read_text())
-        state = read_trainer(run / CHECKPOINT)["state"] if (run / CHECKPOINT).is_file() else {"runs": 0}
-        episodes = harness.ResultsFile(run / EPISODES).lines()
-        bases = harness.ResultsFile(run / BASES).lines()
-        hours = sum(line["wall_s"] for line in [*episodes, *bases]) / 3600
+        progress = ppo_progress(run)
+        config, state, episodes, hours = (progress[k] for k in ("config", "state", "episodes", "hours"))
         left = config["runs"] - state["runs"]
         if left > 0 and state["runs"]:  # at the cost per run measured so far
             hours_left = f", ~{left * hours / state['runs']:.1f} core-hours left"

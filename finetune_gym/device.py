@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -93,9 +94,10 @@ class HostCopy:
         return staged
 
 
+@functools.cache
 def _cpu_info() -> tuple[str, str]:
     """The CPU's model name and a short fingerprint of its feature flags (Linux's /proc/cpuinfo;
-    elsewhere platform's name and no fingerprint)."""
+    elsewhere platform's name and no fingerprint). Read once a process: every run records it."""
     model, flags = "", ""
     try:
         with open("/proc/cpuinfo") as info:
