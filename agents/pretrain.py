@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from finetune_gym import FineTuneEnv, presets
 from finetune_gym.datasets.sampling import check_sampling_rate
+from finetune_gym.device import describe_machine
 from finetune_gym.layerwise import DEFAULT_MAX_LAYERS
 from finetune_gym.tasks import (
     DEFAULT_SAMPLING_RATES,
@@ -334,7 +334,9 @@ def card(config: PretrainConfig, state: dict[str, Any], model: PPO, command: str
         "seed": config.seed,
         "commit": _commit(),
         "command": command,
-        "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}",
+        # Results repeat bit for bit only on the same CPU model (finetune_gym.device.describe_machine).
+        "machine": "; ".join(dict.fromkeys(describe_machine(torch.device(d)) for d in config.devices))
+        + f", torch {torch.__version__}",
     }
 
 

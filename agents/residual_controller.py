@@ -24,6 +24,13 @@ scale-free extras (:mod:`finetune_gym.layer_signals`): the relative gradient nor
 mean over the layers (so only how a layer differs from the others counts), and the cosine of the
 layer's last two gradients. Centred features are clipped to [-3, 3]: a frozen layer's drift
 (log10 of 0) would otherwise dominate.
+
+Step-size noise (``jitter``, a log2 standard deviation, 0 by default): each layer's log2 multiplier
+gets a fresh ``N(0, jitter^2)`` draw at every step, from a generator seeded by the run's seed (and
+checkpointed with it, so a resumed run draws what an unbroken one would). It exists to test one
+hypothesis on its own (research log, "PPO at split 1's budget"): that PPO's sampled episodes,
+which are Prodigy with exactly this noise (log2 sd 0.37) while its mean weights stay near 0, beat
+Prodigy because of the noise, not because of a rule.
 """
 
 from __future__ import annotations
@@ -125,6 +132,18 @@ def check_base_schedule(schedule: str) -> str:
     return schedule
 
 
+def check_jitter(jitter: float) -> float:
+    try:
+        value = float(jitter)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"residual_controller: jitter is a log2 standard deviation >= 0 (0: no noise), got {jitter!r}"
+        )
+    return value
+
+
 def check_theta(theta: Sequence[float] | np.ndarray) -> np.ndarray:
     array = np.asarray(theta, dtype=np.float64)
     if array.shape != (len(FEATURES),) or not np.all(np.isfinite(array)):
@@ -138,7 +157,8 @@ def check_theta(theta: Sequence[float] | np.ndarray) -> np.ndarray:
 class ResidualController(Baseline):
     """The controller as an agent (``--algo residual_controller``): ``theta`` given, or read from
     a controller file (``policy=``, written by :func:`save_controller`; ``policy=default``: the one
-    shipped in the package); neither: all zeros, the base run."""
+    shipped in the package); neither: all zeros, the base run. ``jitter`` > 0 adds seeded per-step,
+    per-layer noise to the rule's log2 multipliers (module docstring)."""
 
     name = "residual_controller"
     raw_observations = True  # the rule reads the environment's own extras
@@ -151,7 +171,9 @@ class ResidualController(Baseline):
         optimizer: str = "prodigy",
         lr: float | None = None,
         schedule: str | None = None,
+        jitter: float = 0.0,
     ) -> None:
+        jitter = check_jitter(jitter)
         if policy is not None:
             card = load_controller(resolve_controller(policy))
             # A saved agent records both (the file, and the weights read from it): they must agree.
@@ -172,8 +194,11 @@ class ResidualController(Baseline):
             optimizer=optimizer,
             lr=base_rate(self.name, optimizer, lr),
             schedule=schedule,
+            **({"jitter": jitter} if jitter else {}),  # a saved agent without noise reads as before
         )
         self.theta = np.asarray(theta, dtype=np.float64)
+        self.jitter = jitter
+        self.rng = np.random.default_rng(self.seed)
 
     def env_overrides(self) -> dict[str, Any]:
         # The base is the optimizer under its schedule (a cosine scales every step, the controller's
@@ -187,7 +212,17 @@ class ResidualController(Baseline):
 
     def log2_multipliers(self, observation: np.ndarray) -> np.ndarray:
         assert self.n_layers is not None
-        return features(observation, self.n_layers) @ self.theta
+        rule = features(observation, self.n_layers) @ self.theta
+        if not self.jitter:  # no draw at all: theta 0 stays the base run, bit for bit
+            return rule
+        return rule + self.jitter * self.rng.standard_normal(self.n_layers)
+
+    def get_rng_state(self) -> Any:
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: Any) -> None:
+        if state is not None:  # a checkpoint from before the noise existed
+            self.rng.bit_generator.state = state
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
         if self.n_layers is None or self.rates is None:

@@ -16,6 +16,7 @@ where it stopped, in any session, from the same files.
     python benchmarks/controller.py status
     python benchmarks/controller.py ppo --split 1 --runs 384 --workers 2   # PPO at split 1's search's budget
     python benchmarks/controller.py evaluate --split 1 --workers 2   # held-out runs (resumable)
+    python benchmarks/controller.py noise --split 1 --workers 2      # the step-size noise test's runs
     python benchmarks/controller.py report                           # results/controller_eval.md
     python benchmarks/controller.py ship     # split 1's controller into the package, with its result
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,16 +165,31 @@ def evaluate_split(args: argparse.Namespace) -> None:
             f"`python benchmarks/gtsrb_lowdata.py run --datasets {' '.join(datasets)} --only {' '.join(methods)}` "
             "first, or pass --incomplete-pool to judge against the pool as it is"
         )
+    run_held_out(args, lambda finished: controller_eval.jobs(args.split, done, finished))
 
-    def ready():
-        return controller_eval.jobs(args.split, done, controller_eval.RESULTS.by("cell"))
+
+def run_held_out(
+    args: argparse.Namespace, jobs: Callable[[dict[str, dict[str, Any]]], list[harness.Job]]
+) -> None:
+    """Run ``jobs(finished)`` (held-out runs still missing, given those finished) on the pool of
+    ``args``, each finished one appended to controller_eval's results file."""
+    from benchmarks import controller_eval
 
     def finished(job: harness.Job, line: dict[str, Any]) -> None:
         controller_eval.RESULTS.append(line)
         print(f"{line['cell']}: test {100 * line['results']['final_test_accuracy']:.2f}%", flush=True)
 
     with harness.pool_from_args(args) as pool:
-        harness.run_jobs(pool, ready, finished, args.workers)
+        harness.run_jobs(pool, lambda: jobs(controller_eval.RESULTS.by("cell")), finished, args.workers)
+
+
+def noise_test(args: argparse.Namespace) -> None:
+    """The step-size noise test's held-out runs on ``args.split`` (protocol: benchmarks/README.md):
+    Prodigy with per-step per-layer noise, and Prodigy where it has not run on a held-out seed."""
+    from benchmarks import controller_eval, grid
+
+    done = grid.load_done()
+    run_held_out(args, lambda finished: controller_eval.noise_jobs(args.split, done, finished))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -237,6 +254,11 @@ def main(argv: list[str] | None = None) -> None:
         "--incomplete-pool", action="store_true", help="judge against the grid's one-run pool as it is"
     )
     harness.add_pool_options(evaluate, workers=2, threads=1)
+    noise = sub.add_parser(
+        "noise", help="the step-size noise test: Prodigy with per-step per-layer noise on held-out instances"
+    )
+    noise.add_argument("--split", default=defaults.split)
+    harness.add_pool_options(noise, workers=2, threads=1)
     report = sub.add_parser("report", help="write results/controller_eval.md")
     report.add_argument("--splits", nargs="+", default=["1", "2"])
     sub.add_parser(
@@ -257,11 +279,13 @@ def main(argv: list[str] | None = None) -> None:
         except (FileNotFoundError, RuntimeError) as error:  # what to run first: no traceback
             raise SystemExit(f"controller.py ship: {error}") from None
         return
-    if args.command in ("evaluate", "report"):
+    if args.command in ("evaluate", "noise", "report"):
         from benchmarks import controller_report
 
         if args.command == "evaluate":
             evaluate_split(args)
+        elif args.command == "noise":
+            noise_test(args)
         controller_report.write_report(getattr(args, "splits", None) or [args.split])
         print(controller_report.REPORT_FILE.read_text())
         return

@@ -42,6 +42,11 @@ REFERENCES = {
     "it (the pool's Prodigy runs at a constant rate)"
 }
 
+# The step-size noise test (benchmarks/README.md, "Controller protocol", declared 2026-12-07 before
+# any of its runs): is Prodigy with per-step, per-layer noise on its step (``prodigy_jitter``, a grid
+# method) better than Prodigy, paired on every held-out instance? Split 1 first, then split 2.
+NOISE_TEST, NOISE_BASE = "prodigy_jitter", "prodigy"
+
 
 # How the report names them.
 LABELS = {
@@ -200,3 +205,20 @@ def paired_gains(
         else:
             task["pairs"][instance.seed] = (mine, theirs)
     return tasks
+
+
+def noise_jobs(
+    split: str, done: dict[str, dict[str, Any]], finished: dict[str, dict[str, Any]]
+) -> list[harness.Job]:
+    """The noise test's runs still missing on ``split``: :data:`NOISE_TEST` on every held-out
+    instance, and :data:`NOISE_BASE` where neither the grid nor this benchmark has run it."""
+    out = []
+    for instance in test_instances(split):
+        for method in (NOISE_TEST, NOISE_BASE):
+            if test_accuracy(split, method, instance, done, finished) is None:
+                out.append(
+                    harness.Job(
+                        cell_key(split, method, instance), run_cell, (split, method, instance.to_json(), done)
+                    )
+                )
+    return out

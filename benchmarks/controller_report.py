@@ -53,6 +53,7 @@ def split_report(split: str, done, finished) -> list[str]:
             out += controller_report(split, controller, done, finished, against=reference)
         if controller != CONTROLLER:  # head to head with the protocol's controller (same instances)
             out += controller_report(split, controller, done, finished, against=CONTROLLER)
+    out += noise_report(split, done, finished)
     plot = plots.plot_profile(
         split, done, finished, REPORT_FILE.parent / f"controller_profile_split{split}.png"
     )
@@ -85,10 +86,79 @@ def controller_report(split: str, controller: str, done, finished, against: str 
             f"`{_shown(evaluation.controller_file(split, method=against))}`), not the bar the targets judge. "
             f"Paired gain = {controller} - {against}, seed by seed."
         )
+    out = paired_section(head, tasks, "controller", judged=against is None, against=against)
+    if against is not None:
+        return [*out, ""]
+    captured = headroom_lines(split, done, finished, controller)
+    if captured:
+        out += ["", "Headroom captured (benchmarks/results/headroom.md):", *captured]
+    return [*out, ""]
+
+
+def noise_report(split: str, done, finished) -> list[str]:
+    """The step-size noise test on ``split`` (benchmarks/README.md; nothing while none of its runs
+    exists): Prodigy with per-step per-layer noise against Prodigy, its base (the test), and
+    against the best one-run method chosen on validation (the issue's bar, for reference)."""
+    noise, base = evaluation.NOISE_TEST, evaluation.NOISE_BASE
+    if not any(key.startswith(f"split{split}/{noise}/") for key in finished):  # controller_eval.cell_key
+        return []
+    head = (
+        f"Step-size noise test (benchmarks/README.md, declared before its runs): `{noise}`, Prodigy with a "
+        "fresh log2 N(0, 0.37^2) multiplier per layer at every step (the noise of PPO's sampled episodes), "
+        f"against `{base}`, seed by seed."
+    )
+    out = paired_section(
+        head, evaluation.paired_gains(split, done, finished, noise, base), noise, judged=False, against=base
+    )
+    bar = f"`{noise}` against the best one-run method chosen on validation (the issue's bar, for reference)."
+    out += [
+        "",
+        *paired_section(bar, evaluation.paired_gains(split, done, finished, noise), noise, False, None),
+    ]
+    return [*out, ""]
+
+
+def noise_verdict(splits: list[str], done, finished) -> list[str]:
+    """The noise test's declared answer: the mean paired gain over Prodigy pooled over every
+    held-out task of the splits run so far, with its 95% stratified bootstrap interval (the
+    hypothesis holds where the interval lies above 0)."""
+    noise, base = evaluation.NOISE_TEST, evaluation.NOISE_BASE
+    gains: dict[tuple[str, str, float], list[float]] = {}
+    missing = 0
+    for split in splits:
+        for (dataset, rate), task in evaluation.paired_gains(split, done, finished, noise, base).items():
+            missing += len(task["missing"])
+            if task["pairs"]:
+                gains[(split, dataset, rate)] = [a - b for a, b in task["pairs"].values()]
+    if not gains:
+        return []
+    point, low, high = stats.stratified_bootstrap(gains, stats.mean)
+    answer = "holds" if low > 0 else ("is refuted" if high < 0 else "is not supported")
+    tested = sorted({split for split, _, _ in gains})
+    return [
+        "## Step-size noise test, pooled",
+        "",
+        f"`{noise}` - `{base}` over {sum(len(g) for g in gains.values())} paired held-out runs of split(s) "
+        f"{', '.join(tested)} ({len(gains)} tasks): mean {point:+.2f} points [95% CI {low:+.2f}, {high:+.2f}]: "
+        f"the hypothesis {answer}" + (f" ({missing} pairs missing: not final)." if missing else "."),
+        "",
+    ]
+
+
+def paired_section(
+    head: str,
+    tasks: dict[tuple[str, float], dict[str, Any]],
+    column: str,
+    judged: bool,
+    against: str | None,
+) -> list[str]:
+    """``head``, the per-task table of paired runs (``column``: what the rows' method is called) and
+    the pooled lines per range of rates, with the issue's targets' verdicts where ``judged``;
+    ``against``: the method paired with (None: the best one-run method chosen on validation)."""
     out = [
         head,
         "",
-        f"| task | {'best one-run (val)' if against is None else 'reference'} | its test | controller | "
+        f"| task | {'best one-run (val)' if against is None else 'reference'} | its test | {column} | "
         "paired gains | mean gain [95% CI] | missing seeds |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -106,19 +176,14 @@ def controller_report(split: str, controller: str, done, finished, against: str 
     out.append("")
     for summary in target_summaries(tasks):
         ci, iqm_ci = summary["ci95"], summary["iqm_ci95"]
-        verdict = f"; {summary['target']}: {'met' if summary['met'] else 'missed'}" if against is None else ""
+        verdict = f"; {summary['target']}: {'met' if summary['met'] else 'missed'}" if judged else ""
         out.append(
             f"- {summary['rates']}: mean paired gain {summary['mean_gain']:+.2f} points [95% CI {ci[0]:+.2f}, "
-            f"{ci[1]:+.2f}], IQM {summary['iqm']:+.2f} [{iqm_ci[0]:+.2f}, {iqm_ci[1]:+.2f}], P(controller > "
+            f"{ci[1]:+.2f}], IQM {summary['iqm']:+.2f} [{iqm_ci[0]:+.2f}, {iqm_ci[1]:+.2f}], P({column} > "
             f"{'best one-run' if against is None else against}) {summary['p_improvement']:.2f}{verdict}"
             + ("" if summary["complete"] else " (seeds missing: not final)")
         )
-    if against is not None:
-        return [*out, ""]
-    captured = headroom_lines(split, done, finished, controller)
-    if captured:
-        out += ["", "Headroom captured (benchmarks/results/headroom.md):", *captured]
-    return [*out, ""]
+    return out
 
 
 def target_summaries(tasks: dict[tuple[str, float], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -228,13 +293,7 @@ def search_report(split: str) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     gains = generation_gains(harness.ResultsFile(run / EVALUATIONS).lines())
-    measured = [
-        (
-            *stats.signal_and_noise(100 * gains[r["generation"]]),
-            *stats.candidate_effect(100 * gains[r["generation"]]),
-        )
-        for r in rows
-    ]
+    measured = [stats.candidate_effect(100 * gains[r["generation"]]) for r in rows]
     for r, (spread, noise, true_spread, p) in zip(rows, measured, strict=True):
         out.append(
             f"| {r['generation']} | {100 * r['mean_gain']:+.2f} | {100 * r['best_gain']:+.2f} | {spread:.2f} | "
@@ -244,9 +303,10 @@ def search_report(split: str) -> list[str]:
     out += [
         "",
         f"Generations {rows[len(rows) // 2]['generation']}-{rows[-1]['generation']}: candidates' spread "
-        f"{statistics.median(m[0] for m in late):.2f} points, noise in a fitness "
-        f"{statistics.median(m[1] for m in late):.2f}, true spread {statistics.median(m[2] for m in late):.2f} "
-        f"(medians); the candidates differed (p < 0.05) in {sum(m[3] < 0.05 for m in late)} of {len(late)} "
+        f"{statistics.median(m.spread for m in late):.2f} points, noise in a fitness "
+        f"{statistics.median(m.noise for m in late):.2f}, true spread "
+        f"{statistics.median(m.true_spread for m in late):.2f} (medians); the candidates differed (p < 0.05) "
+        f"in {sum(m.p < 0.05 for m in late)} of {len(late)} "
         "generations.",
     ]
     plot = plots.plot_search(rows, REPORT_FILE.parent / f"controller_search_split{split}.png")
@@ -378,4 +438,5 @@ def write_report(splits: list[str]) -> None:
         out += split_report(split, done, finished)
         out += search_report(split)
         out += ppo_report(split)
+    out += noise_verdict(splits, done, finished)
     REPORT_FILE.write_text("\n".join(out).rstrip() + "\n")

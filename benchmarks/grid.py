@@ -149,6 +149,11 @@ METHODS: dict[str, Method] = {
         rates=(),
         other_rates={d: (0.15,) for d in ("sign_digits", "omniglot_alphabets", "oracle_mnist")},
     ),
+    # Issue 28: the step-size noise test (benchmarks/README.md, declared 2026-12-07 before any of
+    # its runs): Prodigy with a fresh log2 N(0, 0.37^2) multiplier per layer at every step (the
+    # noise of PPO's sampled episodes, its log std's start -1), seeded by the run's seed. Run by
+    # controller_eval on the held-out instances only.
+    "prodigy_jitter": Method("residual_controller", 1, 50, None, {}, {"jitter": 0.37}, rates=()),
     "rl_tune_sf_rel": _new("rl_tune", {**LEARNED, **SF_BASE}),
     "random_sf_rel": _new("random", {**LEARNED, **SF_BASE}),
     "rl_tune_cos_rel": _new("rl_tune", {**LEARNED, **COSINE_BASE}, depends_on="cosine"),

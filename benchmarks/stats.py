@@ -13,7 +13,7 @@ resamples each task's runs with replacement, independently; intervals are percen
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -113,9 +113,18 @@ def signal_and_noise(gains: np.ndarray) -> tuple[float, float]:
     return float(gains.mean(axis=1).std(ddof=1)), noise
 
 
-def candidate_effect(gains: np.ndarray) -> tuple[float, float]:
-    """For the matrix :func:`signal_and_noise` reads: the estimated spread of the candidates' true
-    mean gains (the observed means' variance is the true one plus the noise's:
+class CandidateEffect(NamedTuple):
+    """What :func:`candidate_effect` reads from a candidates x instances matrix of paired gains."""
+
+    spread: float  # the candidates' mean gains' standard deviation
+    noise: float  # the noise in one such mean (:func:`signal_and_noise`)
+    true_spread: float  # the spread less the noise's part
+    p: float  # the F-test's p-value that the candidates differ at all
+
+
+def candidate_effect(gains: np.ndarray) -> CandidateEffect:
+    """For the matrix :func:`signal_and_noise` reads: its spread and noise, the estimated spread of
+    the candidates' true mean gains (the observed means' variance is the true one plus the noise's:
     ``sqrt(max(spread**2 - noise**2, 0))``), and the p-value of the two-way ANOVA's F-test that the
     candidates differ at all (F = spread**2 / noise**2 on (candidates - 1, (candidates - 1) x
     (instances - 1)) degrees of freedom). A large p says this generation's ranking is noise."""
@@ -125,5 +134,7 @@ def candidate_effect(gains: np.ndarray) -> tuple[float, float]:
     spread, noise = signal_and_noise(gains)
     true_spread = float(np.sqrt(max(spread**2 - noise**2, 0.0)))
     if noise == 0.0:  # an exactly additive matrix: any spread is real
-        return true_spread, 0.0 if spread > 0 else 1.0
-    return true_spread, float(f.sf(spread**2 / noise**2, rows - 1, (rows - 1) * (cols - 1)))
+        return CandidateEffect(spread, noise, true_spread, 0.0 if spread > 0 else 1.0)
+    return CandidateEffect(
+        spread, noise, true_spread, float(f.sf(spread**2 / noise**2, rows - 1, (rows - 1) * (cols - 1)))
+    )

@@ -4,8 +4,6 @@ images of a given shape where a benchmark's data is missing (speed does not depe
 
 from __future__ import annotations
 
-import multiprocessing
-import platform
 import resource
 import tempfile
 import time
@@ -13,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from finetune_gym.device import describe_machine
 
 _SYNTHETIC: dict[int, str] = {}
 
@@ -76,9 +76,6 @@ def peak_rss_mib() -> float:
 
 
 def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return (
-        f"{platform.processor() or platform.machine()} CPU x{multiprocessing.cpu_count()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads)"
-    )
+    """What a timing records of its machine: the runs' own description (the CPU's model, the
+    instruction set PyTorch dispatches to and the threads; the GPU's name) and torch's version."""
+    return f"{describe_machine(torch.device(device))}, torch {torch.__version__}"

@@ -489,14 +489,15 @@ def test_signal_and_noise_separates_candidates_from_the_instances_noise():
     # The F-test: under no candidate effect its p-values are uniform (about 5% below 0.05); a real
     # effect of 3 noise-sds between candidates is found; the true spread is the observed one less
     # the noise's part.
-    null = [stats.candidate_effect(rng.normal(0.0, 1.0, size=(8, 4)))[1] for _ in range(2000)]
+    null = [stats.candidate_effect(rng.normal(0.0, 1.0, size=(8, 4))).p for _ in range(2000)]
     assert np.mean(np.array(null) < 0.05) == pytest.approx(0.05, abs=0.015)
     effect = np.arange(8.0)[:, None] * 1.5 + rng.normal(0.0, 1.0, size=(8, 4))
-    true_spread, p = stats.candidate_effect(effect)
+    *_, true_spread, p = stats.candidate_effect(effect)
     assert p < 1e-6 and true_spread == pytest.approx(np.std(np.arange(8.0) * 1.5, ddof=1), rel=0.1)
-    true_spread, p = stats.candidate_effect(candidates[:, None] + instances[None, :])
+    spread, noise, true_spread, p = stats.candidate_effect(candidates[:, None] + instances[None, :])
+    assert (spread, noise) == stats.signal_and_noise(candidates[:, None] + instances[None, :])
     assert true_spread == pytest.approx(np.std(candidates, ddof=1)) and p < 1e-12
-    assert stats.candidate_effect(np.zeros((3, 2))) == (0.0, 1.0)
+    assert stats.candidate_effect(np.zeros((3, 2))) == (0.0, 0.0, 0.0, 1.0)
 
 
 def test_rliable_statistics_follow_their_definitions():
@@ -529,6 +530,66 @@ def test_rliable_statistics_follow_their_definitions():
     )
     assert fraction.tolist() == [(0.5 + 1.0) / 2, 0.0]
     assert low[0] <= fraction[0] <= high[0] and low[1] == high[1] == 0.0
+
+
+def test_the_noise_test_runs_jittered_prodigy_paired_with_prodigy_and_pools_its_answer(tmp_path, monkeypatch):
+    """benchmarks/controller_eval.py's step-size noise test: Prodigy with per-step per-layer noise on
+    every held-out instance, Prodigy where neither the grid nor the benchmark has run it; the
+    report pairs them seed by seed and states the declared pooled answer."""
+    from benchmarks import controller_eval as ce
+    from benchmarks import controller_report as cr
+    from benchmarks import grid, harness
+
+    def line(method, rate, seed, test):
+        cell = grid.cell_id(method, rate, seed, "gtsrb")
+        return cell, {"cell": cell, "results": {"final_val_accuracy": 0.9, "final_test_accuracy": test}}
+
+    done = dict(line(m, r, s, 0.70) for m in ce.POOL for r in (0.15, 0.3) for s in range(3))
+    instances = [i for i in ce.InstanceSet.load("v1").split("1", "test") if i.sampling_rate in (0.15, 0.3)]
+    monkeypatch.setattr(ce, "test_instances", lambda split: instances if split == "1" else [])
+    monkeypatch.setattr(grid, "load_done", lambda: done)
+    monkeypatch.setattr(ce, "RESULTS", harness.ResultsFile(tmp_path / "eval.jsonl"))
+    monkeypatch.setattr(cr, "REPORT_FILE", tmp_path / "eval.md")
+    monkeypatch.setattr(ce, "RUNS", tmp_path / "controllers")
+    keys = sorted(job.key for job in ce.noise_jobs("1", done, {}))
+    assert len(keys) == 10 + 4  # jittered Prodigy everywhere; Prodigy on seeds 3-4, the grid's 0-2 reused
+    assert "split1/prodigy/gtsrb/r0.3/s4" in keys and "split1/prodigy/gtsrb/r0.3/s2" not in keys
+    instance = ce.Instance("gtsrb", "cifar_resnet20", 0.15, 0, 50)
+    mine, theirs = (
+        ce.run_config("1", ce.NOISE_TEST, instance, done),
+        grid.run_config("prodigy", 0.15, 0, done),
+    )
+    assert mine.env_kwargs == theirs.env_kwargs and mine.seed == theirs.seed == 0
+    assert (mine.algo, mine.agent_kwargs) == ("residual_controller", {"jitter": 0.37})
+    assert (mine.episodes, mine.epochs_per_episode, mine.ema) == (1, 50, None)
+    cr.write_report(["1"])
+    assert "Step-size noise test" not in (tmp_path / "eval.md").read_text()  # nothing before its runs
+    for instance in instances:
+        if instance.seed >= 3:
+            ce.RESULTS.append(
+                {"cell": ce.cell_key("1", "prodigy", instance), "results": {"final_test_accuracy": 0.70}}
+            )
+    assert sorted(job.key for job in ce.noise_jobs("1", done, ce.RESULTS.by("cell"))) == sorted(
+        k for k in keys if ce.NOISE_TEST in k
+    )
+    for instance in instances:
+        gain = 0.02 if instance.seed else -0.01
+        ce.RESULTS.append(
+            {
+                "cell": ce.cell_key("1", ce.NOISE_TEST, instance),
+                "results": {"final_test_accuracy": 0.70 + gain},
+            }
+        )
+    assert ce.noise_jobs("1", done, ce.RESULTS.by("cell")) == []
+    cr.write_report(["1"])
+    text = (tmp_path / "eval.md").read_text()
+    part = text[text.index("Step-size noise test (") :]
+    assert "| gtsrb 15% | prodigy | 70.0 ± 0.0 | 71.4 ± 1.3 | -1.0, +2.0, +2.0, +2.0, +2.0 | +1.4 [" in part
+    assert "P(prodigy_jitter > prodigy)" in part and ": met" not in part and ": missed" not in part
+    assert "against the best one-run method chosen on validation" in part
+    verdict = text[text.index("## Step-size noise test, pooled") :]
+    assert "over 10 paired held-out runs of split(s) 1 (2 tasks): mean +1.40 points" in verdict
+    assert "the hypothesis holds." in verdict
 
 
 def test_controller_evaluation_pairs_with_the_val_chosen_method_and_reports_intervals(tmp_path, monkeypatch):

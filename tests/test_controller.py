@@ -109,14 +109,14 @@ def test_grid_holds_exact_powers_of_two_and_rounds_to_quarter_octaves():
     assert grid[index].tolist() == [1.0, 1.0, 2**0.25, 0.5, 8.0, 1 / 8, 0.0, 0.0]
 
 
-def _run(name: str, env_kwargs: dict | None = None, **kwargs):
+def _run(name: str, env_kwargs: dict | None = None, agent_seed: int = 0, **kwargs):
     env = gym.make(
         "FineTune-Digits-v0",
         epochs_per_episode=2,
         sampling_rate=0.3,
         **{**baseline_env_overrides(name, **kwargs), **(env_kwargs or {})},
     ).unwrapped
-    agent = make_agent(name, env, **kwargs)
+    agent = make_agent(name, env, seed=agent_seed, **kwargs)
     observation, _ = env.reset(seed=0)
     actions, done = [], False
     while not done:
@@ -165,6 +165,65 @@ def test_controller_reads_features_and_sets_multipliers_per_layer():
     assert np.all(np.abs(phi[:, rc.FEATURES.index("grad_cosine")]) <= 1)
     with pytest.raises(ValueError, match="is not 5 layers' activations"):
         rc.features(last[:-1], env.n_layers)
+
+
+def test_jitter_adds_seeded_per_step_per_layer_noise_to_the_rule():
+    """jitter: every step, every layer, a fresh N(0, jitter^2) on the log2 multiplier (rounded as
+    the rule is), the same draws for the same seed; 0 draws nothing (the base run, above)."""
+    env, agent, actions, _ = _run("residual_controller", jitter=0.37)
+    logs = np.log2(env.lr_map.rates[actions])
+    assert logs.shape[0] > 10 and np.all(np.isfinite(logs))
+    assert np.allclose(logs * 4, np.rint(logs * 4))  # quarter octaves
+    assert len({tuple(row) for row in logs}) > 1 and np.ptp(logs, axis=1).max() > 0  # steps, layers
+    assert 0.25 < logs.std() < 0.5 and abs(logs.mean()) < 0.15
+    assert agent.params["jitter"] == 0.37
+    _, _, again, _ = _run("residual_controller", jitter=0.37)
+    assert np.array_equal(actions, again)
+    _, _, other, _ = _run("residual_controller", agent_seed=1, jitter=0.37)
+    assert not np.array_equal(actions, other)
+    # A checkpoint carries the generator: restored, it draws what it would have drawn.
+    state = agent.get_rng_state()
+    ahead = agent.rng.standard_normal(4)
+    agent.set_rng_state(state)
+    assert np.array_equal(agent.rng.standard_normal(4), ahead)
+    assert "jitter" not in rc.ResidualController().params  # saved agents without noise read as before
+    for bad in (-0.1, float("nan"), "much"):
+        with pytest.raises(ValueError, match="jitter is a log2 standard deviation >= 0"):
+            rc.ResidualController(jitter=bad)
+
+
+def test_a_jittered_run_killed_after_its_first_checkpoint_resumes_bit_identically(tmp_path, package_cache):
+    """The noise's generator is in the checkpoint: a resumed run draws what an unbroken one drew."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import kill_after_first_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
+    cmd = [
+        sys.executable, "train.py", "--algo", "residual_controller", "--agent-kwargs", "jitter=0.37",
+        "--episodes", "1", "--epochs-per-episode", "4", "--ema", "none", "--sampling-rate", "0.3",
+        "--no-progress",
+    ]  # fmt: skip
+    subprocess.run(
+        [*cmd, "--run-dir", str(tmp_path / "reference")], cwd=root, env=env, check=True, capture_output=True
+    )
+    killed = tmp_path / "killed"
+    assert kill_after_first_checkpoint([*cmd, "--run-dir", str(killed)], killed, env) == -signal.SIGKILL
+    resumed = subprocess.run(
+        [*cmd, "--run-dir", str(killed), "--resume"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at step " in resumed.stdout  # it did resume mid-run
+    a = torch.load(tmp_path / "reference" / "final_model.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed / "final_model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "reference", killed))
+    assert ra["final_test_accuracy"] == rb["final_test_accuracy"]
 
 
 def test_controller_files_save_load_safely_and_refuse_others(tmp_path):
