@@ -122,6 +122,37 @@ def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, env: dict[str, st
     return process.wait()
 
 
+def killed_and_unbroken(args: list[str], tmp_path: Path, package_cache: Path) -> tuple[Path, Path]:
+    """Run ``train.py args`` twice: once unbroken (``tmp_path/reference``) and once SIGKILLed after
+    its first checkpoint and resumed (``tmp_path/killed``); their run folders, for a test to compare
+    (a resume must give the unbroken run, bit for bit)."""
+    import sys
+
+    env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
+    cmd = [sys.executable, "train.py", *args]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(
+        [*cmd, "--run-dir", str(reference)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=limit(600),
+    )
+    assert kill_after_first_checkpoint([*cmd, "--run-dir", str(killed)], killed, env) == -signal.SIGKILL
+    resumed = subprocess.run(
+        [*cmd, "--run-dir", str(killed), "--resume"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=limit(600),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at step " in resumed.stdout  # it resumed mid-run, not from the start
+    return reference, killed
+
+
 def digits_instance_set(tmp_path: Path, epochs: int = 2) -> str:
     """A tiny instance set on the built-in digits: split 1 trains on 3 seeds at 30% and tests on
     one at 50%; the file's path."""

@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import CIFAR_CHECKPOINT, SHARED_DATA, digits_instance_set, needs_shared
+from conftest import CIFAR_CHECKPOINT, SHARED_DATA, digits_instance_set, killed_and_unbroken, needs_shared
 
 import finetune_gym  # noqa: F401
 from finetune_gym.agents import residual_controller as rc
@@ -194,35 +194,15 @@ def test_jitter_adds_seeded_per_step_per_layer_noise_to_the_rule():
 
 def test_a_jittered_run_killed_after_its_first_checkpoint_resumes_bit_identically(tmp_path, package_cache):
     """The noise's generator is in the checkpoint: a resumed run draws what an unbroken one drew."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from conftest import kill_after_first_checkpoint
-
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
-    cmd = [
-        sys.executable, "train.py", "--algo", "residual_controller", "--agent-kwargs", "jitter=0.37",
-        "--episodes", "1", "--epochs-per-episode", "4", "--ema", "none", "--sampling-rate", "0.3",
-        "--no-progress",
+    args = [
+        "--algo", "residual_controller", "--agent-kwargs", "jitter=0.37", "--episodes", "1",
+        "--epochs-per-episode", "4", "--ema", "none", "--sampling-rate", "0.3", "--no-progress",
     ]  # fmt: skip
-    subprocess.run(
-        [*cmd, "--run-dir", str(tmp_path / "reference")], cwd=root, env=env, check=True, capture_output=True
-    )
-    killed = tmp_path / "killed"
-    assert kill_after_first_checkpoint([*cmd, "--run-dir", str(killed)], killed, env) == -signal.SIGKILL
-    resumed = subprocess.run(
-        [*cmd, "--run-dir", str(killed), "--resume"], cwd=root, env=env, capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "at step " in resumed.stdout  # it did resume mid-run
-    a = torch.load(tmp_path / "reference" / "final_model.pt", weights_only=True)["state_dict"]
+    reference, killed = killed_and_unbroken(args, tmp_path, package_cache)
+    a = torch.load(reference / "final_model.pt", weights_only=True)["state_dict"]
     b = torch.load(killed / "final_model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ra, rb = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "reference", killed))
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (reference, killed))
     assert ra["final_test_accuracy"] == rb["final_test_accuracy"]
 
 

@@ -282,30 +282,13 @@ def test_a_run_with_the_new_options_resumes_bit_identically_after_sigkill(tmp_pa
     """Relative actions around Schedule-Free AdamW (residual ones around Mechanic), every observation
     extra, the loss-improvement reward, RecurrentPPO learning: killed after its first checkpoint and
     resumed, it ends with the same weights."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import killed_and_unbroken
 
-    from conftest import kill_after_first_checkpoint
-
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "FINETUNE_GYM_HOME": str(package_cache / "finetune_gym")}
     args = [
         "--episodes", "1", "--epochs-per-episode", "4", "--ema", "none", "--reward", "loss_improvement",
         "--no-progress", "--env-kwargs", *options, EXTRAS_ALL,
     ]  # fmt: skip
-    cmd = [sys.executable, "train.py", *args]
-    subprocess.run(
-        [*cmd, "--run-dir", str(tmp_path / "reference")], cwd=root, env=env, check=True, capture_output=True
-    )
-    killed = tmp_path / "killed"
-    assert kill_after_first_checkpoint([*cmd, "--run-dir", str(killed)], killed, env) == -signal.SIGKILL
-    resumed = subprocess.run(
-        [*cmd, "--run-dir", str(killed), "--resume"], cwd=root, env=env, capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    a = torch.load(tmp_path / "reference" / "final_model.pt", weights_only=True)["state_dict"]
+    reference, killed = killed_and_unbroken(args, tmp_path, package_cache)
+    a = torch.load(reference / "final_model.pt", weights_only=True)["state_dict"]
     b = torch.load(killed / "final_model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
