@@ -104,7 +104,8 @@ def noise_report(split: str, done, finished) -> list[str]:
         return []
     head = (
         f"Step-size noise test (benchmarks/README.md, declared before its runs): `{noise}`, Prodigy with a "
-        "fresh log2 N(0, 0.37^2) multiplier per layer at every step (the noise of PPO's sampled episodes), "
+        f"fresh log2 N(0, {grid.METHODS[noise].agent['jitter']:g}^2) multiplier per layer at every step (the "
+        "noise of PPO's sampled episodes), "
         f"against `{base}`, seed by seed."
     )
     out = paired_section(
